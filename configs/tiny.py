@@ -1,0 +1,43 @@
+# python -m flan_jax.data --config configs/tiny.py
+"""The embedded default: flan_mini with the NLI cluster held out, sized for a laptop CPU."""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None):
+  del arg
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  data = config.data = ml_collections.ConfigDict()
+  data.mixture = ("flan_mini",)  # registered mixture or task names
+  data.local_tasks = ()  # see flan_jax/data/local_files.py
+  data.weights = {}  # task or mixture name -> rate, replacing the examples-proportional one
+  data.example_cap = 3000  # FLAN's cap on examples counted per task
+  data.temperature = 1.0
+  data.held_out_clusters = ("nli",)
+  data.skip_bad_records = False
+  data.seq_len = 512
+  data.batch_size = 16  # packed rows per step, all processes together
+  data.truncation = "prompt_left"
+  data.packer = "best_fit"
+  data.packing_bins = 64
+
+  data.template = ml_collections.ConfigDict()
+  data.template.format = "flan"  # flan | alpaca | chat
+  data.template.options = True  # OPTIONS suffix on classification prompts
+  data.template.inverted = True  # train on turned-around templates too
+  data.template.max_templates = 0  # templates per task (0: all)
+  data.template.num_shots = 0
+  data.template.few_shot_max_tokens = 400
+  data.template.chain_of_thought = False
+
+  data.tokenizer = ml_collections.ConfigDict()
+  data.tokenizer.model = ""  # a SentencePiece .model file; empty: train one and cache it in the workdir
+  data.tokenizer.vocab_size = 1024
+  data.tokenizer.num_texts = 20000
+  data.tokenizer.pad_id = -1  # -1: the model's own id
+  data.tokenizer.eos_id = -1
+  data.tokenizer.bos_id = -1
+  config.lock()
+  return config

@@ -1,0 +1,126 @@
+"""Task registry: every task has a name, a FLAN cluster, a source, templates and metrics.
+
+A task's source maps a split name to a random-access sequence of raw records;
+`preprocess` turns one raw record into the flat `fields` dict its templates read
+(`answer` always; `options` for tasks whose options vary per example;
+`rationale` for tasks that support chain-of-thought; `messages` for
+conversational tasks, which have no templates).
+"""
+
+import dataclasses
+import difflib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from flan_jax.data.templates import Template
+
+# FLAN 2021's task clusters (Wei et al. 2021, Figure 3).
+CLUSTERS = (
+    "nli", "commonsense", "sentiment", "paraphrase", "closed_book_qa",
+    "struct_to_text", "translation", "reading_comprehension",
+    "reading_comprehension_commonsense", "coreference", "misc", "summarization",
+)
+
+# Holding out a cluster also removes clusters too close to it (FLAN 2021, Sec. 2.2):
+# paraphrase and NLI test the same skill, and reading comprehension with
+# commonsense overlaps both of its parents.
+MUTUAL_EXCLUSIONS = {
+    "nli": ("paraphrase",),
+    "paraphrase": ("nli",),
+    "reading_comprehension": ("reading_comprehension_commonsense",),
+    "commonsense": ("reading_comprehension_commonsense",),
+    "reading_comprehension_commonsense": ("reading_comprehension", "commonsense"),
+}
+
+
+class BadRecordError(ValueError):
+  """A raw record that cannot become an example; the message says where and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  name: str
+  cluster: str
+  source: Callable[[str], Sequence[Any]]  # split name -> random-access records
+  preprocess: Callable[[Any], dict[str, Any]]
+  templates: tuple[Template, ...]
+  metrics: tuple[str, ...]
+  options: tuple[str, ...] | None = None  # the same answer options for every example
+  per_example_options: bool = False  # options come from fields["options"]
+  splits: tuple[str, str] = ("train", "validation")  # (train, evaluation) split names
+  conversational: bool = False  # fields["messages"] is the conversation itself; no templates
+
+  def __post_init__(self):
+    if self.cluster not in CLUSTERS:
+      raise ValueError(f"task {self.name}: unknown cluster {self.cluster!r}; clusters are {CLUSTERS}")
+    if not self.templates and not self.conversational:
+      raise ValueError(f"task {self.name}: no templates")
+    for t in self.templates:
+      if self.is_classification and not t.inverted and "{options_}" not in t.prompt:
+        raise ValueError(f"task {self.name}: classification template lacks {{options_}}: {t.prompt!r}")
+
+  @property
+  def is_classification(self) -> bool:
+    return self.options is not None or self.per_example_options
+
+  def example_fields(self, record: Any) -> dict[str, Any]:
+    """Preprocesses one record and checks what every template relies on."""
+    try:
+      fields = self.preprocess(record)
+    except BadRecordError as e:
+      raise BadRecordError(f"task {self.name}: {e}") from None
+    except (KeyError, IndexError, TypeError, ValueError, UnicodeDecodeError) as e:
+      raise BadRecordError(f"task {self.name}: cannot read record ({type(e).__name__}: {e})") from None
+    answer = fields.get("answer")
+    if not isinstance(answer, str) or not answer.strip():
+      raise BadRecordError(f"task {self.name}: field 'answer' is empty")
+    if self.is_classification:
+      options = self.example_options(fields)
+      if answer not in options:
+        raise BadRecordError(f"task {self.name}: answer {answer!r} is not one of the options {list(options)}")
+    return fields
+
+  def example_options(self, fields: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(fields["options"]) if self.per_example_options else self.options
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+  """Adds a task; registering the very same task again is a no-op, a different one an error."""
+  if task.name in _TASKS and _TASKS[task.name] != task:
+    raise ValueError(f"task {task.name!r} is already registered")
+  _TASKS[task.name] = task
+  return task
+
+
+def get(name: str) -> Task:
+  if name not in _TASKS:
+    close = difflib.get_close_matches(name, _TASKS, n=3)
+    raise KeyError(f"unknown task {name!r}" + (f"; did you mean {close}?" if close else ""))
+  return _TASKS[name]
+
+
+def by_cluster(cluster: str) -> list[Task]:
+  check_clusters([cluster])
+  return [t for t in _TASKS.values() if t.cluster == cluster]
+
+
+def names() -> list[str]:
+  return sorted(_TASKS)
+
+
+def check_clusters(clusters) -> None:
+  unknown = [c for c in clusters if c not in CLUSTERS]
+  if unknown:
+    raise ValueError(f"unknown cluster(s) {unknown}; clusters are {list(CLUSTERS)}")
+
+
+def excluded_clusters(held_out: Sequence[str]) -> set[str]:
+  """Held-out clusters plus those FLAN also removes from training for them."""
+  check_clusters(held_out)
+  excluded = set(held_out)
+  for c in held_out:
+    excluded.update(MUTUAL_EXCLUSIONS.get(c, ()))
+  return excluded

@@ -1,0 +1,119 @@
+"""Instruction templates, rendering modes and output formats.
+
+A template is a (prompt, response) pair of patterns over an example's fields.
+Rendering yields a conversation: a list of (role, text) turns. An output format
+then turns a conversation into text segments, each marked as prompt (weight 0)
+or response (weight 1), with an end-of-sequence marker after every response.
+
+Substitution is a single regex pass that only looks up `{name}` in the fields:
+no attribute access, indexing or format specs, and substituted values are never
+re-read, so a field value such as "{0.__class__}" renders literally.
+"""
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+COT_TRIGGER = "Let's think step by step."
+ROLES = ("system", "user", "input", "assistant")
+EOS = None  # a segment whose text is EOS stands for the tokenizer's end-of-sequence id
+
+# Per format, per role: (prefix, suffix). Prefixes are prompt text; an assistant
+# turn's suffix is part of the response and is trained on.
+FORMATS = {
+    "flan": {
+        "system": ("", "\n\n"), "user": ("", "\n\n"), "input": ("", "\n\n"), "assistant": ("", ""),
+    },
+    "alpaca": {
+        "system": ("", "\n\n"),
+        "user": ("### Instruction:\n", "\n\n"),
+        "input": ("### Input:\n", "\n\n"),
+        "assistant": ("### Response:\n", ""),
+    },
+    "chat": {
+        "system": ("<|system|>\n", "\n"),
+        "user": ("<|user|>\n", "\n"),
+        "input": ("", "\n"),
+        "assistant": ("<|assistant|>\n", "\n"),
+    },
+}
+# Markers a trained tokenizer keeps as single pieces.
+SPECIAL_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>")
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+  prompt: str
+  response: str = "{answer}"
+  inverted: bool = False  # "turned around": generates an input from the answer
+
+
+def substitute(pattern: str, fields: dict[str, Any], where: str = "template") -> str:
+  def replace(m):
+    if m.group(0) in ("{{", "}}"):
+      return m.group(0)[0]
+    name = m.group(1)
+    if name not in fields:
+      raise KeyError(f"{where}: field {name!r} is not in the example (fields: {sorted(fields)})")
+    return str(fields[name])
+  return _PLACEHOLDER.sub(replace, pattern)
+
+
+def options_suffix(options: Sequence[str]) -> str:
+  return "\n\nOPTIONS:\n" + "\n".join(f"- {o}" for o in options)
+
+
+def select_templates(templates: Sequence[Template], *, inverted: bool, max_templates: int) -> list[Template]:
+  """Templates used for training: the first `max_templates` (0: all), inverted ones optional."""
+  chosen = [t for t in templates if inverted or not t.inverted]
+  return chosen[:max_templates] if max_templates else chosen
+
+
+def render_pair(template: Template, fields: dict[str, Any], *, options: Sequence[str] | None,
+                show_options: bool, chain_of_thought: bool, where: str) -> tuple[str, str]:
+  """One example through one template: (prompt, response) strings."""
+  values = dict(fields)
+  values["options_"] = options_suffix(options) if (options and show_options) else ""
+  prompt = substitute(template.prompt, values, where)
+  response = substitute(template.response, values, where)
+  if chain_of_thought and fields.get("rationale") and not template.inverted:
+    prompt = f"{prompt}\n{COT_TRIGGER}"
+    response = f"{fields['rationale']} So the answer is {response}."
+  return prompt, response
+
+
+def few_shot_prompt(query: str, exemplars: Sequence[tuple[str, str]], *, max_tokens: int,
+                    count_tokens: Callable[[str], int]) -> str:
+  """Prepends as many exemplars as fit in `max_tokens` (counted with the query)."""
+  shots = list(exemplars)
+  while shots:
+    text = "\n\n".join(f"{p}\n{r}" for p, r in shots) + "\n\n" + query
+    if count_tokens(text) <= max_tokens:
+      return text
+    shots.pop()
+  return query
+
+
+def to_segments(conversation: Sequence[tuple[str, str]], fmt: str) -> list[tuple[str | None, int]]:
+  """Conversation -> [(text or EOS, loss weight)] in the given output format."""
+  if fmt not in FORMATS:
+    raise ValueError(f"unknown output format {fmt!r}; formats are {sorted(FORMATS)}")
+  markers = FORMATS[fmt]
+  segments = []
+  for role, text in conversation:
+    if role not in markers:
+      raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
+    prefix, suffix = markers[role]
+    if role == "assistant":
+      segments += [(prefix, 0), (text + suffix, 1), (EOS, 1)]
+    else:
+      segments.append((prefix + text + suffix, 0))
+  return [(t, w) for t, w in segments if t != ""]
+
+
+def to_text(conversation: Sequence[tuple[str, str]], fmt: str, eos: str = "</s>") -> str:
+  """The conversation as one string, with `eos` where the EOS token goes."""
+  return "".join(eos if t is EOS else t for t, _ in to_segments(conversation, fmt))

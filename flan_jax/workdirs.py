@@ -1,0 +1,14 @@
+"""Where a run keeps its outputs: `workdirs/<config name>[_<arg>]` unless --workdir says otherwise."""
+
+import os
+
+
+def default(config_arg: str) -> str:
+  """`configs/flan2021.py:held_out=nli` -> `workdirs/flan2021_held_out=nli`."""
+  path, _, arg = config_arg.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("workdirs", f"{name}_{arg}" if arg else name)
+
+
+def tokenizer_dir(workdir: str) -> str:
+  return os.path.join(workdir, "tokenizer")

@@ -1,0 +1,80 @@
+import grain
+import numpy as np
+import pytest
+
+from flan_jax.data import packing
+
+
+def _example(tokens, weights):
+  return packing.example_features(np.asarray(tokens, np.int32), np.asarray(weights, np.int32))
+
+
+def _rows(examples, seq_len, num_bins, packer="best_fit"):
+  ds = grain.MapDataset.source(examples).to_iter_dataset()
+  packed = packing.pack(ds, seq_len, packer=packer, num_bins=num_bins, seed=0)
+  # Sort rows so the test does not depend on the packer's row shuffle.
+  return sorted(list(packed), key=lambda r: tuple(r["inputs"]))
+
+
+def test_hand_built_pack_is_exact():
+  # BOS=2, prompt tokens 10.., response tokens 20.., EOS=1.
+  a = _example([2, 10, 11, 20, 21, 1], [0, 0, 0, 1, 1, 1])
+  b = _example([2, 12, 22, 1], [0, 0, 1, 1])
+  c = _example([2, 13, 14, 15, 23, 1], [0, 0, 0, 0, 1, 1])
+  rows = _rows([a, b, c], seq_len=8, num_bins=2)
+  assert len(rows) == 2
+  packed_ab = [r for r in rows if r["inputs"][0] == 2 and 12 in r["inputs"]][0]
+  other = [r for r in rows if r is not packed_ab][0]
+  # Two examples share one row; targets are shifted inside each example only.
+  ab_order = [2, 10, 11, 20, 21] + [2, 12, 22]
+  np.testing.assert_array_equal(packed_ab["inputs"], ab_order)
+  np.testing.assert_array_equal(packed_ab["targets"], [10, 11, 20, 21, 1] + [12, 22, 1])
+  np.testing.assert_array_equal(packed_ab["segment_ids"], [1, 1, 1, 1, 1, 2, 2, 2])
+  np.testing.assert_array_equal(packed_ab["positions"], [0, 1, 2, 3, 4, 0, 1, 2])
+  np.testing.assert_array_equal(packed_ab["loss_weights"], [0, 0, 1, 1, 1, 0, 1, 1])
+  # The third example is alone, padded with zeros everywhere.
+  np.testing.assert_array_equal(other["inputs"], [2, 13, 14, 15, 23, 0, 0, 0])
+  np.testing.assert_array_equal(other["targets"], [13, 14, 15, 23, 1, 0, 0, 0])
+  np.testing.assert_array_equal(other["segment_ids"], [1, 1, 1, 1, 1, 0, 0, 0])
+  np.testing.assert_array_equal(other["positions"], [0, 1, 2, 3, 4, 0, 0, 0])
+  np.testing.assert_array_equal(other["loss_weights"], [0, 0, 0, 1, 1, 0, 0, 0])
+  assert packing.efficiency(np.stack([r["segment_ids"] for r in rows])) == 13 / 16
+
+
+def test_weights_only_on_response_tokens_in_every_packed_row():
+  rng = np.random.default_rng(0)
+  examples = []
+  for _ in range(200):
+    p, r = int(rng.integers(1, 30)), int(rng.integers(1, 10))
+    examples.append(_example([2] + [10] * p + [20] * r + [1], [0] * (p + 1) + [1] * (r + 1)))
+  for row in _rows(examples, seq_len=64, num_bins=8):
+    pad = row["segment_ids"] == 0
+    assert not row["loss_weights"][pad].any()
+    # A target is weighted exactly when it is a response token (20) or EOS (1).
+    np.testing.assert_array_equal(row["loss_weights"][~pad], np.isin(row["targets"][~pad], [20, 1]))
+
+
+def test_best_fit_packs_long_tailed_lengths_densely():
+  # Instruction data lengths: lognormal, median 200 tokens, rows of 2048.
+  rng = np.random.default_rng(0)
+  lengths = np.clip(rng.lognormal(np.log(200), 1.0, 3000).astype(int), 4, 2049)
+  examples = [_example(np.full(n, 5), np.ones(n)) for n in lengths]
+  rows = _rows(examples, 2048, 64, "best_fit")
+  assert sum((r["segment_ids"] > 0).sum() for r in rows) == sum(lengths - 1)  # every token placed once
+  assert packing.efficiency(np.stack([r["segment_ids"] for r in rows])) > 0.98
+
+
+def test_truncation_policies():
+  tokens = np.array([2, 10, 11, 12, 13, 20, 21, 1], np.int32)
+  weights = np.array([0, 0, 0, 0, 0, 1, 1, 1], np.int32)
+  t, w, cut = packing.truncate(tokens, weights, 5, "prompt_left")
+  assert cut
+  np.testing.assert_array_equal(t, [2, 13, 20, 21, 1])  # BOS kept, oldest prompt tokens dropped
+  np.testing.assert_array_equal(w, [0, 0, 1, 1, 1])
+  t, w, cut = packing.truncate(tokens, weights, 3, "prompt_left")  # response alone too long: cut its end
+  np.testing.assert_array_equal(t, [2, 20, 21])
+  t, w, cut = packing.truncate(tokens, weights, 5, "right")
+  np.testing.assert_array_equal(t, [2, 10, 11, 12, 13])
+  assert packing.truncate(tokens, weights, 8, "right")[2] is False
+  with pytest.raises(ValueError, match="unknown truncation policy"):
+    packing.truncate(tokens, weights, 5, "middle")

@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+
+from flan_jax.data import pipeline
+
+
+def _small(config):
+  config.data.seq_len = 128
+  config.data.batch_size = 4
+  config.data.packing_bins = 8
+  return config
+
+
+def _decoded_stream(config, tokenizer, num_batches):
+  mix = pipeline.resolve_mixture(config.data)
+  it = iter(pipeline.batches(config.data, mix, tokenizer, pipeline.Stats(), seed=config.seed))
+  return " ".join(tokenizer.decode(row) for _ in range(num_batches) for row in next(it)["inputs"])
+
+
+def test_no_held_out_task_reaches_training(tiny_config, tokenizer):
+  config = _small(tiny_config)
+  # Every flan_mini NLI premise says "has exactly" or "only pet is"; no other task's text does.
+  nli_marks = ("has exactly", "only pet is")
+  config.data.held_out_clusters = ()
+  text = _decoded_stream(config, tokenizer, 40)
+  assert all(m in text for m in nli_marks)
+  config.data.held_out_clusters = ("nli",)
+  text = _decoded_stream(config, tokenizer, 40)
+  assert not any(m in text for m in nli_marks)
+  # paraphrase goes with nli (FLAN's exclusion): none of its templates' wording either.
+  assert "paraphrase" not in text
+
+
+def test_resume_from_saved_state_is_exact(tiny_config, tokenizer):
+  config = _small(tiny_config)
+  mix = pipeline.resolve_mixture(config.data)
+  make = lambda: iter(pipeline.batches(config.data, mix, tokenizer, pipeline.Stats(), seed=config.seed))
+  uninterrupted = make()
+  expected = [next(uninterrupted) for _ in range(12)]
+  first = make()
+  for _ in range(5):
+    next(first)
+  state = first.get_state()
+  resumed = make()
+  resumed.set_state(state)
+  for want in expected[5:]:
+    got = next(resumed)
+    assert got.keys() == want.keys()
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_batches_are_deterministic_and_shaped(tiny_config, tokenizer):
+  config = _small(tiny_config)
+  mix = pipeline.resolve_mixture(config.data)
+  a = next(iter(pipeline.batches(config.data, mix, tokenizer, pipeline.Stats(), seed=1)))
+  b = next(iter(pipeline.batches(config.data, mix, tokenizer, pipeline.Stats(), seed=1)))
+  c = next(iter(pipeline.batches(config.data, mix, tokenizer, pipeline.Stats(), seed=2)))
+  assert set(a) == {"inputs", "targets", "loss_weights", "segment_ids", "positions"}
+  assert all(v.shape == (4, 128) and v.dtype == np.int32 for v in a.values())
+  np.testing.assert_array_equal(a["inputs"], b["inputs"])
+  assert not np.array_equal(a["inputs"], c["inputs"])
+
+
+def test_processes_read_disjoint_shards(tiny_config, tokenizer):
+  data = _small(tiny_config).data
+  mix = pipeline.resolve_mixture(data)
+  full = pipeline.mixed_records(mix, seed=0)
+  shards = [pipeline.mixed_records(mix, seed=0)[p::2] for p in range(2)]
+  assert [full[i][:2] for i in range(0, 20, 2)] == [shards[0][i][:2] for i in range(10)]
+  assert [full[i][:2] for i in range(1, 20, 2)] == [shards[1][i][:2] for i in range(10)]
+  with pytest.raises(ValueError, match="not divisible by 3 processes"):
+    pipeline.batches(data, mix, tokenizer, pipeline.Stats(), seed=0, process_index=0, process_count=3)
+  per_process = next(iter(pipeline.batches(data, mix, tokenizer, pipeline.Stats(), seed=0, process_index=1,
+                                           process_count=2)))
+  assert per_process["inputs"].shape == (2, 128)
+
+
+def test_mixture_rates_reach_the_stream(tiny_config):
+  mix = pipeline.resolve_mixture(tiny_config.data)
+  records = pipeline.mixed_records(mix, seed=0)
+  names = [records[i][0] for i in range(20000)]
+  for task, rate in mix.rates.items():
+    assert abs(names.count(task) / len(names) - rate) < 0.01
+
+
+def test_truncation_is_counted_not_fatal(tiny_config, tokenizer):
+  config = _small(tiny_config)
+  config.data.seq_len = 24
+  mix = pipeline.resolve_mixture(config.data)
+  stats = pipeline.Stats()
+  batch = next(iter(pipeline.batches(config.data, mix, tokenizer, stats, seed=0)))
+  assert stats.truncated > 0
+  assert batch["inputs"].shape == (4, 24)
+
+
+def test_few_shot_and_chain_of_thought_render(tiny_config, tokenizer):
+  data = tiny_config.data
+  data.mixture = ("mini_arithmetic",)
+  data.held_out_clusters = ()
+  data.template.num_shots = 2
+  data.template.chain_of_thought = True
+  data.template.inverted = False
+  mix = pipeline.resolve_mixture(data)
+  renderer = pipeline.Renderer(data, tokenizer, mix.train, pipeline.Stats())
+  records = pipeline.mixed_records(mix, seed=0)
+  (_, prompt), (_, response) = renderer.render(records[0], np.random.default_rng(0))
+  assert prompt.count("So the answer is") == 2  # two exemplars, each with its rationale
+  assert prompt.endswith("Let's think step by step.") and response.endswith(".")
+  assert "So the answer is" in response

@@ -1,0 +1,67 @@
+import pytest
+
+from flan_jax.data import templates
+from flan_jax.data.templates import EOS, Template
+
+
+def test_substitute_never_evaluates_field_values():
+  fields = {"a": "{0.__class__}", "b": "{a}", "c": "{__import__('os')}"}
+  assert templates.substitute("x {a} y {b} z {c}", fields) == "x {0.__class__} y {a} z {__import__('os')}"
+
+
+def test_substitute_rejects_attribute_access_in_patterns():
+  # Only bare names are placeholders; anything else stays literal text.
+  assert templates.substitute("{a.__class__} {a[0]} {a!r}", {"a": "v"}) == "{a.__class__} {a[0]} {a!r}"
+
+
+def test_substitute_escapes_and_unknown_fields():
+  assert templates.substitute("{{literal}} {a}", {"a": 1}) == "{literal} 1"
+  with pytest.raises(KeyError, match="task t, template 2: field 'missing'"):
+    templates.substitute("{missing}", {"a": 1}, "task t, template 2")
+
+
+def test_options_suffix_on_and_off():
+  t = Template("Q: {q}{options_}")
+  on = templates.render_pair(t, {"q": "why?", "answer": "yes"}, options=("no", "yes"), show_options=True,
+                             chain_of_thought=False, where="")
+  off = templates.render_pair(t, {"q": "why?", "answer": "yes"}, options=("no", "yes"), show_options=False,
+                              chain_of_thought=False, where="")
+  assert on == ("Q: why?\n\nOPTIONS:\n- no\n- yes", "yes")
+  assert off == ("Q: why?", "yes")
+
+
+def test_chain_of_thought_only_with_a_rationale():
+  t = Template("What is {e}?")
+  with_r = templates.render_pair(t, {"e": "2 + 2", "answer": "4", "rationale": "2 + 2 = 4."}, options=None,
+                                 show_options=True, chain_of_thought=True, where="")
+  assert with_r == (f"What is 2 + 2?\n{templates.COT_TRIGGER}", "2 + 2 = 4. So the answer is 4.")
+  without = templates.render_pair(t, {"e": "2 + 2", "answer": "4"}, options=None, show_options=True,
+                                  chain_of_thought=True, where="")
+  assert without == ("What is 2 + 2?", "4")
+
+
+def test_inverted_templates_and_template_count():
+  ts = [Template("a"), Template("b", inverted=True), Template("c")]
+  assert templates.select_templates(ts, inverted=False, max_templates=0) == [ts[0], ts[2]]
+  assert templates.select_templates(ts, inverted=True, max_templates=2) == ts[:2]
+
+
+def test_few_shot_prompt_respects_token_budget():
+  shots = [("q1", "a1"), ("q2", "a2"), ("q3", "a3")]
+  count = len  # one "token" per character
+  full = templates.few_shot_prompt("query", shots, max_tokens=1000, count_tokens=count)
+  assert full == "q1\na1\n\nq2\na2\n\nq3\na3\n\nquery"
+  two = templates.few_shot_prompt("query", shots, max_tokens=len("q1\na1\n\nq2\na2\n\nquery"), count_tokens=count)
+  assert two == "q1\na1\n\nq2\na2\n\nquery"
+  assert templates.few_shot_prompt("query", shots, max_tokens=3, count_tokens=count) == "query"
+
+
+def test_formats_mark_only_responses_for_loss():
+  turns = [("user", "Do it."), ("input", "data"), ("assistant", "Done.")]
+  assert templates.to_segments(turns, "flan") == [("Do it.\n\n", 0), ("data\n\n", 0), ("Done.", 1), (EOS, 1)]
+  assert templates.to_segments(turns, "alpaca") == [
+      ("### Instruction:\nDo it.\n\n", 0), ("### Input:\ndata\n\n", 0), ("### Response:\n", 0), ("Done.", 1), (EOS, 1)]
+  assert templates.to_segments(turns, "chat") == [
+      ("<|user|>\nDo it.\n", 0), ("data\n", 0), ("<|assistant|>\n", 0), ("Done.\n", 1), (EOS, 1)]
+  with pytest.raises(ValueError, match="unknown output format"):
+    templates.to_segments(turns, "xml")
