@@ -1,10 +1,11 @@
 import pytest
 
-from flan_jax.data import flan_mini, tasks
+from flan_jax.data import pipeline, tasks
 from flan_jax.data.templates import Template
 
 
 def test_lookup_by_name_and_cluster():
+  assert pipeline  # importing the pipeline registers flan_mini and the TFDS tasks
   assert tasks.get("mini_arithmetic").cluster == "misc"
   assert {t.name for t in tasks.by_cluster("coreference")} >= {"mini_pronoun_gender", "mini_winograd_size", "winogrande"}
   with pytest.raises(KeyError, match="unknown task 'mini_arithmetc'.*mini_arithmetic"):
@@ -40,4 +41,3 @@ def test_registering_a_different_task_under_a_taken_name_fails():
   with pytest.raises(ValueError, match="already registered"):
     tasks.register(tasks.Task(name="mini_arithmetic", cluster="misc", source=lambda s: [], preprocess=dict,
                               templates=(Template("{q}"),), metrics=()))
-  assert flan_mini.TASKS

@@ -28,7 +28,7 @@ MESSAGE_ROLES = ("system", "user", "assistant")
 
 
 def read_rows(path: str):
-  """Yields (line or record number, parsed row); raises BadRecordError naming the place."""
+  """Yields (place, parsed row or BadRecordError), the place being `path:line` or `path record i`."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"local task file {path!r} does not exist")
   with open(path, "rb") as f:
@@ -42,17 +42,18 @@ def read_rows(path: str):
       raise tasks.BadRecordError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     if not isinstance(rows, list):
       raise tasks.BadRecordError(f"{path}: expected a JSON array of records")
-    yield from ((f"record {i}", row) for i, row in enumerate(rows))
+    yield from ((f"{path} record {i}", row) for i, row in enumerate(rows))
     return
   for number, line in enumerate(raw.split(b"\n"), start=1):
     if not line.strip():
       continue
+    place = f"{path}:{number}"
     try:
-      yield f"line {number}", json.loads(line.decode("utf-8"))
+      yield place, json.loads(line.decode("utf-8"))
     except UnicodeDecodeError as e:
-      yield f"line {number}", tasks.BadRecordError(f"{path}:{number}: not valid UTF-8 at byte {e.start}")
+      yield place, tasks.BadRecordError(f"{place}: not valid UTF-8 at byte {e.start}")
     except json.JSONDecodeError as e:
-      yield f"line {number}", tasks.BadRecordError(f"{path}:{number}: invalid JSON ({e.msg})")
+      yield place, tasks.BadRecordError(f"{place}: invalid JSON ({e.msg})")
 
 
 def to_conversation(row, fmt: str, field_map: dict[str, str], where: str) -> list[tuple[str, str]]:
@@ -102,8 +103,7 @@ def load(spec: dict, path: str, skip_bad_records: bool) -> tuple[dict[str, list]
   fmt = spec["format"]
   field_map, cluster_map = dict(spec.get("field_map") or {}), dict(spec.get("cluster_map") or {})
   by_cluster, skipped = {}, []
-  for place, row in read_rows(path):
-    where = f"{path}:{place.removeprefix('line ')}" if place.startswith("line") else f"{path} {place}"
+  for where, row in read_rows(path):
     try:
       conversation = to_conversation(row, fmt, field_map, where)
       cluster = spec.get("cluster") or ""

@@ -331,14 +331,14 @@ def trec(r):
 TV, TT, TD = ("train", "validation"), ("train", "test"), ("train", "dev")
 SPECS = {
     # nli
-    "anli_r1": ("anli/r1", "nli", nli("context", "hypothesis", ("yes", "it is not possible to tell", "no")), NLI_T, NLI3, CLASSIFY, TV),
-    "anli_r2": ("anli/r2", "nli", nli("context", "hypothesis", ("yes", "it is not possible to tell", "no")), NLI_T, NLI3, CLASSIFY, TV),
-    "anli_r3": ("anli/r3", "nli", nli("context", "hypothesis", ("yes", "it is not possible to tell", "no")), NLI_T, NLI3, CLASSIFY, TV),
+    "anli_r1": ("anli/r1", "nli", nli("context", "hypothesis", NLI3), NLI_T, NLI3, CLASSIFY, TV),
+    "anli_r2": ("anli/r2", "nli", nli("context", "hypothesis", NLI3), NLI_T, NLI3, CLASSIFY, TV),
+    "anli_r3": ("anli/r3", "nli", nli("context", "hypothesis", NLI3), NLI_T, NLI3, CLASSIFY, TV),
     "cb": ("super_glue/cb", "nli", nli("premise", "hypothesis", ("yes", "no", "it is not possible to tell")), NLI_T, NLI3, CLASSIFY, TV),
-    "mnli": ("glue/mnli", "nli", nli("premise", "hypothesis", ("yes", "it is not possible to tell", "no")), NLI_T, NLI3, CLASSIFY, ("train", "validation_matched")),
+    "mnli": ("glue/mnli", "nli", nli("premise", "hypothesis", NLI3), NLI_T, NLI3, CLASSIFY, ("train", "validation_matched")),
     "qnli": ("glue/qnli", "nli", lambda r: dict(question=text(r["question"]), sentence=text(r["sentence"]), answer=label(r, "label", ("yes", "no"))), QNLI_T, YES_NO, CLASSIFY, TV),
     "rte": ("glue/rte", "nli", nli("sentence1", "sentence2", ("yes", "no")), NLI_T, YES_NO, CLASSIFY, TV),
-    "snli": ("snli", "nli", nli("premise", "hypothesis", ("yes", "it is not possible to tell", "no")), NLI_T, NLI3, CLASSIFY, TV),
+    "snli": ("snli", "nli", nli("premise", "hypothesis", NLI3), NLI_T, NLI3, CLASSIFY, TV),
     "wnli": ("glue/wnli", "nli", nli("sentence1", "sentence2", ("no", "yes")), NLI_T, YES_NO, CLASSIFY, TV),
     # commonsense
     "copa": ("super_glue/copa", "commonsense", copa, COPA_T, "per_example", CLASSIFY, TV),
