@@ -1,0 +1,153 @@
+"""A Llama-style decoder (Flax linen) whose attention respects packed rows.
+
+RMSNorm, rotary embeddings from the packed `positions`, grouped-query attention
+that is causal and confined to one segment, SwiGLU MLP, optional tied
+embeddings. Matmuls take operands in `dtype` (bf16 by default) and accumulate
+in f32; parameters are kept in `param_dtype`. Every parameter carries logical
+axis names, which the sharding rules map onto the mesh.
+
+The model returns final hidden states, not logits: the loss projects onto the
+vocabulary chunk by chunk (see loss.py), so `[batch, length, vocab]` is never
+built. `Decoder.unembedding` gives the `[embed, vocab]` matrix for that.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Logical axis names of parameters and activations.
+BATCH, LENGTH, EMBED, VOCAB, HEADS, KV_HEADS, HEAD_DIM, MLP = (
+    "batch", "length", "embed", "vocab", "heads", "kv_heads", "head_dim", "mlp")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int
+  d_model: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  tie_embeddings: bool = False
+  dtype: str = "bfloat16"  # matmul operands
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"model.num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+
+
+def matmul(spec: str, x, w, dtype):
+  """einsum with operands in `dtype` and f32 accumulation and result."""
+  return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _param(module: nn.Module, name: str, shape, axes, init, cfg: ModelConfig):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(cfg.param_dtype))
+
+
+class RMSNorm(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    scale = _param(self, "scale", (x.shape[-1],), (EMBED,), nn.initializers.ones, self.cfg)
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.cfg.norm_eps)
+    return x * scale.astype(jnp.float32)
+
+
+def rotary(x, positions, theta: float):
+  """Rotates pairs (x[i], x[i + d/2]) of `x` [b, l, h, d] by angles from `positions` [b, l]."""
+  half = x.shape[-1] // 2
+  inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions[:, :, None, None].astype(jnp.float32) * inv_freq
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  x1, x2 = x[..., :half], x[..., half:]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids):
+    cfg = self.cfg
+    init = nn.initializers.normal(cfg.d_model ** -0.5)
+    wq = _param(self, "wq", (cfg.d_model, cfg.num_heads, cfg.head_dim), (EMBED, HEADS, HEAD_DIM), init, cfg)
+    wk = _param(self, "wk", (cfg.d_model, cfg.num_kv_heads, cfg.head_dim), (EMBED, KV_HEADS, HEAD_DIM), init, cfg)
+    wv = _param(self, "wv", (cfg.d_model, cfg.num_kv_heads, cfg.head_dim), (EMBED, KV_HEADS, HEAD_DIM), init, cfg)
+    wo = _param(self, "wo", (cfg.num_heads, cfg.head_dim, cfg.d_model), (HEADS, HEAD_DIM, EMBED),
+                nn.initializers.normal((cfg.num_heads * cfg.head_dim) ** -0.5), cfg)
+    q = rotary(matmul("bld,dhk->blhk", x, wq, cfg.dtype), positions, cfg.rope_theta)
+    k = rotary(matmul("bld,dhk->blhk", x, wk, cfg.dtype), positions, cfg.rope_theta)
+    v = matmul("bld,dhk->blhk", x, wv, cfg.dtype)
+    b, length, _, _ = q.shape
+    groups = cfg.num_heads // cfg.num_kv_heads
+    q = q.reshape(b, length, cfg.num_kv_heads, groups, cfg.head_dim) * cfg.head_dim ** -0.5
+    scores = matmul("blkgd,bskd->bkgls", q, k, cfg.dtype)
+    # A token sees earlier tokens of its own example only; every token sees itself.
+    causal = jnp.tril(jnp.ones((length, length), bool))
+    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+    mask = (causal[None] & same_segment)[:, None, None]
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = matmul("bkgls,bskd->blkgd", probs, v, cfg.dtype).reshape(b, length, cfg.num_heads, cfg.head_dim)
+    return matmul("blhk,hkd->bld", out, wo, cfg.dtype)
+
+
+class MLP(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    w_gate = _param(self, "w_gate", (cfg.d_model, cfg.mlp_dim), (EMBED, MLP),
+                    nn.initializers.normal(cfg.d_model ** -0.5), cfg)
+    w_up = _param(self, "w_up", (cfg.d_model, cfg.mlp_dim), (EMBED, MLP), nn.initializers.normal(cfg.d_model ** -0.5), cfg)
+    w_down = _param(self, "w_down", (cfg.mlp_dim, cfg.d_model), (MLP, EMBED),
+                    nn.initializers.normal(cfg.mlp_dim ** -0.5), cfg)
+    hidden = jax.nn.silu(matmul("bld,dm->blm", x, w_gate, cfg.dtype)) * matmul("bld,dm->blm", x, w_up, cfg.dtype)
+    return matmul("blm,md->bld", hidden, w_down, cfg.dtype)
+
+
+class Block(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids):
+    x = x + Attention(self.cfg, name="attention")(RMSNorm(self.cfg, name="attention_norm")(x), positions, segment_ids)
+    x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
+    return nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
+
+
+class Decoder(nn.Module):
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedding = _param(self, "embedding", (cfg.vocab_size, cfg.d_model), (VOCAB, EMBED),
+                            nn.initializers.normal(1.0), cfg)
+    if not cfg.tie_embeddings:
+      self.unembed = _param(self, "unembed", (cfg.d_model, cfg.vocab_size), (EMBED, VOCAB),
+                            nn.initializers.normal(cfg.d_model ** -0.5), cfg)
+    self.blocks = [Block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
+    self.final_norm = RMSNorm(cfg)
+
+  def __call__(self, tokens, positions, segment_ids):
+    """[b, l] int32 each -> final hidden states [b, l, d_model] in f32."""
+    x = jnp.take(self.embedding, tokens, axis=0).astype(jnp.float32)
+    x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
+    for block in self.blocks:
+      x = block(x, positions, segment_ids)
+    return self.final_norm(x)
+
+  def unembedding(self):
+    """The [d_model, vocab] output projection. Tied: the embedding's transpose,
+    scaled by d_model ** -0.5 so initial logits have unit variance (as in T5)."""
+    return self.embedding.T * self.cfg.d_model ** -0.5 if self.cfg.tie_embeddings else self.unembed

@@ -1,0 +1,80 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flan_jax.model import Decoder, ModelConfig
+
+CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
+                  dtype="float32")
+
+
+def _init(cfg=CFG, length=16):
+  model = Decoder(cfg)
+  zeros = jnp.zeros((1, length), jnp.int32)
+  params = jax.jit(model.init)(jax.random.key(0), zeros, zeros, zeros)
+  return model, params
+
+
+def _run(model, params, tokens, positions, segments):
+  return np.asarray(jax.jit(model.apply)(params, jnp.asarray([tokens]), jnp.asarray([positions]),
+                                         jnp.asarray([segments]))[0])
+
+
+def test_packed_row_equals_each_example_alone():
+  model, params = _init()
+  rng = np.random.default_rng(0)
+  a, b = rng.integers(1, 64, 5), rng.integers(1, 64, 7)
+  row = np.concatenate([a, b, np.zeros(4, int)])
+  positions = np.concatenate([np.arange(5), np.arange(7), np.zeros(4, int)])
+  segments = np.array([1] * 5 + [2] * 7 + [0] * 4)
+  packed = _run(model, params, row, positions, segments)
+  alone_a = _run(model, params, np.pad(a, (0, 11)), np.pad(np.arange(5), (0, 11)), [1] * 5 + [0] * 11)
+  alone_b = _run(model, params, np.pad(b, (0, 9)), np.pad(np.arange(7), (0, 9)), [1] * 7 + [0] * 9)
+  np.testing.assert_allclose(packed[:5], alone_a[:5], atol=1e-5)
+  np.testing.assert_allclose(packed[5:12], alone_b[:7], atol=1e-5)
+
+
+def test_changing_one_example_changes_no_other():
+  model, params = _init()
+  row = np.arange(1, 17)
+  positions = np.concatenate([np.arange(6), np.arange(6), np.arange(4)])
+  segments = np.array([1] * 6 + [2] * 6 + [3] * 4)
+  before = _run(model, params, row, positions, segments)
+  changed = row.copy()
+  changed[6:12] = 7
+  after = _run(model, params, changed, positions, segments)
+  np.testing.assert_array_equal(before[:6], after[:6])
+  np.testing.assert_array_equal(before[12:], after[12:])
+  assert not np.allclose(before[6:12], after[6:12])
+
+
+def test_attention_is_causal():
+  model, params = _init()
+  row, positions, segments = np.arange(1, 17), np.arange(16), np.ones(16, int)
+  before = _run(model, params, row, positions, segments)
+  changed = row.copy()
+  changed[10] = 63
+  after = _run(model, params, changed, positions, segments)
+  np.testing.assert_array_equal(before[:10], after[:10])
+  assert not np.allclose(before[10:], after[10:])
+
+
+def test_bf16_compute_stays_close_to_f32_and_params_stay_f32():
+  model32, params = _init()
+  model16 = Decoder(ModelConfig(**{**CFG.__dict__, "dtype": "bfloat16"}))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  row, positions, segments = np.arange(1, 17), np.arange(16), np.ones(16, int)
+  h32 = _run(model32, params, row, positions, segments)
+  h16 = _run(model16, params, row, positions, segments)
+  assert h16.dtype == np.float32
+  assert np.linalg.norm(h16 - h32) / np.linalg.norm(h32) < 2e-2
+
+
+def test_tied_embeddings_and_config_errors():
+  model, params = _init(ModelConfig(**{**CFG.__dict__, "tie_embeddings": True}))
+  assert "unembed" not in params["params"]
+  unembed = model.apply(params, method=Decoder.unembedding)
+  np.testing.assert_allclose(unembed, params["params"]["embedding"].value.T * CFG.d_model ** -0.5)
+  with pytest.raises(ValueError, match="num_heads=4 is not a multiple of num_kv_heads=3"):
+    ModelConfig(**{**CFG.__dict__, "num_kv_heads": 3})
