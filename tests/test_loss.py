@@ -1,0 +1,57 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flan_jax import loss
+
+
+def _inputs(b=2, length=24, d=16, vocab=50, seed=0):
+  k = jax.random.split(jax.random.key(seed), 4)
+  hidden = jax.random.normal(k[0], (b, length, d))
+  unembed = jax.random.normal(k[1], (d, vocab)) * 0.3
+  targets = jax.random.randint(k[2], (b, length), 0, vocab)
+  weights = (jax.random.uniform(k[3], (b, length)) < 0.6).astype(jnp.float32)
+  return hidden, unembed, targets, weights
+
+
+@pytest.mark.parametrize("z_loss, smoothing", [(0.0, 0.0), (1e-3, 0.0), (0.0, 0.1), (1e-4, 0.2)])
+@pytest.mark.parametrize("chunk", [7, 16, 48, 100])  # 48 tokens: chunks that do and do not divide them
+def test_fused_equals_naive_with_gradients(chunk, z_loss, smoothing):
+  hidden, unembed, targets, weights = _inputs()
+  fused = functools.partial(loss.fused_cross_entropy, chunk_size=chunk, dtype="float32", z_loss=z_loss,
+                            label_smoothing=smoothing)
+  naive = functools.partial(loss.naive_cross_entropy, dtype="float32", z_loss=z_loss, label_smoothing=smoothing)
+  f_val, f_grads = jax.jit(jax.value_and_grad(lambda h, u: fused(h, u, targets, weights)[0], argnums=(0, 1)))(hidden, unembed)
+  n_val, n_grads = jax.jit(jax.value_and_grad(lambda h, u: naive(h, u, targets, weights)[0], argnums=(0, 1)))(hidden, unembed)
+  np.testing.assert_allclose(f_val, n_val, rtol=1e-5)
+  for f, n in zip(f_grads, n_grads):
+    np.testing.assert_allclose(f, n, rtol=1e-4, atol=1e-6)
+  assert float(fused(hidden, unembed, targets, weights)[1]) == pytest.approx(
+      float(naive(hidden, unembed, targets, weights)[1]), rel=1e-5)
+
+
+def test_fused_loss_never_builds_full_logits():
+  hidden, unembed, targets, weights = _inputs(b=4, length=256, d=32, vocab=4096)
+  grad = lambda fn: jax.jit(jax.grad(lambda h, u: fn(h, u, targets, weights)[0], argnums=(0, 1)))
+  fused = grad(functools.partial(loss.fused_cross_entropy, chunk_size=128, dtype="float32"))
+  naive = grad(functools.partial(loss.naive_cross_entropy, dtype="float32"))
+  temp = lambda f: f.lower(hidden, unembed).compile().memory_analysis().temp_size_in_bytes
+  full_logits_bytes = 4 * 256 * 4096 * 4
+  chunk_logits_bytes = 128 * 4096 * 4
+  assert temp(naive) >= full_logits_bytes
+  # A chunk's logits and their gradient at a time: bounded by chunks, not by the 8x longer sequence.
+  assert temp(fused) < 3 * chunk_logits_bytes
+
+
+def test_token_weight_normalizations():
+  lw = jnp.array([[0, 1, 1, 1, 0, 1, 0, 0]], jnp.float32)
+  seg = jnp.array([[1, 1, 1, 1, 2, 2, 0, 0]])
+  np.testing.assert_allclose(loss.token_weights(lw, seg, "token"), lw / 4)
+  # Example 1 has 3 target tokens, example 2 has 1: each example weighs 1/2.
+  np.testing.assert_allclose(loss.token_weights(lw, seg, "example"), [[0, 1 / 6, 1 / 6, 1 / 6, 0, 1 / 2, 0, 0]])
+  np.testing.assert_allclose(loss.token_weights(lw, seg, "constant", 8.0), lw / 8)
+  with pytest.raises(ValueError, match="unknown loss normalization 'sequence'"):
+    loss.token_weights(lw, seg, "sequence")
