@@ -25,9 +25,11 @@ def token_weights(loss_weights, segment_ids, normalization: str, constant: float
   if normalization == "token":
     return w / jnp.maximum(w.sum(), 1.0)
   if normalization == "example":
-    # Examples are (row, segment id) pairs; segment ids are small integers.
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    tokens_in_example = jnp.einsum("bls,bs->bl", same.astype(jnp.float32), w)
+    # An example is a (row, segment id) pair; a row of length l holds fewer than l segments.
+    b, length = segment_ids.shape
+    example_ids = segment_ids + jnp.arange(b)[:, None] * length
+    counts = jax.ops.segment_sum(w.reshape(-1), example_ids.reshape(-1), num_segments=b * length)
+    tokens_in_example = counts[example_ids]
     per_token = jnp.where(w > 0, w / jnp.maximum(tokens_in_example, 1.0), 0.0)
     num_examples = per_token.sum()  # each example's weights sum to 1
     return per_token / jnp.maximum(num_examples, 1.0)

@@ -53,5 +53,8 @@ def test_token_weight_normalizations():
   # Example 1 has 3 target tokens, example 2 has 1: each example weighs 1/2.
   np.testing.assert_allclose(loss.token_weights(lw, seg, "example"), [[0, 1 / 6, 1 / 6, 1 / 6, 0, 1 / 2, 0, 0]])
   np.testing.assert_allclose(loss.token_weights(lw, seg, "constant", 8.0), lw / 8)
+  # Two rows: segment 1 of each row is its own example (3 of them in all, each weighing 1/3).
+  two = loss.token_weights(jnp.concatenate([lw, lw[:, ::-1]]), jnp.concatenate([seg, jnp.array([[1] * 8])]), "example")
+  np.testing.assert_allclose(two.sum(axis=1), [2 / 3, 1 / 3], rtol=1e-6)
   with pytest.raises(ValueError, match="unknown loss normalization 'sequence'"):
     loss.token_weights(lw, seg, "sequence")
