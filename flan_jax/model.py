@@ -72,11 +72,18 @@ def rotary(x, positions, theta: float):
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+def attention_mask(segment_ids):
+  """[b, l, l]: a token sees earlier tokens of its own example only; every token sees itself."""
+  length = segment_ids.shape[1]
+  causal = jnp.tril(jnp.ones((length, length), bool))
+  return causal[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])
+
+
 class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, segment_ids):
+  def __call__(self, x, positions, mask):
     cfg = self.cfg
     init = nn.initializers.normal(cfg.d_model ** -0.5)
     wq = _param(self, "wq", (cfg.d_model, cfg.num_heads, cfg.head_dim), (EMBED, HEADS, HEAD_DIM), init, cfg)
@@ -91,11 +98,7 @@ class Attention(nn.Module):
     groups = cfg.num_heads // cfg.num_kv_heads
     q = q.reshape(b, length, cfg.num_kv_heads, groups, cfg.head_dim) * cfg.head_dim ** -0.5
     scores = matmul("blkgd,bskd->bkgls", q, k, cfg.dtype)
-    # A token sees earlier tokens of its own example only; every token sees itself.
-    causal = jnp.tril(jnp.ones((length, length), bool))
-    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
-    mask = (causal[None] & same_segment)[:, None, None]
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
     out = matmul("bkgls,bskd->blkgd", probs, v, cfg.dtype).reshape(b, length, cfg.num_heads, cfg.head_dim)
     return matmul("blhk,hkd->bld", out, wo, cfg.dtype)
@@ -120,8 +123,8 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, segment_ids):
-    x = x + Attention(self.cfg, name="attention")(RMSNorm(self.cfg, name="attention_norm")(x), positions, segment_ids)
+  def __call__(self, x, positions, mask):
+    x = x + Attention(self.cfg, name="attention")(RMSNorm(self.cfg, name="attention_norm")(x), positions, mask)
     x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
     return nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
 
@@ -143,8 +146,9 @@ class Decoder(nn.Module):
     """[b, l] int32 each -> final hidden states [b, l, d_model] in f32."""
     x = jnp.take(self.embedding, tokens, axis=0).astype(jnp.float32)
     x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
+    mask = attention_mask(segment_ids)
     for block in self.blocks:
-      x = block(x, positions, segment_ids)
+      x = block(x, positions, mask)
     return self.final_norm(x)
 
   def unembedding(self):
