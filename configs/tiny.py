@@ -3,6 +3,8 @@
 
 import ml_collections
 
+from configs import models
+
 
 def get_config(arg: str | None = None):
   del arg
@@ -39,5 +41,32 @@ def get_config(arg: str | None = None):
   data.tokenizer.pad_id = -1  # -1: the model's own id
   data.tokenizer.eos_id = -1
   data.tokenizer.bos_id = -1
+
+  config.model = models.get("tiny", vocab_size=data.tokenizer.get_ref("vocab_size"))
+
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: the remaining devices
+  config.sharding_rules = "fsdp_tp"  # dp | fsdp | tp | fsdp_tp (flan_jax/sharding.py)
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.normalization = "token"  # token | example | constant (batch_size * seq_len)
+  config.loss.z_loss = 0.0
+  config.loss.label_smoothing = 0.0
+  config.loss.chunk_len = 128  # positions per chunk of the fused vocabulary projection
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = "adamw"  # adamw | adafactor
+  config.optim.learning_rate = 3e-3
+  config.optim.schedule = "cosine"  # constant | cosine | linear
+  config.optim.warmup_steps = 30
+  config.optim.final_lr_fraction = 0.1
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.95
+  config.optim.eps = 1e-8
+  config.optim.weight_decay = 0.01
+  config.optim.clip_norm = 1.0  # 0: no clipping
+
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 300
+  config.train.microbatches = 1  # gradient accumulation: the batch in this many sequential pieces
   config.lock()
   return config

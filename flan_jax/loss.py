@@ -1,7 +1,7 @@
 """Masked cross-entropy fused with the vocabulary projection, chunk by chunk.
 
-Tokens are split into chunks; for each chunk the logits are computed, reduced
-to the loss, and dropped. The chunk body is rematerialised (`jax.checkpoint`),
+The sequence is split into chunks of positions; for each chunk the logits are
+computed, reduced to the loss, and dropped. The chunk body is rematerialised (`jax.checkpoint`),
 so the backward pass recomputes one chunk's logits at a time instead of
 keeping them: `[batch, length, vocab]` exists neither forward nor backward.
 """
@@ -50,31 +50,35 @@ def _token_losses(logits, targets, z_loss: float, label_smoothing: float):
   return loss, nll
 
 
-def fused_cross_entropy(hidden, unembedding, targets, weights, *, chunk_size: int, dtype: str,
+def fused_cross_entropy(hidden, unembedding, targets, weights, *, chunk_len: int, dtype: str,
                         z_loss: float = 0.0, label_smoothing: float = 0.0):
   """sum(weights * loss) and sum(weights * nll) over all tokens, logits built one chunk at a time.
 
   hidden [b, l, d] (f32), unembedding [d, vocab], targets and weights [b, l].
+  A chunk is `chunk_len` positions of every row, so rows stay where the batch
+  sharding put them and each device works on its own rows.
   """
-  d = hidden.shape[-1]
-  n = hidden.shape[0] * hidden.shape[1]
-  num_chunks = -(-n // chunk_size)
-  pad = num_chunks * chunk_size - n
-  h = jnp.pad(hidden.reshape(n, d), ((0, pad), (0, 0))).reshape(num_chunks, chunk_size, d)
-  t = jnp.pad(targets.reshape(n), (0, pad)).reshape(num_chunks, chunk_size)
-  w = jnp.pad(weights.reshape(n).astype(jnp.float32), (0, pad)).reshape(num_chunks, chunk_size)
+  b, length, d = hidden.shape
+  num_chunks = -(-length // chunk_len)
+  pad = num_chunks * chunk_len - length
+
+  def chunked(x):  # [b, l, ...] -> [num_chunks, b, chunk_len, ...]
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    return jnp.swapaxes(x.reshape(b, num_chunks, chunk_len, *x.shape[2:]), 0, 1)
 
   @jax.checkpoint
   def chunk(h_chunk, t_chunk, w_chunk):
-    logits = matmul("nd,dv->nv", h_chunk, unembedding, dtype)
-    loss, nll = _token_losses(logits, t_chunk, z_loss, label_smoothing)
+    logits = matmul("bcd,dv->bcv", h_chunk, unembedding, dtype)
+    loss, nll = _token_losses(logits.reshape(-1, logits.shape[-1]), t_chunk.reshape(-1), z_loss, label_smoothing)
+    w_chunk = w_chunk.reshape(-1)
     return jnp.sum(w_chunk * loss), jnp.sum(w_chunk * nll)
 
   def step(totals, xs):
     loss, nll = chunk(*xs)
     return (totals[0] + loss, totals[1] + nll), None
 
-  (loss, nll), _ = jax.lax.scan(step, (jnp.float32(0.0), jnp.float32(0.0)), (h, t, w))
+  xs = (chunked(hidden), chunked(targets), chunked(weights.astype(jnp.float32)))
+  (loss, nll), _ = jax.lax.scan(step, (jnp.float32(0.0), jnp.float32(0.0)), xs)
   return loss, nll
 
 

@@ -3,8 +3,9 @@
 RMSNorm, rotary embeddings from the packed `positions`, grouped-query attention
 that is causal and confined to one segment, SwiGLU MLP, optional tied
 embeddings. Matmuls take operands in `dtype` (bf16 by default) and accumulate
-in f32; parameters are kept in `param_dtype`. Every parameter carries logical
-axis names, which the sharding rules map onto the mesh.
+in f32, forward and backward; parameters are kept in `param_dtype`. Every
+parameter and the key activations carry logical axis names, which the sharding
+rules (sharding.py) map onto the mesh. Blocks can be rematerialised and scanned.
 
 The model returns final hidden states, not logits: the loss projects onto the
 vocabulary chunk by chunk (see loss.py), so `[batch, length, vocab]` is never
@@ -12,14 +13,23 @@ built. `Decoder.unembedding` gives the `[embed, vocab]` matrix for that.
 """
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 # Logical axis names of parameters and activations.
-BATCH, LENGTH, EMBED, VOCAB, HEADS, KV_HEADS, HEAD_DIM, MLP = (
-    "batch", "length", "embed", "vocab", "heads", "kv_heads", "head_dim", "mlp")
+BATCH, LENGTH, EMBED, VOCAB, HEADS, KV_HEADS, HEAD_DIM, MLP, LAYERS = (
+    "batch", "length", "embed", "vocab", "heads", "kv_heads", "head_dim", "mlp", "layers")
+
+# What a rematerialised block keeps for the backward pass: nothing but its input
+# ("full"), or also the outputs of its weight matmuls ("save_projections").
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_projections": jax.checkpoint_policies.save_only_these_names("projection"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,15 +46,51 @@ class ModelConfig:
   tie_embeddings: bool = False
   dtype: str = "bfloat16"  # matmul operands
   param_dtype: str = "float32"
+  remat: str = "none"  # none | full | save_projections
+  scan_layers: bool = False  # one compiled block applied num_layers times (faster compiles)
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"model.num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+    if self.remat != "none" and self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat={self.remat!r}: choose from none, {', '.join(REMAT_POLICIES)}")
 
 
 def matmul(spec: str, x, w, dtype):
-  """einsum with operands in `dtype` and f32 accumulation and result."""
-  return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+  """einsum("ab,bc->ac"-style `spec`) with operands in `dtype` and f32 accumulation and result.
+
+  The backward matmuls also take `dtype` operands and accumulate in f32. Autodiff
+  alone would multiply the f32 cotangent with the bf16 operand, which promotes
+  the whole backward pass to f32 matmuls, several times slower on CPU and GPU.
+  """
+  return _einsum_f32(spec, x.astype(dtype), w.astype(dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _einsum_f32(spec, x, w):
+  return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
+
+
+def _einsum_f32_fwd(spec, x, w):
+  return _einsum_f32(spec, x, w), (x, w)
+
+
+def _einsum_f32_bwd(spec, residuals, g):
+  x, w = residuals
+  inputs, out = spec.split("->")
+  x_axes, w_axes = inputs.split(",")
+  g = g.astype(x.dtype)
+  dx = jnp.einsum(f"{out},{w_axes}->{x_axes}", g, w, preferred_element_type=jnp.float32)
+  dw = jnp.einsum(f"{x_axes},{out}->{w_axes}", x, g, preferred_element_type=jnp.float32)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_einsum_f32.defvjp(_einsum_f32_fwd, _einsum_f32_bwd)
+
+
+def projection(spec: str, x, w, dtype):
+  """A matmul by a weight matrix, named so that remat can choose to keep its output."""
+  return checkpoint_name(matmul(spec, x, w, dtype), "projection")
 
 
 def _param(module: nn.Module, name: str, shape, axes, init, cfg: ModelConfig):
@@ -91,9 +137,10 @@ class Attention(nn.Module):
     wv = _param(self, "wv", (cfg.d_model, cfg.num_kv_heads, cfg.head_dim), (EMBED, KV_HEADS, HEAD_DIM), init, cfg)
     wo = _param(self, "wo", (cfg.num_heads, cfg.head_dim, cfg.d_model), (HEADS, HEAD_DIM, EMBED),
                 nn.initializers.normal((cfg.num_heads * cfg.head_dim) ** -0.5), cfg)
-    q = rotary(matmul("bld,dhk->blhk", x, wq, cfg.dtype), positions, cfg.rope_theta)
-    k = rotary(matmul("bld,dhk->blhk", x, wk, cfg.dtype), positions, cfg.rope_theta)
-    v = matmul("bld,dhk->blhk", x, wv, cfg.dtype)
+    q = rotary(projection("bld,dhk->blhk", x, wq, cfg.dtype), positions, cfg.rope_theta)
+    k = rotary(projection("bld,dhk->blhk", x, wk, cfg.dtype), positions, cfg.rope_theta)
+    v = projection("bld,dhk->blhk", x, wv, cfg.dtype)
+    q = nn.with_logical_constraint(q, (BATCH, LENGTH, HEADS, HEAD_DIM))
     b, length, _, _ = q.shape
     groups = cfg.num_heads // cfg.num_kv_heads
     q = q.reshape(b, length, cfg.num_kv_heads, groups, cfg.head_dim) * cfg.head_dim ** -0.5
@@ -101,10 +148,11 @@ class Attention(nn.Module):
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
     out = matmul("bkgls,bskd->blkgd", probs, v, cfg.dtype).reshape(b, length, cfg.num_heads, cfg.head_dim)
-    return matmul("blhk,hkd->bld", out, wo, cfg.dtype)
+    out = nn.with_logical_constraint(out, (BATCH, LENGTH, HEADS, HEAD_DIM))
+    return projection("blhk,hkd->bld", out, wo, cfg.dtype)
 
 
-class MLP(nn.Module):
+class FeedForward(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
@@ -115,8 +163,10 @@ class MLP(nn.Module):
     w_up = _param(self, "w_up", (cfg.d_model, cfg.mlp_dim), (EMBED, MLP), nn.initializers.normal(cfg.d_model ** -0.5), cfg)
     w_down = _param(self, "w_down", (cfg.mlp_dim, cfg.d_model), (MLP, EMBED),
                     nn.initializers.normal(cfg.mlp_dim ** -0.5), cfg)
-    hidden = jax.nn.silu(matmul("bld,dm->blm", x, w_gate, cfg.dtype)) * matmul("bld,dm->blm", x, w_up, cfg.dtype)
-    return matmul("blm,md->bld", hidden, w_down, cfg.dtype)
+    gate = projection("bld,dm->blm", x, w_gate, cfg.dtype)
+    hidden = jax.nn.silu(gate) * projection("bld,dm->blm", x, w_up, cfg.dtype)
+    hidden = nn.with_logical_constraint(hidden, (BATCH, LENGTH, MLP))
+    return projection("blm,md->bld", hidden, w_down, cfg.dtype)
 
 
 class Block(nn.Module):
@@ -124,9 +174,10 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, positions, mask):
+    """Returns (x, None): a (carry, output) pair, so that nn.scan can stack blocks."""
     x = x + Attention(self.cfg, name="attention")(RMSNorm(self.cfg, name="attention_norm")(x), positions, mask)
-    x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
-    return nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
+    x = x + FeedForward(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
+    return nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED)), None
 
 
 class Decoder(nn.Module):
@@ -139,7 +190,18 @@ class Decoder(nn.Module):
     if not cfg.tie_embeddings:
       self.unembed = _param(self, "unembed", (cfg.d_model, cfg.vocab_size), (EMBED, VOCAB),
                             nn.initializers.normal(cfg.d_model ** -0.5), cfg)
-    self.blocks = [Block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
+    block = Block
+    if cfg.remat != "none":
+      # Under scan, common-subexpression elimination cannot undo the remat, so it need not be prevented.
+      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      # Parameters gain a leading `layers` axis: block_0 ... block_{n-1} become one stacked "blocks".
+      block = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                      metadata_params={nn.PARTITION_NAME: LAYERS})
+      self.blocks = [block(cfg, name="blocks")]
+    else:
+      self.blocks = [block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
     self.final_norm = RMSNorm(cfg)
 
   def __call__(self, tokens, positions, segment_ids):
@@ -148,7 +210,7 @@ class Decoder(nn.Module):
     x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
     mask = attention_mask(segment_ids)
     for block in self.blocks:
-      x = block(x, positions, mask)
+      x, _ = block(x, positions, mask)
     return self.final_norm(x)
 
   def unembedding(self):

@@ -3,6 +3,10 @@ import os
 
 import pytest
 
+# Eight simulated CPU devices for the sharding tests; XLA reads this when jax is first imported.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

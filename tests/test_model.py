@@ -1,9 +1,10 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flan_jax.model import Decoder, ModelConfig
+from flan_jax.model import Decoder, ModelConfig, matmul
 
 CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
                   dtype="float32")
@@ -78,3 +79,40 @@ def test_tied_embeddings_and_config_errors():
   np.testing.assert_allclose(unembed, params["params"]["embedding"].value.T * CFG.d_model ** -0.5)
   with pytest.raises(ValueError, match="num_heads=4 is not a multiple of num_kv_heads=3"):
     ModelConfig(**{**CFG.__dict__, "num_kv_heads": 3})
+
+
+def _stacked(tree):
+  """{"block_0": t0, "block_1": t1, ...} -> {"blocks": t0, t1, ... stacked along a leading layers axis}."""
+  rest = {k: v for k, v in tree.items() if not k.startswith("block_")}
+  blocks = [tree[f"block_{i}"] for i in range(CFG.num_layers)]
+  return {**rest, "blocks": jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)}
+
+
+@pytest.mark.parametrize("remat, scan", [("full", False), ("save_projections", True), ("none", True)])
+def test_remat_and_scanned_layers_compute_the_same_function_and_gradients(remat, scan):
+  model, params = _init()
+  other = Decoder(ModelConfig(**{**CFG.__dict__, "remat": remat, "scan_layers": scan}))
+  params = nn.unbox(params)["params"]
+  other_params = _stacked(params) if scan else params
+  abstract = jax.eval_shape(other.init, jax.random.key(0), *[jnp.zeros((1, 16), jnp.int32)] * 3)["params"]
+  assert jax.tree.map(jnp.shape, nn.unbox(abstract)) == jax.tree.map(jnp.shape, other_params)
+  row = jnp.asarray([np.arange(1, 17)])
+  positions, segments = jnp.asarray([np.arange(16)]), jnp.ones((1, 16), jnp.int32)
+  loss = lambda m: jax.jit(jax.value_and_grad(lambda p: jnp.sum(m.apply({"params": p}, row, positions, segments) ** 2)))
+  value, grads = loss(model)(params)
+  other_value, other_grads = loss(other)(other_params)
+  np.testing.assert_allclose(other_value, value, rtol=1e-5)
+  grads = _stacked(grads) if scan else grads
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), other_grads, grads)
+
+
+def test_backward_matmuls_take_bf16_operands():
+  """The custom VJP keeps the backward pass in bf16 x bf16 -> f32 matmuls (autodiff alone promotes to f32)."""
+  x, w = jnp.ones((8, 16)), jnp.ones((16, 4))
+  jaxpr = jax.make_jaxpr(jax.grad(lambda x, w: matmul("nd,dv->nv", x, w, "bfloat16").sum(), argnums=(0, 1)))(x, w)
+  dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+  dots += [e for eq in jaxpr.jaxpr.eqns for sub in jax.core.jaxprs_in_params(eq.params) for e in sub.eqns
+           if e.primitive.name == "dot_general"]
+  assert len(dots) == 3  # forward, d/dx, d/dw
+  assert all(v.aval.dtype == jnp.bfloat16 for e in dots for v in e.invars)
+  assert all(e.outvars[0].aval.dtype == jnp.float32 for e in dots)

@@ -1,0 +1,131 @@
+"""The device mesh and the logical-axis rules that place every array on it.
+
+The mesh has three named axes: `data` (replicas), `fsdp` (replicas that also
+split the parameters and optimiser state, ZeRO-3 style) and `tensor` (splits
+heads, MLP and vocabulary dimensions inside each matmul). The batch is split
+over data x fsdp. Model code names array dimensions logically (model.py); a
+rule set maps those names onto mesh axes. Earlier rules win: a mesh axis that
+an array already uses (fsdp for its batch dimension, say) is not used twice.
+"""
+
+import contextlib
+import math
+
+import flax.linen as nn
+import jax
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from flan_jax.model import BATCH, EMBED, HEADS, KV_HEADS, MLP, VOCAB
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+_BATCH_RULE = ((BATCH, BATCH_AXES),)
+_FSDP_RULES = ((EMBED, "fsdp"),)
+_TENSOR_RULES = ((HEADS, "tensor"), (KV_HEADS, "tensor"), (MLP, "tensor"), (VOCAB, "tensor"))
+RULES = {
+    "dp": _BATCH_RULE,  # parameters replicated
+    "fsdp": _BATCH_RULE + _FSDP_RULES,
+    "tp": _BATCH_RULE + _TENSOR_RULES,
+    "fsdp_tp": _BATCH_RULE + _TENSOR_RULES + _FSDP_RULES,
+}
+
+
+def make_mesh(mesh_config, devices=None) -> Mesh:
+  """A Mesh of `devices` (default: all) with sizes from `mesh_config` {data, fsdp, tensor}; one may be -1."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = {axis: int(mesh_config[axis]) for axis in MESH_AXES}
+  described = ", ".join(f"mesh.{axis}={size}" for axis, size in sizes.items())
+  fill = [axis for axis, size in sizes.items() if size == -1]
+  if len(fill) > 1 or any(size == 0 or size < -1 for size in sizes.values()):
+    raise ValueError(f"{described}: sizes must be positive, with at most one -1 (fill the remaining devices)")
+  known = math.prod(size for size in sizes.values() if size != -1)
+  if fill:
+    if len(devices) % known:
+      raise ValueError(f"{described}: {len(devices)} devices do not divide by {known}")
+    sizes[fill[0]] = len(devices) // known
+  if math.prod(sizes.values()) != len(devices):
+    raise ValueError(f"{described} needs {math.prod(sizes.values())} devices, but there are {len(devices)} "
+                     f"({devices[0].platform}); make the product match or set one axis to -1")
+  shape = tuple(sizes[axis] for axis in MESH_AXES)
+  # Hardware-aware order on TPU and GPU (neighbouring devices share the innermost axis).
+  device_grid = mesh_utils.create_device_mesh(shape, devices)
+  return Mesh(device_grid, MESH_AXES)
+
+
+def rules(name: str):
+  if name not in RULES:
+    raise ValueError(f"sharding_rules={name!r}: choose from {', '.join(RULES)}")
+  return RULES[name]
+
+
+@contextlib.contextmanager
+def context(mesh: Mesh, logical_rules):
+  """The mesh and rules under which the model's logical activation constraints take effect.
+
+  Trace jitted model code inside it; outside it, flax ignores the constraints.
+  """
+  with jax.set_mesh(mesh), nn.logical_axis_rules(logical_rules):
+    yield
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """[batch, ...] arrays: rows split over data x fsdp."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch(batch_size: int, microbatches: int, mesh: Mesh):
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if batch_size % (microbatches * shards):
+    raise ValueError(f"data.batch_size={batch_size} must divide into train.microbatches={microbatches} "
+                     f"microbatches of whole rows for each of the {shards} data x fsdp shards")
+
+
+def param_shardings(boxed_params, mesh: Mesh, logical_rules):
+  """NamedShardings for a tree of nn.LogicallyPartitioned parameters (e.g. from jax.eval_shape(init)).
+
+  Raises if a parameter dimension does not divide by the mesh axes it is split over.
+  """
+  specs = nn.get_partition_spec(boxed_params)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, logical_rules)
+  for path, param in jax.tree_util.tree_leaves_with_path(abstract_values(boxed_params)):
+    sharding = _lookup(shardings, path)
+    for dim, (size, axes) in enumerate(zip(param.shape, sharding.spec)):
+      split = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ()))
+      if size % split:
+        raise ValueError(f"parameter {jax.tree_util.keystr(path)} {param.shape}: dimension {dim} ({size}) does "
+                         f"not divide over mesh axes {axes} ({split} devices); change the mesh or sharding_rules")
+  return shardings
+
+
+def abstract_values(boxed_params):
+  """The arrays inside the boxes (nn.unbox would also apply sharding constraints, which need a trace)."""
+  return jax.tree.map(lambda box: box.value, boxed_params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def _lookup(tree, path):
+  for key in path:
+    tree = tree[key.key]
+  return tree
+
+
+def optimizer_shardings(abstract_opt_state, abstract_params, shardings, mesh: Mesh):
+  """Shardings for the optimizer state: a state leaf whose path ends with a parameter's path and
+  whose shape is that parameter's (Adam's moments) takes the parameter's sharding; the rest (step
+  counts, Adafactor's factored row and column statistics) are small and replicated."""
+  by_path = {tuple(path): (param.shape, _lookup(shardings, path))
+             for path, param in jax.tree_util.tree_leaves_with_path(abstract_params)}
+
+  def place(path, leaf):
+    for start in range(len(path)):
+      shape, sharding = by_path.get(tuple(path[start:]), (None, None))
+      if shape == leaf.shape:
+        return sharding
+    return replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(place, abstract_opt_state)

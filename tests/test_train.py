@@ -1,0 +1,134 @@
+import jax
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec
+
+from flan_jax import optim, sharding, train
+from tests.conftest import load_config
+
+MESHES = [dict(data=8, fsdp=1, tensor=1), dict(data=1, fsdp=8, tensor=1), dict(data=2, fsdp=2, tensor=2)]
+
+
+def small_config(**train_overrides):
+  config = load_config("tiny")
+  config.model.update(dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                           mlp_dim=64, dtype="float32", tie_embeddings=False))
+  config.data.batch_size = 8
+  config.loss.chunk_len = 8
+  config.train.update(train_overrides)
+  return config
+
+
+def packed_batch(rows=8, length=32, vocab=64, seed=0):
+  """Random rows of 1-4 packed examples with prompt (weight 0) and response (weight 1) parts, some padding."""
+  rng = np.random.default_rng(seed)
+  batch = {k: np.zeros((rows, length), np.int32) for k in train.BATCH_KEYS}
+  batch["loss_weights"] = np.zeros((rows, length), np.float32)
+  for r in range(rows):
+    start = 0
+    for segment in range(1, rng.integers(2, 6)):
+      n = int(rng.integers(4, 12))
+      if start + n > length:
+        break
+      span = slice(start, start + n)
+      batch["inputs"][r, span] = rng.integers(1, vocab, n)
+      batch["targets"][r, span] = rng.integers(1, vocab, n)
+      batch["segment_ids"][r, span] = segment
+      batch["positions"][r, span] = np.arange(n)
+      batch["loss_weights"][r, start + n // 2:start + n] = 1.0
+      start += n
+  return batch
+
+
+def run_steps(config, mesh_config, optimizer, batches, devices=None):
+  """Params (as numpy) and metrics after one train step per batch on the given mesh."""
+  mesh = sharding.make_mesh(mesh_config, devices)
+  rules = sharding.rules(config.sharding_rules)
+  model = train.make_model(config.model)
+  with sharding.context(mesh, rules):
+    state, shardings = train.init_state(model, optimizer, mesh, rules, jax.random.key(0))
+    step = train.jit_train_step(model, optimizer, optax.constant_schedule(0.0), config, mesh, shardings)
+    metrics = []
+    for batch in batches:
+      state, m = step(state, batch)
+      metrics.append(jax.device_get(m))
+  return jax.device_get(state.params), metrics
+
+
+def test_same_loss_and_gradients_on_every_mesh():
+  config = small_config()
+  batch = packed_batch()
+  sgd = optax.sgd(1.0)  # params after one step = initial params - gradients
+  one_device = dict(data=1, fsdp=1, tensor=1)
+  initial, _ = run_steps(config, one_device, optax.sgd(0.0), [batch], jax.devices()[:1])
+  reference, [ref_metrics] = run_steps(config, one_device, sgd, [batch], jax.devices()[:1])
+  ref_grads = jax.tree.map(np.subtract, initial, reference)
+  assert ref_metrics["loss"] > 3.0
+  for mesh_config in MESHES:
+    params, [metrics] = run_steps(config, mesh_config, sgd, [batch])
+    np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-5)
+    np.testing.assert_allclose(metrics["grad_norm"], ref_metrics["grad_norm"], rtol=1e-5)
+    grads = jax.tree.map(np.subtract, initial, params)
+    jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6), grads, ref_grads)
+
+
+@pytest.mark.parametrize("normalization", ["token", "example"])
+def test_gradient_accumulation_equals_one_big_batch(normalization):
+  batch = packed_batch()
+  results = []
+  for microbatches in (1, 4):
+    config = small_config(microbatches=microbatches)
+    config.loss.normalization = normalization
+    results.append(run_steps(config, dict(data=2, fsdp=1, tensor=1), optax.sgd(1.0), [batch], jax.devices()[:2]))
+  (big, [big_metrics]), (accumulated, [acc_metrics]) = results
+  np.testing.assert_allclose(acc_metrics["loss"], big_metrics["loss"], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), accumulated, big)
+
+
+def test_overfits_one_batch():
+  config = small_config()
+  config.optim.update(dict(learning_rate=1e-2, warmup_steps=0, schedule="constant", weight_decay=0.0))
+  optimizer, schedule = optim.make(config.optim, total_steps=150)
+  _, metrics = run_steps(config, dict(data=-1, fsdp=1, tensor=1), optimizer, [packed_batch()] * 150)
+  assert metrics[0]["loss"] > 3.5
+  assert metrics[-1]["loss"] < 0.05
+
+
+def test_mesh_errors_name_the_problem():
+  assert dict(sharding.make_mesh(dict(data=2, fsdp=-1, tensor=1)).shape) == dict(data=2, fsdp=4, tensor=1)
+  with pytest.raises(ValueError, match="mesh.data=3, mesh.fsdp=1, mesh.tensor=1 needs 3 devices, but there are 8"):
+    sharding.make_mesh(dict(data=3, fsdp=1, tensor=1))
+  with pytest.raises(ValueError, match="8 devices do not divide by 3"):
+    sharding.make_mesh(dict(data=3, fsdp=-1, tensor=1))
+  with pytest.raises(ValueError, match="at most one -1"):
+    sharding.make_mesh(dict(data=-1, fsdp=-1, tensor=1))
+  config = small_config()
+  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=8))
+  with pytest.raises(ValueError, match=r"\['attention'\]\['wk'\].*dimension 1 \(2\) does not divide"):
+    train.init_state(train.make_model(config.model), optax.sgd(0.1), mesh, sharding.rules("tp"), jax.random.key(0))
+  with pytest.raises(ValueError, match="data.batch_size=8 must divide into train.microbatches=3"):
+    sharding.check_batch(8, 3, sharding.make_mesh(dict(data=1, fsdp=-1, tensor=1)))
+
+
+def test_fsdp_shards_parameters_and_adam_moments_and_replicates_the_rest():
+  config = small_config()
+  mesh = sharding.make_mesh(dict(data=1, fsdp=8, tensor=1))
+  rules = sharding.rules("fsdp")
+  model = train.make_model(config.model)
+  with sharding.context(mesh, rules):
+    adam, _ = optim.make(config.optim, total_steps=10)
+    state, shardings = train.init_state(model, adam, mesh, rules, jax.random.key(0))
+  wq = state.params["block_0"]["attention"]["wq"]
+  assert wq.sharding.spec[0] == "fsdp" and wq.addressable_shards[0].data.shape == (4, 4, 8)
+  moments = [s for s in jax.tree.leaves(shardings.opt_state) if s.spec and s.spec[0] == "fsdp"]
+  assert len(moments) == 2 * len(jax.tree.leaves(state.params)) - 2 * 5  # mu and nu, less the 1-d norm scales
+  config.model.update(dict(d_model=256, mlp_dim=512))  # Adafactor factors dimensions of 128 and more
+  config.optim.name = "adafactor"
+  factored, _ = optim.make(config.optim, total_steps=10)
+  with sharding.context(mesh, rules):
+    state, shardings = train.init_state(train.make_model(config.model), factored, mesh, rules, jax.random.key(0))
+  shardings_by_path = dict(jax.tree_util.tree_leaves_with_path(shardings.opt_state))
+  factored = [path for path, _ in jax.tree_util.tree_leaves_with_path(state.opt_state)
+              if "v_row" in jax.tree_util.keystr(path) and "w_up" in jax.tree_util.keystr(path)]
+  assert factored and all(shardings_by_path[path].spec == PartitionSpec() for path in factored)
