@@ -1,10 +1,15 @@
 """Masked cross-entropy fused with the vocabulary projection, chunk by chunk.
 
 The sequence is split into chunks of positions; for each chunk the logits are
-computed, reduced to the loss, and dropped. The chunk body is rematerialised (`jax.checkpoint`),
-so the backward pass recomputes one chunk's logits at a time instead of
-keeping them: `[batch, length, vocab]` exists neither forward nor backward.
+computed, reduced to the loss, and dropped, so `[batch, length, vocab]` never
+exists. Under differentiation the same pass also computes the chunk's gradient
+with respect to its logits and turns it straight into gradients for the hidden
+states and the unembedding (a custom VJP). The backward pass then only scales
+them: three matmuls per chunk, as many as the naive loss, and no logits kept or
+recomputed.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -39,15 +44,24 @@ def token_weights(loss_weights, segment_ids, normalization: str, constant: float
 
 
 def _token_losses(logits, targets, z_loss: float, label_smoothing: float):
-  """Per-token (loss, negative log-likelihood) from f32 logits [n, vocab]."""
+  """Per-token (loss, negative log-likelihood, log-sum-exp) from f32 logits [..., vocab]."""
   lse = jax.nn.logsumexp(logits, axis=-1)
-  nll = lse - jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+  nll = lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   loss = nll
   if label_smoothing:
     loss = (1.0 - label_smoothing) * nll + label_smoothing * (lse - logits.mean(axis=-1))
   if z_loss:
     loss = loss + z_loss * lse ** 2
-  return loss, nll
+  return loss, nll, lse
+
+
+def _logits_grad(logits, lse, targets, weights, z_loss: float, label_smoothing: float):
+  """d sum(weights * loss) / d logits = w * (softmax * (1 + 2 z lse) - (1 - s) onehot - s / vocab)."""
+  vocab = logits.shape[-1]
+  probs = jnp.exp(logits - lse[..., None])
+  grad = probs * (1.0 + 2.0 * z_loss * lse)[..., None]
+  grad = grad - (1.0 - label_smoothing) * jax.nn.one_hot(targets, vocab, dtype=jnp.float32) - label_smoothing / vocab
+  return weights[..., None] * grad
 
 
 def fused_cross_entropy(hidden, unembedding, targets, weights, *, chunk_len: int, dtype: str,
@@ -56,8 +70,14 @@ def fused_cross_entropy(hidden, unembedding, targets, weights, *, chunk_len: int
 
   hidden [b, l, d] (f32), unembedding [d, vocab], targets and weights [b, l].
   A chunk is `chunk_len` positions of every row, so rows stay where the batch
-  sharding put them and each device works on its own rows.
+  sharding put them and each device works on its own rows. Gradients flow
+  through the loss sum; the nll sum is a metric and carries none.
   """
+  return _fused(chunk_len, dtype, z_loss, label_smoothing, hidden, unembedding, targets, weights)
+
+
+def _chunked_pass(chunk_len, dtype, z_loss, label_smoothing, hidden, unembedding, targets, weights, with_grads):
+  """(loss sum, nll sum), and with_grads also (d loss/d hidden, d loss/d unembedding)."""
   b, length, d = hidden.shape
   num_chunks = -(-length // chunk_len)
   pad = num_chunks * chunk_len - length
@@ -66,20 +86,46 @@ def fused_cross_entropy(hidden, unembedding, targets, weights, *, chunk_len: int
     x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
     return jnp.swapaxes(x.reshape(b, num_chunks, chunk_len, *x.shape[2:]), 0, 1)
 
-  @jax.checkpoint
-  def chunk(h_chunk, t_chunk, w_chunk):
-    logits = matmul("bcd,dv->bcv", h_chunk, unembedding, dtype)
-    loss, nll = _token_losses(logits.reshape(-1, logits.shape[-1]), t_chunk.reshape(-1), z_loss, label_smoothing)
-    w_chunk = w_chunk.reshape(-1)
-    return jnp.sum(w_chunk * loss), jnp.sum(w_chunk * nll)
+  def step(carry, xs):
+    loss_sum, nll_sum, d_unembedding = carry
+    h, t, w = xs
+    logits = matmul("bcd,dv->bcv", h, unembedding, dtype)
+    loss, nll, lse = _token_losses(logits, t, z_loss, label_smoothing)
+    carry = (loss_sum + jnp.sum(w * loss), nll_sum + jnp.sum(w * nll), d_unembedding)
+    if not with_grads:
+      return carry, None
+    d_logits = _logits_grad(logits, lse, t, w, z_loss, label_smoothing)
+    d_h = matmul("bcv,dv->bcd", d_logits, unembedding, dtype)
+    return carry[:2] + (d_unembedding + matmul("bcd,bcv->dv", h, d_logits, dtype),), d_h
 
-  def step(totals, xs):
-    loss, nll = chunk(*xs)
-    return (totals[0] + loss, totals[1] + nll), None
-
+  zeros = jnp.zeros(unembedding.shape, jnp.float32) if with_grads else None
   xs = (chunked(hidden), chunked(targets), chunked(weights.astype(jnp.float32)))
-  (loss, nll), _ = jax.lax.scan(step, (jnp.float32(0.0), jnp.float32(0.0)), xs)
-  return loss, nll
+  (loss, nll, d_unembedding), d_hidden = jax.lax.scan(step, (jnp.float32(0.0), jnp.float32(0.0), zeros), xs)
+  if not with_grads:
+    return (loss, nll), None
+  d_hidden = jnp.swapaxes(d_hidden, 0, 1).reshape(b, num_chunks * chunk_len, d)[:, :length]
+  return (loss, nll), (d_hidden, d_unembedding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _fused(chunk_len, dtype, z_loss, label_smoothing, hidden, unembedding, targets, weights):
+  return _chunked_pass(chunk_len, dtype, z_loss, label_smoothing, hidden, unembedding, targets, weights, False)[0]
+
+
+def _fused_fwd(chunk_len, dtype, z_loss, label_smoothing, hidden, unembedding, targets, weights):
+  sums, (d_hidden, d_unembedding) = _chunked_pass(chunk_len, dtype, z_loss, label_smoothing, hidden, unembedding,
+                                                  targets, weights, True)
+  return sums, (d_hidden.astype(hidden.dtype), d_unembedding.astype(unembedding.dtype))
+
+
+def _fused_bwd(chunk_len, dtype, z_loss, label_smoothing, grads, cotangents):
+  d_hidden, d_unembedding = grads
+  g = cotangents[0]  # the nll sum's cotangent is ignored: it is a metric
+  # targets and weights are data: no gradient
+  return (g * d_hidden).astype(d_hidden.dtype), (g * d_unembedding).astype(d_unembedding.dtype), None, None
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 def naive_cross_entropy(hidden, unembedding, targets, weights, *, dtype: str, z_loss: float = 0.0,
@@ -87,6 +133,6 @@ def naive_cross_entropy(hidden, unembedding, targets, weights, *, dtype: str, z_
   """The same sums with the full [b, l, vocab] logits: the reference and the benchmark baseline."""
   logits = matmul("bld,dv->blv", hidden, unembedding, dtype)
   vocab = logits.shape[-1]
-  loss, nll = _token_losses(logits.reshape(-1, vocab), targets.reshape(-1), z_loss, label_smoothing)
+  loss, nll, _ = _token_losses(logits.reshape(-1, vocab), targets.reshape(-1), z_loss, label_smoothing)
   w = weights.reshape(-1).astype(jnp.float32)
   return jnp.sum(w * loss), jnp.sum(w * nll)

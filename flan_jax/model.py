@@ -56,6 +56,17 @@ class ModelConfig:
       raise ValueError(f"model.remat={self.remat!r}: choose from none, {', '.join(REMAT_POLICIES)}")
 
 
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Model FLOPs to train on one token, as MaxText counts them (remat recomputation not included):
+  6 x matmul parameters (projections, MLP, unembedding; the embedding lookup is free)
+  + 6 x layers x seq_len x heads x head_dim for causal attention (QK^T and PV: 4 x seq_len x heads x head_dim
+  forward, halved by the causal mask, x3 for forward and backward)."""
+  attention = cfg.d_model * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
+  layer = attention + 3 * cfg.d_model * cfg.mlp_dim
+  matmul_params = cfg.num_layers * layer + cfg.d_model * cfg.vocab_size
+  return 6.0 * matmul_params + 6.0 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim
+
+
 def matmul(spec: str, x, w, dtype):
   """einsum("ab,bc->ac"-style `spec`) with operands in `dtype` and f32 accumulation and result.
 

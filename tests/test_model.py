@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flan_jax.model import Decoder, ModelConfig, matmul
+from flan_jax.model import Decoder, ModelConfig, matmul, train_flops_per_token
 
 CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
                   dtype="float32")
@@ -116,3 +116,12 @@ def test_backward_matmuls_take_bf16_operands():
   assert len(dots) == 3  # forward, d/dx, d/dw
   assert all(v.aval.dtype == jnp.bfloat16 for e in dots for v in e.invars)
   assert all(e.outvars[0].aval.dtype == jnp.float32 for e in dots)
+
+
+def test_train_flops_per_token_counts_matmul_parameters_and_causal_attention():
+  cfg = ModelConfig(vocab_size=100, d_model=8, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=2, mlp_dim=16)
+  _, params = _init(cfg)
+  matmul_params = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(nn.unbox(params))
+                      if "norm" not in jax.tree_util.keystr(path) and "embedding" not in jax.tree_util.keystr(path))
+  assert matmul_params == 2 * (8 * 2 * (4 + 2 + 2 + 4) // 1 + 3 * 8 * 16) + 8 * 100
+  assert train_flops_per_token(cfg, seq_len=10) == 6 * matmul_params + 6 * 2 * 10 * 4 * 2
