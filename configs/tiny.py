@@ -1,4 +1,4 @@
-# python -m flan_jax.data --config configs/tiny.py
+# python -m flan_jax.train --config configs/tiny.py
 """The embedded default: flan_mini with the NLI cluster held out, sized for a laptop CPU."""
 
 import ml_collections
@@ -57,7 +57,7 @@ def get_config(arg: str | None = None):
   config.optim.name = "adamw"  # adamw | adafactor
   config.optim.learning_rate = 3e-3
   config.optim.schedule = "cosine"  # constant | cosine | linear
-  config.optim.warmup_steps = 30
+  config.optim.warmup_steps = 20
   config.optim.final_lr_fraction = 0.1
   config.optim.b1 = 0.9
   config.optim.b2 = 0.95
@@ -66,7 +66,12 @@ def get_config(arg: str | None = None):
   config.optim.clip_norm = 1.0  # 0: no clipping
 
   config.train = ml_collections.ConfigDict()
-  config.train.steps = 300
+  config.train.steps = 200
   config.train.microbatches = 1  # gradient accumulation: the batch in this many sequential pieces
+  config.train.log_every = 10
+  config.train.checkpoint_every = 100
+  config.train.keep_checkpoints = 3
+  config.train.init_from = ""  # a checkpoint directory whose newest parameters start the run
+  config.train.skip_nonfinite = False  # NaN/Inf loss: False stops the run, True skips that update
   config.lock()
   return config

@@ -30,7 +30,7 @@ from absl import app, flags  # noqa: E402
 
 from configs import models, tiny  # noqa: E402
 from flan_jax import loss as losses  # noqa: E402
-from flan_jax import optim, sharding, train  # noqa: E402
+from flan_jax import metrics, optim, sharding, train  # noqa: E402
 from flan_jax.model import ModelConfig, train_flops_per_token  # noqa: E402
 
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
@@ -50,14 +50,9 @@ def _seconds_per_call(fn, *args, repeats: int) -> float:
 
 def peak(results):
   """Best throughput over a few square matmuls, bf16 operands with f32 accumulation, and f32."""
-  def tflops(dtype):
-    best = 0.0
-    for n in (1024, 2048, 4096):
-      a = jnp.ones((n, n), dtype)
-      dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-      best = max(best, 2 * n ** 3 / _seconds_per_call(dot, a, a, repeats=3) / 1e12)
-    return best
-  return {"peak_bf16_tflops": tflops(jnp.bfloat16), "peak_f32_tflops": tflops(jnp.float32)}
+  del results
+  best = lambda dtype: max(metrics.matmul_peak_flops(dtype, n) for n in (1024, 2048, 4096)) / 1e12
+  return {"peak_bf16_tflops": best(jnp.bfloat16), "peak_f32_tflops": best(jnp.float32)}
 
 
 def synthetic_batch(rows: int, length: int, vocab: int, seed: int = 0):
@@ -86,7 +81,8 @@ def measure_train_step(config, repeats: int) -> dict:
   optimizer, schedule = optim.make(config.optim, config.train.steps)
   batch = synthetic_batch(config.data.batch_size, config.data.seq_len, config.model.vocab_size)
   with sharding.context(mesh, rules):
-    state, shardings = train.init_state(model, optimizer, mesh, rules, jax.random.key(0))
+    _, shardings = train.state_shapes(model, optimizer, mesh, rules)
+    state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
     step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
     state, metrics = step(state, batch)  # compile
     jax.block_until_ready(metrics)
@@ -156,7 +152,8 @@ def fsdp_memory(results):
     mesh = sharding.make_mesh(mesh_shape, devices)
     rules = sharding.rules(rules_name)
     with sharding.context(mesh, rules):
-      state, _ = train.init_state(model, optimizer, mesh, rules, jax.random.key(0))
+      _, shardings = train.state_shapes(model, optimizer, mesh, rules)
+      state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
     per_device[rules_name] = sum(leaf.addressable_shards[0].data.nbytes for leaf in jax.tree.leaves(state))
   return {"replicated_state_bytes_per_device": per_device["dp"], "fsdp_state_bytes_per_device": per_device["fsdp"],
           "fsdp_memory_ratio": per_device["fsdp"] / (per_device["dp"] / 8)}

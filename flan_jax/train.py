@@ -4,18 +4,28 @@
 """
 
 import functools
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow (under TFDS) logs its CPU features at INFO
+
+import signal
+import time
 from typing import Any
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import config_flags
 
+from flan_jax import checkpoint, metrics, optim, sharding, workdirs
 from flan_jax import loss as losses
-from flan_jax import sharding
-from flan_jax.model import Decoder, ModelConfig
+from flan_jax.data import pipeline
+from flan_jax.model import Decoder, ModelConfig, train_flops_per_token
 
 BATCH_KEYS = ("inputs", "targets", "loss_weights", "segment_ids", "positions")
 
@@ -25,29 +35,39 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  examples_seen: jax.Array  # packed examples trained on, for the logs
 
 
 def make_model(model_config) -> Decoder:
   return Decoder(ModelConfig(**model_config))
 
 
-def init_state(model: Decoder, optimizer, mesh, logical_rules, rng):
-  """(state, its shardings): parameters initialised directly into their shards."""
-  rows = mesh.shape["data"] * mesh.shape["fsdp"]
-  dummy = jnp.zeros((rows, 1), jnp.int32)
-  init_params = lambda key: model.init(key, dummy, dummy, dummy)["params"]
-  boxed = jax.eval_shape(init_params, rng)
+def state_shapes(model: Decoder, optimizer, mesh, logical_rules):
+  """(TrainState of ShapeDtypeStructs, TrainState of NamedShardings), computed without initialising."""
+  boxed = jax.eval_shape(functools.partial(_init_params, model, mesh), jax.random.key(0))
   param_shardings = sharding.param_shardings(boxed, mesh, logical_rules)
-  abstract_params = sharding.abstract_values(boxed)
-  opt_shardings = sharding.optimizer_shardings(jax.eval_shape(optimizer.init, abstract_params), abstract_params,
-                                               param_shardings, mesh)
-  shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings)
+  params = sharding.abstract_values(boxed)
+  opt_state = jax.eval_shape(optimizer.init, params)
+  scalar = jax.ShapeDtypeStruct((), jnp.int32)
+  shapes = TrainState(step=scalar, params=params, opt_state=opt_state, examples_seen=scalar)
+  shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings,
+                         opt_state=sharding.optimizer_shardings(opt_state, params, param_shardings, mesh),
+                         examples_seen=sharding.replicated(mesh))
+  return shapes, shardings
 
+
+def _init_params(model: Decoder, mesh, key):
+  dummy = jnp.zeros((mesh.shape["data"] * mesh.shape["fsdp"], 1), jnp.int32)
+  return model.init(key, dummy, dummy, dummy)["params"]
+
+
+def init_state(model: Decoder, optimizer, mesh, shardings, rng) -> TrainState:
+  """A fresh state, parameters initialised directly into their shards."""
   def create(key):
-    params = nn.unbox(init_params(key))
-    return TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params))
-
-  return jax.jit(create, out_shardings=shardings)(rng), shardings
+    params = nn.unbox(_init_params(model, mesh, key))
+    zero = jnp.int32(0)
+    return TrainState(step=zero, params=params, opt_state=optimizer.init(params), examples_seen=zero)
+  return jax.jit(create, out_shardings=shardings)(rng)
 
 
 def loss_fn(params, model: Decoder, batch, weights, loss_config):
@@ -60,8 +80,13 @@ def loss_fn(params, model: Decoder, batch, weights, loss_config):
                                     label_smoothing=loss_config.label_smoothing)
 
 
-def train_step(state: TrainState, batch, *, model, optimizer, schedule, loss_config, microbatches, mesh):
-  """One optimiser update from a packed batch of [batch, length] arrays, with metrics."""
+def train_step(state: TrainState, batch, *, model, optimizer, schedule, loss_config, microbatches, mesh,
+               skip_nonfinite):
+  """One optimiser update from a packed batch of [batch, length] arrays, with metrics.
+
+  With skip_nonfinite, an update whose loss or gradients are NaN or infinite is dropped
+  (the state stays as it was, but for the step count) and counted in metrics["skipped"].
+  """
   b, length = batch["targets"].shape
   # Normalise over the whole batch first, so that k microbatches sum to exactly the big batch's loss.
   weights = losses.token_weights(batch["loss_weights"], batch["segment_ids"], loss_config.normalization,
@@ -83,21 +108,133 @@ def train_step(state: TrainState, batch, *, model, optimizer, schedule, loss_con
     (loss, nll, grads), _ = jax.lax.scan(accumulate, zeros, jax.tree.map(split, (batch, weights)))
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.global_norm(grads)
+  skip = jnp.logical_not(jnp.isfinite(loss) & jnp.isfinite(grad_norm)) & skip_nonfinite
+  keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(skip, o, n), new, old)
+  examples = jnp.sum(jnp.max(batch["segment_ids"], axis=1))  # segment ids run 1..n in each row
   metrics = {
       "loss": loss,
       "nll": nll,
-      "grad_norm": optax.global_norm(grads),
+      "grad_norm": grad_norm,
       "learning_rate": schedule(state.step),
       "target_tokens": jnp.sum(batch["loss_weights"]),
+      "skipped": skip.astype(jnp.int32),
   }
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return TrainState(step=state.step + 1, params=keep_old(params, state.params),
+                    opt_state=keep_old(opt_state, state.opt_state),
+                    examples_seen=state.examples_seen + jnp.where(skip, 0, examples)), metrics
 
 
 def jit_train_step(model, optimizer, schedule, config, mesh, state_shardings):
   """train_step jitted with explicit shardings; the old state's buffers are donated to the new one."""
   sharding.check_batch(config.data.batch_size, config.train.microbatches, mesh)
   step = functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule, loss_config=config.loss,
-                           microbatches=config.train.microbatches, mesh=mesh)
+                           microbatches=config.train.microbatches, mesh=mesh,
+                           skip_nonfinite=config.train.skip_nonfinite)
   batch_shardings = {key: sharding.batch_sharding(mesh) for key in BATCH_KEYS}
   return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def prepare_workdir(config, config_arg: str, workdir: str | None) -> str:
+  """Creates the workdir (an error naming it if that fails) and writes the config used into it."""
+  workdir = workdir or workdirs.default(config_arg)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  except OSError as error:
+    raise SystemExit(f"workdir {workdir!r} is not writable: {error}") from error
+  return workdir
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax and TensorFlow are chatty at INFO; -v 0 shows them
+  config = flags.FLAGS.config
+  workdir = prepare_workdir(config, flags.FLAGS["config"].config_filename, flags.FLAGS.workdir)
+
+  # Mesh.
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.rules(config.sharding_rules)
+  sharding.check_batch(config.data.batch_size, config.train.microbatches, mesh)
+
+  # Data: this process's rows of every batch.
+  mix = pipeline.resolve_mixture(config.data)
+  tokenizer = pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
+  if tokenizer.vocab_size > config.model.vocab_size:
+    raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
+                     f"{tokenizer.vocab_size}")
+  pipeline.check_seq_len(config.data, mix, tokenizer, seed=config.seed)
+  stats = pipeline.Stats()
+  data_iterator = iter(pipeline.batches(config.data, mix, tokenizer, stats, seed=config.seed,
+                                        process_index=jax.process_index(), process_count=jax.process_count()))
+
+  # Model and state: the newest readable checkpoint, else fresh (optionally with init_from's parameters).
+  model = make_model(config.model)
+  optimizer, schedule = optim.make(config.optim, config.train.steps)
+  checkpoints = checkpoint.manager(workdir, config.train.keep_checkpoints)
+  with sharding.context(mesh, rules):
+    shapes, shardings = state_shapes(model, optimizer, mesh, rules)
+    state = checkpoint.restore_latest(checkpoints, checkpoint.abstract(shapes, shardings), data_iterator)
+    if state is None:
+      state = init_state(model, optimizer, mesh, shardings, jax.random.key(config.seed))
+      if config.train.init_from:
+        params = checkpoint.restore_params(config.train.init_from, checkpoint.abstract(shapes, shardings).params)
+        state = state.replace(params=params)
+    step_fn = jit_train_step(model, optimizer, schedule, config, mesh, shardings)
+
+    first_step = int(state.step)
+    if jax.process_index() == 0:
+      print(f"training steps {first_step}..{config.train.steps} in {workdir} on mesh {dict(mesh.shape)}", flush=True)
+    writer = metrics.Writer(workdir, config.train.steps, first_step)
+    train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh)
+  writer.close()
+
+
+def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh):
+  """Steps to config.train.steps, logging, checkpointing, and stopping cleanly on SIGTERM or NaN."""
+  preempted = []
+  signal.signal(signal.SIGTERM, lambda signum, frame: preempted.append(signum))
+  batch_sharding = sharding.batch_sharding(mesh)
+  tokens_per_step = config.data.batch_size * config.data.seq_len
+  flops_per_step = tokens_per_step * train_flops_per_token(ModelConfig(**config.model), config.data.seq_len)
+  peak = metrics.matmul_peak_flops(jnp.dtype(config.model.dtype)) * jax.device_count()
+  last_log_time, last_log_step = time.time(), int(state.step)
+  for step in range(int(state.step), config.train.steps):
+    local = next(data_iterator)
+    batch = {k: jax.make_array_from_process_local_data(batch_sharding, local[k]) for k in BATCH_KEYS}
+    state, step_metrics = step_fn(state, batch)
+    step_metrics = jax.device_get(step_metrics)
+    diverged = not (np.isfinite(step_metrics["loss"]) and np.isfinite(step_metrics["grad_norm"]))
+    if diverged and not config.train.skip_nonfinite:
+      checkpoints.wait_until_finished()
+      raise FloatingPointError(f"loss is {step_metrics['loss']} (gradient norm {step_metrics['grad_norm']}) at step "
+                               f"{step + 1}; the last good checkpoint is kept in {checkpoints.directory} "
+                               "(train.skip_nonfinite=True skips such updates instead)")
+    done = step + 1
+    if done % config.train.log_every == 0 or done == config.train.steps:
+      seconds = time.time() - last_log_time
+      rate = tokens_per_step * (done - last_log_step) / seconds
+      writer.write(done, {**{k: v.item() for k, v in step_metrics.items()},
+                          "tokens_per_s": rate, "mfu": rate / tokens_per_step * flops_per_step / peak,
+                          "examples_seen": int(state.examples_seen)})
+      last_log_time, last_log_step = time.time(), done
+    if preempted or checkpoints.reached_preemption(done):
+      checkpoint.save(checkpoints, done, state, data_iterator)
+      checkpoints.wait_until_finished()
+      logging.warning("preempted: saved step %d, exiting", done)
+      return
+    if done % config.train.checkpoint_every == 0 or done == config.train.steps:
+      checkpoint.save(checkpoints, done, state, data_iterator)
+  checkpoints.wait_until_finished()
+
+
+if __name__ == "__main__":
+  # Defined here, not at import, so that tests and tools can import this module beside other CLIs.
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/tiny.py[:arg].", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Output directory; default workdirs/<config name>[_<arg>].")
+  app.run(main)

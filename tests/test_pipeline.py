@@ -108,3 +108,11 @@ def test_few_shot_and_chain_of_thought_render(tiny_config, tokenizer):
   assert prompt.count("So the answer is") == 2  # two exemplars, each with its rationale
   assert prompt.endswith("Let's think step by step.") and response.endswith(".")
   assert "So the answer is" in response
+
+
+def test_a_sequence_length_too_short_for_every_example_is_an_error(tiny_config, tokenizer):
+  mix = pipeline.resolve_mixture(tiny_config.data)
+  pipeline.check_seq_len(tiny_config.data, mix, tokenizer, seed=0)  # 512: fine
+  tiny_config.data.seq_len = 8
+  with pytest.raises(ValueError, match="data.seq_len=8 is too short: all of the first 100 examples"):
+    pipeline.check_seq_len(tiny_config.data, mix, tokenizer, seed=0)

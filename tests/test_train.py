@@ -47,7 +47,8 @@ def run_steps(config, mesh_config, optimizer, batches, devices=None):
   rules = sharding.rules(config.sharding_rules)
   model = train.make_model(config.model)
   with sharding.context(mesh, rules):
-    state, shardings = train.init_state(model, optimizer, mesh, rules, jax.random.key(0))
+    _, shardings = train.state_shapes(model, optimizer, mesh, rules)
+    state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
     step = train.jit_train_step(model, optimizer, optax.constant_schedule(0.0), config, mesh, shardings)
     metrics = []
     for batch in batches:
@@ -106,7 +107,7 @@ def test_mesh_errors_name_the_problem():
   config = small_config()
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=8))
   with pytest.raises(ValueError, match=r"\['attention'\]\['wk'\].*dimension 1 \(2\) does not divide"):
-    train.init_state(train.make_model(config.model), optax.sgd(0.1), mesh, sharding.rules("tp"), jax.random.key(0))
+    train.state_shapes(train.make_model(config.model), optax.sgd(0.1), mesh, sharding.rules("tp"))
   with pytest.raises(ValueError, match="data.batch_size=8 must divide into train.microbatches=3"):
     sharding.check_batch(8, 3, sharding.make_mesh(dict(data=1, fsdp=-1, tensor=1)))
 
@@ -118,7 +119,8 @@ def test_fsdp_shards_parameters_and_adam_moments_and_replicates_the_rest():
   model = train.make_model(config.model)
   with sharding.context(mesh, rules):
     adam, _ = optim.make(config.optim, total_steps=10)
-    state, shardings = train.init_state(model, adam, mesh, rules, jax.random.key(0))
+    _, shardings = train.state_shapes(model, adam, mesh, rules)
+    state = train.init_state(model, adam, mesh, shardings, jax.random.key(0))
   wq = state.params["block_0"]["attention"]["wq"]
   assert wq.sharding.spec[0] == "fsdp" and wq.addressable_shards[0].data.shape == (4, 4, 8)
   moments = [s for s in jax.tree.leaves(shardings.opt_state) if s.spec and s.spec[0] == "fsdp"]
@@ -127,8 +129,23 @@ def test_fsdp_shards_parameters_and_adam_moments_and_replicates_the_rest():
   config.optim.name = "adafactor"
   factored, _ = optim.make(config.optim, total_steps=10)
   with sharding.context(mesh, rules):
-    state, shardings = train.init_state(train.make_model(config.model), factored, mesh, rules, jax.random.key(0))
+    model = train.make_model(config.model)
+    _, shardings = train.state_shapes(model, factored, mesh, rules)
+    state = train.init_state(model, factored, mesh, shardings, jax.random.key(0))
   shardings_by_path = dict(jax.tree_util.tree_leaves_with_path(shardings.opt_state))
   factored = [path for path, _ in jax.tree_util.tree_leaves_with_path(state.opt_state)
               if "v_row" in jax.tree_util.keystr(path) and "w_up" in jax.tree_util.keystr(path)]
   assert factored and all(shardings_by_path[path].spec == PartitionSpec() for path in factored)
+
+
+def test_skip_nonfinite_drops_the_update_and_keeps_the_parameters():
+  config = small_config(skip_nonfinite=True)
+  batch = packed_batch()
+  poisoned = dict(batch, loss_weights=batch["loss_weights"] * np.float32("nan"))
+  initial, _ = run_steps(config, dict(data=-1, fsdp=1, tensor=1), optax.sgd(0.0), [batch])
+  params, metrics = run_steps(config, dict(data=-1, fsdp=1, tensor=1), optax.sgd(0.1), [poisoned, batch])
+  assert [m["skipped"] for m in metrics] == [1, 0]
+  assert np.isnan(metrics[0]["loss"]) and np.isfinite(metrics[1]["loss"])
+  one_good_step, _ = run_steps(config, dict(data=-1, fsdp=1, tensor=1), optax.sgd(0.1), [batch])
+  jax.tree.map(np.testing.assert_array_equal, params, one_good_step)
+  assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, params, initial)))

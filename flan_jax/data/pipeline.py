@@ -173,6 +173,17 @@ def examples(data_cfg, mix: Mixture, tokenizer: Tokenizer, stats: Stats, *, seed
   return records.random_map(Renderer(data_cfg, tokenizer, mix.train, stats), seed=seed)
 
 
+def check_seq_len(data_cfg, mix: Mixture, tokenizer: Tokenizer, *, seed: int, sample: int = 100):
+  """Raises if data.seq_len is too short for every one of the first `sample` examples: a run
+  that would train only on truncated examples is a configuration mistake, not data."""
+  stats = Stats()
+  ds = examples(data_cfg, mix, tokenizer, stats, seed=seed)
+  count = sum(ds[i] is not None for i in range(sample))
+  if count and stats.truncated == count:
+    raise ValueError(f"data.seq_len={data_cfg.seq_len} is too short: all of the first {count} examples had to be "
+                     f"truncated (data.truncation={data_cfg.truncation!r})")
+
+
 def batches(data_cfg, mix: Mixture, tokenizer: Tokenizer, stats: Stats, *, seed: int,
             process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   """Packed batches of `data.batch_size / process_count` rows for this process."""

@@ -1,0 +1,91 @@
+"""Orbax checkpoints of the train state together with the data iterator's position.
+
+A checkpoint is `<workdir>/checkpoints/<step>/` with two items: `state` (the
+TrainState, every process writing its own shards) and `data` (Grain's iterator
+state, one JSON file per process). Saves are asynchronous; Orbax writes into a
+temporary directory and renames it when complete, so an interrupted save never
+looks like a checkpoint. A complete but unreadable one (truncated or corrupted
+files) is skipped with a warning in favour of the one before it, and moved to
+`<workdir>/checkpoints_unreadable/` (kept for inspection, out of the way of the
+run's next save of that step).
+"""
+
+import os
+
+import shutil
+import time
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from absl import logging
+
+
+def directory(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
+  return ocp.CheckpointManager(directory(workdir), options=options)
+
+
+def save(checkpoints: ocp.CheckpointManager, step: int, state, data_iterator):
+  """Starts an asynchronous save of `state` and the iterator's position after `step` updates."""
+  checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                  data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+
+
+def abstract(state_shapes, shardings):
+  """ShapeDtypeStructs carrying the shardings to restore into (any mesh, not only the saving one)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_shapes, shardings)
+
+
+def restore_latest(checkpoints: ocp.CheckpointManager, target, data_iterator):
+  """The newest readable checkpoint's state (placed like `target`), with `data_iterator` moved to its
+  position; None if there is no checkpoint. Unreadable checkpoints are skipped with a warning."""
+  failures = []
+  for step in sorted(checkpoints.all_steps(), reverse=True):
+    try:
+      restored = checkpoints.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    except Exception as error:  # noqa: BLE001 -- any failure to read means: fall back to the previous one
+      path = os.path.join(checkpoints.directory, str(step))
+      logging.warning("checkpoint %s is unreadable (%s: %s); trying the one before it", path,
+                      type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+      failures.append(path)
+      continue
+    if failures:
+      logging.warning("resuming from step %d; unreadable newer checkpoints: %s", step, ", ".join(failures))
+      _move_aside(checkpoints, failures)
+    return restored.state
+  if failures:
+    raise RuntimeError(f"no readable checkpoint in {checkpoints.directory}: {', '.join(failures)} all failed; "
+                       "move them aside to start afresh")
+  return None
+
+
+def _move_aside(checkpoints: ocp.CheckpointManager, paths):
+  if jax.process_index() == 0:
+    aside = os.path.join(os.path.dirname(str(checkpoints.directory)), "checkpoints_unreadable")
+    os.makedirs(aside, exist_ok=True)
+    for path in paths:
+      target = os.path.join(aside, f"{os.path.basename(path)}-{int(time.time())}")
+      shutil.move(path, target)
+      logging.warning("moved unreadable checkpoint %s to %s", path, target)
+  multihost_utils.sync_global_devices("checkpoint: unreadable moved aside")
+  checkpoints.reload()
+
+
+def restore_params(path: str, target_params):
+  """Parameters only, from the newest step of a checkpoint directory (a run's `checkpoints/`, or one
+  written by flan_jax.convert), placed like `target_params` (ShapeDtypeStructs with shardings)."""
+  steps = ocp.utils.checkpoint_steps(path) if os.path.isdir(path) else []
+  if not steps:
+    raise FileNotFoundError(f"train.init_from={path!r}: no checkpoint steps in this directory")
+  state_dir = os.path.join(path, str(max(steps)), "state")
+  target = {"params": target_params}
+  restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+  return restored["params"]

@@ -1,0 +1,146 @@
+"""End to end: `python -m flan_jax.train` in subprocesses, as a researcher runs it."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+
+# A small, quick version of the tiny config.
+SMALL = ["--config.train.steps=12", "--config.train.log_every=1", "--config.train.checkpoint_every=4",
+         "--config.data.seq_len=128", "--config.data.batch_size=8", "--config.data.tokenizer.vocab_size=512",
+         "--config.data.tokenizer.num_texts=3000", "--config.model.d_model=64", "--config.model.num_layers=2",
+         "--config.model.mlp_dim=128", "--config.loss.chunk_len=64", "--config.optim.warmup_steps=2"]
+
+
+def command(workdir, *overrides, config="configs/tiny.py"):
+  return [sys.executable, "-m", "flan_jax.train", f"--config={config}", f"--workdir={workdir}", *SMALL, *overrides]
+
+
+def run(workdir, *overrides, check=True):
+  result = subprocess.run(command(workdir, *overrides), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  if check and result.returncode:
+    raise AssertionError(f"train failed ({result.returncode}):\n{result.stderr[-4000:]}")
+  return result
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  run(workdir)
+  return workdir
+
+
+def copy_tokenizer(source, workdir):
+  shutil.copytree(os.path.join(source, "tokenizer"), os.path.join(workdir, "tokenizer"))
+
+
+@pytest.mark.slow
+def test_a_run_writes_checkpoints_metrics_and_tensorboard(uninterrupted):
+  assert sorted(os.listdir(os.path.join(uninterrupted, "checkpoints"))) == ["12", "4", "8"]
+  records = [json.loads(line) for line in open(os.path.join(uninterrupted, "metrics.jsonl"))]
+  assert [r["step"] for r in records] == list(range(1, 13))
+  assert {"loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu", "examples_seen", "wall_time"} <= set(records[0])
+  assert records[-1]["loss"] < records[0]["loss"]
+  assert records[-1]["examples_seen"] > records[0]["examples_seen"] > 0
+  assert os.listdir(os.path.join(uninterrupted, "tensorboard"))
+  config = json.load(open(os.path.join(uninterrupted, "config.json")))
+  assert config["train"]["steps"] == 12 and config["model"]["d_model"] == 64
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_continues_bitwise_identically(uninterrupted, tmp_path):
+  workdir = str(tmp_path)
+  copy_tokenizer(uninterrupted, workdir)
+  process = subprocess.Popen(command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if os.path.exists(metrics_path) and len(open(metrics_path).readlines()) >= 6:
+      break
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  killed_at = max(losses(workdir))
+  assert 6 <= killed_at < 12, killed_at
+  run(workdir)
+  assert losses(workdir) == losses(uninterrupted)  # every step, bit for bit
+
+
+@pytest.mark.slow
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path):
+  workdir = str(tmp_path)
+  copy_tokenizer(uninterrupted, workdir)
+  run(workdir, "--config.train.steps=8")
+  first = losses(workdir)
+  for directory, _, files in os.walk(os.path.join(workdir, "checkpoints", "8", "state")):
+    for name in files:
+      path = os.path.join(directory, name)
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+  result = run(workdir, "--config.train.steps=8")
+  assert "checkpoints/8 is unreadable" in result.stderr
+  assert "resuming from step 4" in result.stderr
+  assert losses(workdir) == first  # steps 5-8 trained again from step 4, identically
+  assert os.listdir(os.path.join(workdir, "checkpoints_unreadable"))[0].startswith("8-")
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly_and_the_rerun_continues_identically(uninterrupted, tmp_path):
+  workdir = str(tmp_path)
+  copy_tokenizer(uninterrupted, workdir)
+  process = subprocess.Popen(command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  while process.poll() is None and not (os.path.exists(metrics_path) and len(open(metrics_path).readlines()) >= 5):
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 0, stderr[-3000:]
+  saved = max(int(step) for step in os.listdir(os.path.join(workdir, "checkpoints")))
+  assert saved == max(losses(workdir)) and saved not in (4, 8, 12), saved  # saved where it stopped
+  run(workdir)
+  assert losses(workdir) == losses(uninterrupted)
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path):
+  workdir = str(tmp_path)
+  copy_tokenizer(uninterrupted, workdir)
+  run(workdir, "--config.train.steps=4")
+  # Resumed with huge updates: the parameters overflow and the loss becomes NaN or infinite.
+  result = run(workdir, "--config.optim.learning_rate=1e38", "--config.optim.schedule=constant", check=False)
+  assert result.returncode != 0
+  assert "FloatingPointError: loss is" in result.stderr and "the last good checkpoint is kept" in result.stderr
+  checkpoints = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
+  bad_step = int(result.stderr.split("FloatingPointError: loss is ")[1].split(" at step ")[1].split(";")[0])
+  assert checkpoints == [4] and bad_step > 4
+
+
+@pytest.mark.slow
+def test_unknown_config_key_is_an_error_naming_it(tmp_path):
+  result = run(str(tmp_path), "--config.train.stepz=3", check=False)
+  assert result.returncode != 0 and "stepz" in result.stderr
+  result = run(str(tmp_path), "--config.mesh.data=3", check=False)
+  assert result.returncode != 0 and "mesh.data=3, mesh.fsdp=1, mesh.tensor=1 needs 3 devices" in result.stderr
+
+
+@pytest.mark.slow
+def test_init_from_starts_from_another_runs_parameters(uninterrupted, tmp_path):
+  fresh, warm = str(tmp_path / "fresh"), str(tmp_path / "warm")
+  for workdir in (fresh, warm):
+    copy_tokenizer(uninterrupted, workdir)
+  run(fresh, "--config.train.steps=1")
+  run(warm, "--config.train.steps=1", f"--config.train.init_from={uninterrupted}/checkpoints")
+  assert losses(warm)[1] < losses(uninterrupted)[12] + 0.5 < losses(fresh)[1]
