@@ -73,5 +73,14 @@ def get_config(arg: str | None = None):
   config.train.keep_checkpoints = 3
   config.train.init_from = ""  # a checkpoint directory whose newest parameters start the run
   config.train.skip_nonfinite = False  # NaN/Inf loss: False stops the run, True skips that update
+
+  config.eval = ml_collections.ConfigDict()  # zero-shot evaluation (flan_jax/evaluate.py)
+  config.eval.every_steps = 0  # during training; 0: only after the last step
+  config.eval.include_seen = True  # also the training clusters' validation splits
+  config.eval.max_examples = 50  # per task, per template
+  config.eval.max_templates = 0  # 0: every non-inverted template
+  config.eval.batch_size = 64
+  config.eval.max_new_tokens = 32  # generation tasks
+  config.eval.length_normalize = False  # rank classification by mean instead of total log-likelihood
   config.lock()
   return config

@@ -1,6 +1,6 @@
 r"""Speed, memory and efficiency, each figure a ratio taken inside one run.
 
-  python -m flan_jax.bench [--json] [--only peak,train,loss,sharding]
+  python -m flan_jax.bench [--json] [--only peak,train,loss,sharding,decode]
 
 peak      bf16 x bf16 -> f32 and f32 matmul throughput: the denominator of MFU.
 train     train-step tokens/s and MFU for the tiny config and a d_model-512 one, one device.
@@ -9,6 +9,7 @@ train     train-step tokens/s and MFU for the tiny config and a d_model-512 one,
 loss      fused versus naive cross-entropy at vocab 32,000, length 2,048, batch 8, d_model 512:
           compiled temporary memory and value-and-gradient time.
 sharding  per-device parameter + optimiser memory on 8 simulated CPU devices, FSDP versus replicated.
+decode    greedy decoding of 64 tokens with the KV cache versus recomputing the whole sequence per token.
 """
 
 import os
@@ -30,8 +31,9 @@ from absl import app, flags  # noqa: E402
 
 from configs import models, tiny  # noqa: E402
 from flan_jax import loss as losses  # noqa: E402
-from flan_jax import metrics, optim, sharding, train  # noqa: E402
-from flan_jax.model import ModelConfig, train_flops_per_token  # noqa: E402
+from flan_jax import decode, metric_writer, optim, sharding, train  # noqa: E402
+from flan_jax.data import packing  # noqa: E402
+from flan_jax.model import Decoder, ModelConfig, from_config, matmul, train_flops_per_token  # noqa: E402
 
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
 _ONLY = flags.DEFINE_list("only", None, "Sections to run (default: all).")
@@ -51,14 +53,14 @@ def _seconds_per_call(fn, *args, repeats: int) -> float:
 def peak(results):
   """Best throughput over a few square matmuls, bf16 operands with f32 accumulation, and f32."""
   del results
-  best = lambda dtype: max(metrics.matmul_peak_flops(dtype, n) for n in (1024, 2048, 4096)) / 1e12
+  best = lambda dtype: max(metric_writer.matmul_peak_flops(dtype, n) for n in (1024, 2048, 4096)) / 1e12
   return {"peak_bf16_tflops": best(jnp.bfloat16), "peak_f32_tflops": best(jnp.float32)}
 
 
 def synthetic_batch(rows: int, length: int, vocab: int, seed: int = 0):
   """Full packed rows of examples 20-120 tokens long, the second half of each example a response."""
   rng = np.random.default_rng(seed)
-  batch = {key: np.zeros((rows, length), np.int32) for key in train.BATCH_KEYS}
+  batch = {key: np.zeros((rows, length), np.int32) for key in packing.BATCH_KEYS}
   batch["loss_weights"] = np.zeros((rows, length), np.float32)
   batch["inputs"] = rng.integers(1, vocab, (rows, length), dtype=np.int32)
   batch["targets"] = rng.integers(1, vocab, (rows, length), dtype=np.int32)
@@ -77,7 +79,7 @@ def measure_train_step(config, repeats: int) -> dict:
   """Tokens/s of the jitted train step on one device, and the model FLOPs behind each token."""
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   rules = sharding.rules(config.sharding_rules)
-  model = train.make_model(config.model)
+  model = from_config(config.model)
   optimizer, schedule = optim.make(config.optim, config.train.steps)
   batch = synthetic_batch(config.data.batch_size, config.data.seq_len, config.model.vocab_size)
   with sharding.context(mesh, rules):
@@ -145,7 +147,7 @@ def fsdp_memory(results):
   del results
   config = train_configs()["d512"]
   devices = jax.devices("cpu")[:8]
-  model = train.make_model(config.model)
+  model = from_config(config.model)
   optimizer, _ = optim.make(config.optim, config.train.steps)
   per_device = {}
   for rules_name, mesh_shape in (("dp", dict(data=8, fsdp=1, tensor=1)), ("fsdp", dict(data=1, fsdp=8, tensor=1))):
@@ -159,7 +161,38 @@ def fsdp_memory(results):
           "fsdp_memory_ratio": per_device["fsdp"] / (per_device["dp"] / 8)}
 
 
-SECTIONS = {"peak": peak, "train": train_steps, "loss": fused_loss, "sharding": fsdp_memory}
+def kv_cache_decoding(results):
+  """Greedy decoding of 64 new tokens after 128-token prompts, batch 8, d512 model: with the KV cache
+  (decode.py) versus recomputing the full forward pass over the [8, 192] buffer for every token."""
+  del results
+  config = train_configs()["d512"]
+  model = from_config(config.model)
+  batch, prompt_len, new = 8, 128, 64
+  params = jax.jit(model.init)(jax.random.key(0), *[jnp.zeros((1, 8), jnp.int32)] * 3)["params"]
+  prompts = np.random.default_rng(0).integers(3, config.model.vocab_size, (batch, prompt_len)).tolist()
+  cached = lambda: decode.generate(params, model, prompts, max_new_tokens=new, eos_id=-1, pad_id=0)
+
+  @jax.jit
+  def recompute(params, tokens):
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    unembedding = model.apply({"params": params}, method=Decoder.unembedding)
+
+    def step(t, tokens):
+      hidden = model.apply({"params": params}, tokens, positions, jnp.ones_like(tokens))
+      logits = matmul("bd,dv->bv", hidden[:, prompt_len + t - 1], unembedding, model.cfg.dtype)
+      return tokens.at[:, prompt_len + t].set(jnp.argmax(logits, axis=-1).astype(jnp.int32))
+    return jax.lax.fori_loop(0, new, step, tokens)
+
+  buffer = jnp.asarray(np.pad(np.asarray(prompts, np.int32), ((0, 0), (0, new))))
+  with_cache = _seconds_per_call(cached, repeats=3)
+  without = _seconds_per_call(recompute, params, buffer, repeats=3)
+  same = np.array_equal(np.stack(cached()), np.asarray(recompute(params, buffer))[:, prompt_len:])
+  return {"kv_cache_decode_tokens_per_s": batch * new / with_cache, "recompute_decode_tokens_per_s": batch * new / without,
+          "kv_cache_decode_speedup": without / with_cache, "kv_cache_matches_recompute": bool(same)}
+
+
+SECTIONS = {"peak": peak, "train": train_steps, "loss": fused_loss, "sharding": fsdp_memory,
+            "decode": kv_cache_decoding}
 
 
 def _format(value) -> str:

@@ -78,14 +78,18 @@ def _move_aside(checkpoints: ocp.CheckpointManager, paths):
   checkpoints.reload()
 
 
-def restore_params(path: str, target_params):
-  """Parameters only, from the newest step of a checkpoint directory (a run's `checkpoints/`, or one
-  written by flan_jax.convert), placed like `target_params` (ShapeDtypeStructs with shardings)."""
+def restore_params(path: str, target_params, step: int | None = None):
+  """(step, parameters) from a checkpoint directory (a run's `checkpoints/`, or one written by
+  flan_jax.convert): the newest step unless `step` is given, placed like `target_params`
+  (ShapeDtypeStructs with shardings). The optimiser state is not read."""
   steps = ocp.utils.checkpoint_steps(path) if os.path.isdir(path) else []
   if not steps:
-    raise FileNotFoundError(f"train.init_from={path!r}: no checkpoint steps in this directory")
-  state_dir = os.path.join(path, str(max(steps)), "state")
+    raise FileNotFoundError(f"{path!r}: no checkpoint steps in this directory")
+  if step is None:
+    step = max(steps)
+  elif step not in steps:
+    raise FileNotFoundError(f"{path!r} has no step {step}; it has {sorted(steps)}")
   target = {"params": target_params}
-  restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+  restored = ocp.PyTreeCheckpointer().restore(os.path.join(path, str(step), "state"), args=ocp.args.PyTreeRestore(
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
-  return restored["params"]
+  return step, restored["params"]

@@ -78,14 +78,6 @@ def fused_cross_entropy(hidden, unembedding, targets, weights, *, chunk_len: int
 
 def _chunked_pass(chunk_len, dtype, z_loss, label_smoothing, hidden, unembedding, targets, weights, with_grads):
   """(loss sum, nll sum), and with_grads also (d loss/d hidden, d loss/d unembedding)."""
-  b, length, d = hidden.shape
-  num_chunks = -(-length // chunk_len)
-  pad = num_chunks * chunk_len - length
-
-  def chunked(x):  # [b, l, ...] -> [num_chunks, b, chunk_len, ...]
-    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-    return jnp.swapaxes(x.reshape(b, num_chunks, chunk_len, *x.shape[2:]), 0, 1)
-
   def step(carry, xs):
     loss_sum, nll_sum, d_unembedding = carry
     h, t, w = xs
@@ -99,12 +91,34 @@ def _chunked_pass(chunk_len, dtype, z_loss, label_smoothing, hidden, unembedding
     return carry[:2] + (d_unembedding + matmul("bcd,bcv->dv", h, d_logits, dtype),), d_h
 
   zeros = jnp.zeros(unembedding.shape, jnp.float32) if with_grads else None
-  xs = (chunked(hidden), chunked(targets), chunked(weights.astype(jnp.float32)))
+  xs = [_to_chunks(x, chunk_len) for x in (hidden, targets, weights.astype(jnp.float32))]
   (loss, nll, d_unembedding), d_hidden = jax.lax.scan(step, (jnp.float32(0.0), jnp.float32(0.0), zeros), xs)
   if not with_grads:
     return (loss, nll), None
-  d_hidden = jnp.swapaxes(d_hidden, 0, 1).reshape(b, num_chunks * chunk_len, d)[:, :length]
-  return (loss, nll), (d_hidden, d_unembedding)
+  return (loss, nll), (_from_chunks(d_hidden, hidden.shape[1]), d_unembedding)
+
+
+def _to_chunks(x, chunk_len: int):
+  """[b, l, ...] -> [num_chunks, b, chunk_len, ...], the length padded up to whole chunks."""
+  b, length = x.shape[:2]
+  num_chunks = -(-length // chunk_len)
+  x = jnp.pad(x, [(0, 0), (0, num_chunks * chunk_len - length)] + [(0, 0)] * (x.ndim - 2))
+  return jnp.swapaxes(x.reshape(b, num_chunks, chunk_len, *x.shape[2:]), 0, 1)
+
+
+def _from_chunks(x, length: int):
+  """The inverse of _to_chunks."""
+  num_chunks, b, chunk_len = x.shape[:3]
+  return jnp.swapaxes(x, 0, 1).reshape(b, num_chunks * chunk_len, *x.shape[3:])[:, :length]
+
+
+def token_nll(hidden, unembedding, targets, *, chunk_len: int, dtype: str):
+  """Per-token negative log-likelihood [b, l] of `targets`, logits built one chunk at a time (for scoring)."""
+  def step(_, xs):
+    h, t = xs
+    return None, _token_losses(matmul("bcd,dv->bcv", h, unembedding, dtype), t, 0.0, 0.0)[1]
+  _, nll = jax.lax.scan(step, None, (_to_chunks(hidden, chunk_len), _to_chunks(targets, chunk_len)))
+  return _from_chunks(nll, hidden.shape[1])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))

@@ -1,71 +1,89 @@
-"""Where training metrics go: `metrics.jsonl`, TensorBoard event files and a console line.
+"""Task metrics, each on a 0-100 scale: a task names its metrics, evaluate.py computes them.
 
-Only process 0 writes. On resume, `metrics.jsonl` is cut back to the restored
-step, so the file always reads as one uninterrupted run.
+BLEU is sacrebleu's corpus BLEU and ROUGE is rouge-score's (F-measure, stemmed);
+exact match and F1 use SQuAD's answer normalisation.
 """
 
-import json
-import os
-import time
+import collections
+import functools
+import re
+import string
 
-import jax
-import jax.numpy as jnp
-
-
-def matmul_peak_flops(dtype=jnp.bfloat16, size: int = 2048, repeats: int = 3) -> float:
-  """FLOP/s of a square matmul on one device (f32 accumulation): the denominator of MFU."""
-  a = jnp.ones((size, size), dtype)
-  dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-  jax.block_until_ready(dot(a, a))
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(dot(a, a))
-    best = min(best, time.perf_counter() - start)
-  return 2 * size ** 3 / best
+import sacrebleu
+from rouge_score import rouge_scorer
 
 
-class Writer:
-  """Appends one JSON object per logged step to `<workdir>/metrics.jsonl`, mirrors it to TensorBoard
-  (`<workdir>/tensorboard`), and prints a progress line."""
-
-  def __init__(self, workdir: str, total_steps: int, resumed_step: int):
-    self.enabled = jax.process_index() == 0
-    self.total_steps = total_steps
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.start_time, self.start_step = time.time(), resumed_step
-    if not self.enabled:
-      return
-    _truncate_after(self.path, resumed_step)
-    from flax.metrics import tensorboard  # imports TensorFlow: only on the writing process
-    self.tensorboard = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-  def write(self, step: int, metrics: dict):
-    if not self.enabled:
-      return
-    record = {"step": step, **metrics, "wall_time": time.time()}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-    for key, value in metrics.items():
-      self.tensorboard.scalar(f"train/{key}", value, step)
-    self.tensorboard.flush()
-    elapsed = time.time() - self.start_time
-    done = step - self.start_step
-    eta = elapsed / done * (self.total_steps - step) if done else 0.0
-    print(f"step {step}/{self.total_steps}  loss {metrics['loss']:.4f}  lr {metrics['learning_rate']:.2e}  "
-          f"grad norm {metrics['grad_norm']:.3f}  {metrics['tokens_per_s']:,.0f} tokens/s  MFU {metrics['mfu']:.1%}  "
-          f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
-
-  def close(self):
-    if self.enabled:
-      self.tensorboard.close()
+def normalize_answer(text: str) -> str:
+  """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
+  text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+  text = re.sub(r"\b(a|an|the)\b", " ", text)
+  return " ".join(text.split())
 
 
-def _truncate_after(path: str, step: int):
-  """Drops records of steps after `step`: ones logged by a run that died before its next checkpoint."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    records = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-  with open(path, "w") as f:
-    f.writelines(records)
+def accuracy(predictions, targets) -> dict:
+  return {"accuracy": 100.0 * sum(p == t for p, t in zip(predictions, targets)) / len(targets)}
+
+
+def macro_f1(predictions, targets) -> dict:
+  """F1 per class (every class that occurs as a target or a prediction), averaged."""
+  scores = []
+  for label in sorted(set(targets) | set(predictions)):
+    tp = sum(p == label and t == label for p, t in zip(predictions, targets))
+    fp = sum(p == label and t != label for p, t in zip(predictions, targets))
+    fn = sum(p != label and t == label for p, t in zip(predictions, targets))
+    scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+  return {"macro_f1": 100.0 * sum(scores) / len(scores)}
+
+
+def exact_match(predictions, targets) -> dict:
+  hits = sum(normalize_answer(p) == normalize_answer(t) for p, t in zip(predictions, targets))
+  return {"exact_match": 100.0 * hits / len(targets)}
+
+
+def _token_f1(prediction: str, target: str) -> float:
+  predicted, expected = normalize_answer(prediction).split(), normalize_answer(target).split()
+  if not predicted or not expected:
+    return float(predicted == expected)
+  common = sum((collections.Counter(predicted) & collections.Counter(expected)).values())
+  if not common:
+    return 0.0
+  precision, recall = common / len(predicted), common / len(expected)
+  return 2 * precision * recall / (precision + recall)
+
+
+def f1(predictions, targets) -> dict:
+  """SQuAD token F1, averaged over examples."""
+  return {"f1": 100.0 * sum(_token_f1(p, t) for p, t in zip(predictions, targets)) / len(targets)}
+
+
+def bleu(predictions, targets) -> dict:
+  return {"bleu": sacrebleu.corpus_bleu(list(predictions), [list(targets)]).score}
+
+
+ROUGE_KINDS = ("rouge1", "rouge2", "rougeL")
+
+
+@functools.cache
+def _rouge_scorer():
+  return rouge_scorer.RougeScorer(list(ROUGE_KINDS), use_stemmer=True)
+
+
+def rouge(predictions, targets) -> dict:
+  kinds = ROUGE_KINDS
+  scores = [_rouge_scorer().score(t, p) for p, t in zip(predictions, targets)]
+  return {kind: 100.0 * sum(s[kind].fmeasure for s in scores) / len(scores) for kind in kinds}
+
+
+METRICS = {"accuracy": accuracy, "macro_f1": macro_f1, "exact_match": exact_match, "f1": f1, "bleu": bleu,
+           "rouge": rouge}
+
+
+def compute(names, predictions, targets) -> dict:
+  """All of a task's metrics as {name: score}; the first one is the task's headline score."""
+  unknown = [n for n in names if n not in METRICS]
+  if unknown:
+    raise ValueError(f"unknown metrics {unknown}; known: {', '.join(METRICS)}")
+  scores = {}
+  for name in names:
+    scores.update(METRICS[name](predictions, targets))
+  return scores

@@ -56,6 +56,11 @@ class ModelConfig:
       raise ValueError(f"model.remat={self.remat!r}: choose from none, {', '.join(REMAT_POLICIES)}")
 
 
+def from_config(model_config) -> "Decoder":
+  """The Decoder for a config.model ConfigDict (or dict)."""
+  return Decoder(ModelConfig(**model_config))
+
+
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   """Model FLOPs to train on one token, as MaxText counts them (remat recomputation not included):
   6 x matmul parameters (projections, MLP, unembedding; the embedding lookup is free)
@@ -140,7 +145,9 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask):
+  def __call__(self, x, positions, mask, cache_index=None):
+    """mask [b, l, s]. With `cache_index`, keys and values of these l tokens are written into the
+    "cache" collection at that offset, and the queries attend over all s cached positions."""
     cfg = self.cfg
     init = nn.initializers.normal(cfg.d_model ** -0.5)
     wq = _param(self, "wq", (cfg.d_model, cfg.num_heads, cfg.head_dim), (EMBED, HEADS, HEAD_DIM), init, cfg)
@@ -152,6 +159,13 @@ class Attention(nn.Module):
     k = rotary(projection("bld,dhk->blhk", x, wk, cfg.dtype), positions, cfg.rope_theta)
     v = projection("bld,dhk->blhk", x, wv, cfg.dtype)
     q = nn.with_logical_constraint(q, (BATCH, LENGTH, HEADS, HEAD_DIM))
+    if cache_index is not None:
+      # Created by init with the full decode length; written at cache_index afterwards.
+      cached_k = self.variable("cache", "k", jnp.zeros, k.shape, jnp.dtype(cfg.dtype))
+      cached_v = self.variable("cache", "v", jnp.zeros, v.shape, jnp.dtype(cfg.dtype))
+      start = (0, cache_index, 0, 0)
+      cached_k.value = k = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
+      cached_v.value = v = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
     b, length, _, _ = q.shape
     groups = cfg.num_heads // cfg.num_kv_heads
     q = q.reshape(b, length, cfg.num_kv_heads, groups, cfg.head_dim) * cfg.head_dim ** -0.5
@@ -184,9 +198,10 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask):
+  def __call__(self, x, positions, mask, cache_index=None):
     """Returns (x, None): a (carry, output) pair, so that nn.scan can stack blocks."""
-    x = x + Attention(self.cfg, name="attention")(RMSNorm(self.cfg, name="attention_norm")(x), positions, mask)
+    attention_input = RMSNorm(self.cfg, name="attention_norm")(x)
+    x = x + Attention(self.cfg, name="attention")(attention_input, positions, mask, cache_index)
     x = x + FeedForward(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
     return nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED)), None
 
@@ -207,21 +222,31 @@ class Decoder(nn.Module):
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       # Parameters gain a leading `layers` axis: block_0 ... block_{n-1} become one stacked "blocks".
-      block = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+      block = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: LAYERS})
       self.blocks = [block(cfg, name="blocks")]
     else:
       self.blocks = [block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
     self.final_norm = RMSNorm(cfg)
 
-  def __call__(self, tokens, positions, segment_ids):
-    """[b, l] int32 each -> final hidden states [b, l, d_model] in f32."""
+  def __call__(self, tokens, positions, segment_ids, cache_index=None, cache_segment_ids=None):
+    """[b, l] int32 each -> final hidden states [b, l, d_model] in f32.
+
+    Decoding (decode.py) passes `cache_index`, where these tokens go in the key/value cache,
+    and `cache_segment_ids` [b, s], the segment id of every cache slot after this write.
+    """
     x = jnp.take(self.embedding, tokens, axis=0).astype(jnp.float32)
     x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
-    mask = attention_mask(segment_ids)
+    if cache_index is None:
+      mask = attention_mask(segment_ids)
+    else:  # causal in cache order, and within the same segment
+      query_slots = cache_index + jnp.arange(tokens.shape[1])
+      key_slots = jnp.arange(cache_segment_ids.shape[1])
+      mask = ((key_slots[None, None, :] <= query_slots[None, :, None])
+              & (segment_ids[:, :, None] == cache_segment_ids[:, None, :]))
     for block in self.blocks:
-      x, _ = block(x, positions, mask)
+      x, _ = block(x, positions, mask, cache_index)
     return self.final_norm(x)
 
   def unembedding(self):

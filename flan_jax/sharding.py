@@ -9,10 +9,12 @@ an array already uses (fsdp for its batch dimension, say) is not used twice.
 """
 
 import contextlib
+import functools
 import math
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -77,6 +79,20 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+def init_params(model, mesh: Mesh, key):
+  """model.init's boxed parameters (a row per batch shard, one token: the shapes do not depend on it)."""
+  dummy = jnp.zeros((mesh.shape["data"] * mesh.shape["fsdp"], 1), jnp.int32)
+  return model.init(key, dummy, dummy, dummy)["params"]
+
+
+def param_shapes(model, mesh: Mesh, logical_rules):
+  """Parameters as ShapeDtypeStructs carrying their shardings, computed without initialising."""
+  boxed = jax.eval_shape(functools.partial(init_params, model, mesh), jax.random.key(0))
+  shardings = param_shardings(boxed, mesh, logical_rules)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_values(boxed),
+                      shardings)
 
 
 def check_batch(batch_size: int, microbatches: int, mesh: Mesh):

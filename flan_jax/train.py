@@ -22,13 +22,10 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from flan_jax import checkpoint, metrics, optim, sharding, workdirs
+from flan_jax import checkpoint, evaluate, metric_writer, optim, sharding, workdirs
 from flan_jax import loss as losses
-from flan_jax.data import pipeline
-from flan_jax.model import Decoder, ModelConfig, train_flops_per_token
-
-BATCH_KEYS = ("inputs", "targets", "loss_weights", "segment_ids", "positions")
-
+from flan_jax.data import packing, pipeline
+from flan_jax.model import Decoder, ModelConfig, from_config, train_flops_per_token
 
 @flax.struct.dataclass
 class TrainState:
@@ -38,15 +35,10 @@ class TrainState:
   examples_seen: jax.Array  # packed examples trained on, for the logs
 
 
-def make_model(model_config) -> Decoder:
-  return Decoder(ModelConfig(**model_config))
-
-
 def state_shapes(model: Decoder, optimizer, mesh, logical_rules):
   """(TrainState of ShapeDtypeStructs, TrainState of NamedShardings), computed without initialising."""
-  boxed = jax.eval_shape(functools.partial(_init_params, model, mesh), jax.random.key(0))
-  param_shardings = sharding.param_shardings(boxed, mesh, logical_rules)
-  params = sharding.abstract_values(boxed)
+  params = sharding.param_shapes(model, mesh, logical_rules)
+  param_shardings = jax.tree.map(lambda x: x.sharding, params)
   opt_state = jax.eval_shape(optimizer.init, params)
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
   shapes = TrainState(step=scalar, params=params, opt_state=opt_state, examples_seen=scalar)
@@ -56,15 +48,10 @@ def state_shapes(model: Decoder, optimizer, mesh, logical_rules):
   return shapes, shardings
 
 
-def _init_params(model: Decoder, mesh, key):
-  dummy = jnp.zeros((mesh.shape["data"] * mesh.shape["fsdp"], 1), jnp.int32)
-  return model.init(key, dummy, dummy, dummy)["params"]
-
-
 def init_state(model: Decoder, optimizer, mesh, shardings, rng) -> TrainState:
   """A fresh state, parameters initialised directly into their shards."""
   def create(key):
-    params = nn.unbox(_init_params(model, mesh, key))
+    params = nn.unbox(sharding.init_params(model, mesh, key))
     zero = jnp.int32(0)
     return TrainState(step=zero, params=params, opt_state=optimizer.init(params), examples_seen=zero)
   return jax.jit(create, out_shardings=shardings)(rng)
@@ -131,7 +118,7 @@ def jit_train_step(model, optimizer, schedule, config, mesh, state_shardings):
   step = functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule, loss_config=config.loss,
                            microbatches=config.train.microbatches, mesh=mesh,
                            skip_nonfinite=config.train.skip_nonfinite)
-  batch_shardings = {key: sharding.batch_sharding(mesh) for key in BATCH_KEYS}
+  batch_shardings = {key: sharding.batch_sharding(mesh) for key in packing.BATCH_KEYS}
   return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
@@ -152,8 +139,7 @@ def prepare_workdir(config, config_arg: str, workdir: str | None) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax and TensorFlow are chatty at INFO; -v 0 shows them
+  metric_writer.quiet_absl_logging()
   config = flags.FLAGS.config
   workdir = prepare_workdir(config, flags.FLAGS["config"].config_filename, flags.FLAGS.workdir)
 
@@ -174,7 +160,7 @@ def main(argv):
                                         process_index=jax.process_index(), process_count=jax.process_count()))
 
   # Model and state: the newest readable checkpoint, else fresh (optionally with init_from's parameters).
-  model = make_model(config.model)
+  model = from_config(config.model)
   optimizer, schedule = optim.make(config.optim, config.train.steps)
   checkpoints = checkpoint.manager(workdir, config.train.keep_checkpoints)
   with sharding.context(mesh, rules):
@@ -183,30 +169,37 @@ def main(argv):
     if state is None:
       state = init_state(model, optimizer, mesh, shardings, jax.random.key(config.seed))
       if config.train.init_from:
-        params = checkpoint.restore_params(config.train.init_from, checkpoint.abstract(shapes, shardings).params)
+        _, params = checkpoint.restore_params(config.train.init_from, shapes.params)
         state = state.replace(params=params)
     step_fn = jit_train_step(model, optimizer, schedule, config, mesh, shardings)
 
     first_step = int(state.step)
     if jax.process_index() == 0:
       print(f"training steps {first_step}..{config.train.steps} in {workdir} on mesh {dict(mesh.shape)}", flush=True)
-    writer = metrics.Writer(workdir, config.train.steps, first_step)
-    train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh)
+    writer = metric_writer.Writer(workdir, config.train.steps, first_step)
+
+    def run_evaluation(params, step):
+      results = evaluate.evaluate(params, model, tokenizer, config, mesh, seen=config.eval.include_seen)
+      if jax.process_index() == 0:
+        evaluate.write_results(results, workdir, step)
+      writer.write_eval(step, evaluate.summary(results))
+
+    train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, run_evaluation)
   writer.close()
 
 
-def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh):
-  """Steps to config.train.steps, logging, checkpointing, and stopping cleanly on SIGTERM or NaN."""
+def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, run_evaluation):
+  """Steps to config.train.steps, logging, checkpointing, evaluating, and stopping cleanly on SIGTERM or NaN."""
   preempted = []
   signal.signal(signal.SIGTERM, lambda signum, frame: preempted.append(signum))
   batch_sharding = sharding.batch_sharding(mesh)
   tokens_per_step = config.data.batch_size * config.data.seq_len
   flops_per_step = tokens_per_step * train_flops_per_token(ModelConfig(**config.model), config.data.seq_len)
-  peak = metrics.matmul_peak_flops(jnp.dtype(config.model.dtype)) * jax.device_count()
+  peak = metric_writer.matmul_peak_flops(jnp.dtype(config.model.dtype)) * jax.device_count()
   last_log_time, last_log_step = time.time(), int(state.step)
   for step in range(int(state.step), config.train.steps):
     local = next(data_iterator)
-    batch = {k: jax.make_array_from_process_local_data(batch_sharding, local[k]) for k in BATCH_KEYS}
+    batch = {k: jax.make_array_from_process_local_data(batch_sharding, local[k]) for k in packing.BATCH_KEYS}
     state, step_metrics = step_fn(state, batch)
     step_metrics = jax.device_get(step_metrics)
     diverged = not (np.isfinite(step_metrics["loss"]) and np.isfinite(step_metrics["grad_norm"]))
@@ -230,6 +223,9 @@ def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh)
       return
     if done % config.train.checkpoint_every == 0 or done == config.train.steps:
       checkpoint.save(checkpoints, done, state, data_iterator)
+    every = config.eval.every_steps
+    if (every and done % every == 0) or done == config.train.steps:
+      run_evaluation(state.params, done)
   checkpoints.wait_until_finished()
 
 

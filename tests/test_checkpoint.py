@@ -6,13 +6,14 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from flan_jax import checkpoint, sharding, train
+from flan_jax import model as model_lib
 from tests.test_train import small_config
 
 
 def make_state(mesh_config, rules_name, config):
   mesh = sharding.make_mesh(mesh_config)
   rules = sharding.rules(rules_name)
-  model = train.make_model(config.model)
+  model = model_lib.from_config(config.model)
   optimizer = optax.adam(1e-3)
   with sharding.context(mesh, rules):
     shapes, shardings = train.state_shapes(model, optimizer, mesh, rules)
@@ -44,5 +45,5 @@ def test_no_checkpoint_gives_none_and_init_from_an_empty_directory_is_an_error(t
   _, target = make_state(dict(data=-1, fsdp=1, tensor=1), "dp", config)
   data = iter(grain.MapDataset.range(10).to_iter_dataset())
   assert checkpoint.restore_latest(checkpoint.manager(str(tmp_path), keep=1), target, data) is None
-  with pytest.raises(FileNotFoundError, match="train.init_from=.*no checkpoint steps"):
+  with pytest.raises(FileNotFoundError, match="checkpoints.*no checkpoint steps"):
     checkpoint.restore_params(str(tmp_path / "checkpoints"), target.params)

@@ -58,3 +58,11 @@ def test_token_weight_normalizations():
   np.testing.assert_allclose(two.sum(axis=1), [2 / 3, 1 / 3], rtol=1e-6)
   with pytest.raises(ValueError, match="unknown loss normalization 'sequence'"):
     loss.token_weights(lw, seg, "sequence")
+
+
+def test_token_nll_matches_the_full_log_softmax():
+  hidden, unembed, targets, _ = _inputs()
+  nll = loss.token_nll(hidden, unembed, targets, chunk_len=5, dtype="float32")
+  log_probs = jax.nn.log_softmax(hidden @ unembed, axis=-1)
+  expected = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+  np.testing.assert_allclose(nll, expected, rtol=1e-5, atol=1e-5)

@@ -4,7 +4,9 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec
 
+from flan_jax import model as model_lib
 from flan_jax import optim, sharding, train
+from flan_jax.data import packing
 from tests.conftest import load_config
 
 MESHES = [dict(data=8, fsdp=1, tensor=1), dict(data=1, fsdp=8, tensor=1), dict(data=2, fsdp=2, tensor=2)]
@@ -23,7 +25,7 @@ def small_config(**train_overrides):
 def packed_batch(rows=8, length=32, vocab=64, seed=0):
   """Random rows of 1-4 packed examples with prompt (weight 0) and response (weight 1) parts, some padding."""
   rng = np.random.default_rng(seed)
-  batch = {k: np.zeros((rows, length), np.int32) for k in train.BATCH_KEYS}
+  batch = {k: np.zeros((rows, length), np.int32) for k in packing.BATCH_KEYS}
   batch["loss_weights"] = np.zeros((rows, length), np.float32)
   for r in range(rows):
     start = 0
@@ -45,7 +47,7 @@ def run_steps(config, mesh_config, optimizer, batches, devices=None):
   """Params (as numpy) and metrics after one train step per batch on the given mesh."""
   mesh = sharding.make_mesh(mesh_config, devices)
   rules = sharding.rules(config.sharding_rules)
-  model = train.make_model(config.model)
+  model = model_lib.from_config(config.model)
   with sharding.context(mesh, rules):
     _, shardings = train.state_shapes(model, optimizer, mesh, rules)
     state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
@@ -107,7 +109,7 @@ def test_mesh_errors_name_the_problem():
   config = small_config()
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=8))
   with pytest.raises(ValueError, match=r"\['attention'\]\['wk'\].*dimension 1 \(2\) does not divide"):
-    train.state_shapes(train.make_model(config.model), optax.sgd(0.1), mesh, sharding.rules("tp"))
+    train.state_shapes(model_lib.from_config(config.model), optax.sgd(0.1), mesh, sharding.rules("tp"))
   with pytest.raises(ValueError, match="data.batch_size=8 must divide into train.microbatches=3"):
     sharding.check_batch(8, 3, sharding.make_mesh(dict(data=1, fsdp=-1, tensor=1)))
 
@@ -116,7 +118,7 @@ def test_fsdp_shards_parameters_and_adam_moments_and_replicates_the_rest():
   config = small_config()
   mesh = sharding.make_mesh(dict(data=1, fsdp=8, tensor=1))
   rules = sharding.rules("fsdp")
-  model = train.make_model(config.model)
+  model = model_lib.from_config(config.model)
   with sharding.context(mesh, rules):
     adam, _ = optim.make(config.optim, total_steps=10)
     _, shardings = train.state_shapes(model, adam, mesh, rules)
@@ -129,7 +131,7 @@ def test_fsdp_shards_parameters_and_adam_moments_and_replicates_the_rest():
   config.optim.name = "adafactor"
   factored, _ = optim.make(config.optim, total_steps=10)
   with sharding.context(mesh, rules):
-    model = train.make_model(config.model)
+    model = model_lib.from_config(config.model)
     _, shardings = train.state_shapes(model, factored, mesh, rules)
     state = train.init_state(model, factored, mesh, shardings, jax.random.key(0))
   shardings_by_path = dict(jax.tree_util.tree_leaves_with_path(shardings.opt_state))

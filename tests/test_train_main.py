@@ -16,7 +16,8 @@ from tests.conftest import ROOT
 SMALL = ["--config.train.steps=12", "--config.train.log_every=1", "--config.train.checkpoint_every=4",
          "--config.data.seq_len=128", "--config.data.batch_size=8", "--config.data.tokenizer.vocab_size=512",
          "--config.data.tokenizer.num_texts=3000", "--config.model.d_model=64", "--config.model.num_layers=2",
-         "--config.model.mlp_dim=128", "--config.loss.chunk_len=64", "--config.optim.warmup_steps=2"]
+         "--config.model.mlp_dim=128", "--config.loss.chunk_len=64", "--config.optim.warmup_steps=2",
+         "--config.eval.include_seen=False", "--config.eval.max_examples=4", "--config.eval.max_templates=1"]
 
 
 def command(workdir, *overrides, config="configs/tiny.py"):
@@ -32,7 +33,7 @@ def run(workdir, *overrides, check=True):
 
 def losses(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return {r["step"]: r["loss"] for r in map(json.loads, f)}
+    return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,11 @@ def copy_tokenizer(source, workdir):
 def test_a_run_writes_checkpoints_metrics_and_tensorboard(uninterrupted):
   assert sorted(os.listdir(os.path.join(uninterrupted, "checkpoints"))) == ["12", "4", "8"]
   records = [json.loads(line) for line in open(os.path.join(uninterrupted, "metrics.jsonl"))]
+  *records, evaluation = records
   assert [r["step"] for r in records] == list(range(1, 13))
+  assert evaluation["step"] == 12 and 0 <= evaluation["eval/held_out"] == evaluation["eval/nli"] <= 100
+  results = json.load(open(os.path.join(uninterrupted, "eval", "12", "results.json")))
+  assert set(results["clusters"]) == {"nli"} and results["tasks"]["mini_nli_quantity"]["examples"] == 4
   assert {"loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu", "examples_seen", "wall_time"} <= set(records[0])
   assert records[-1]["loss"] < records[0]["loss"]
   assert records[-1]["examples_seen"] > records[0]["examples_seen"] > 0
@@ -144,3 +149,18 @@ def test_init_from_starts_from_another_runs_parameters(uninterrupted, tmp_path):
   run(fresh, "--config.train.steps=1")
   run(warm, "--config.train.steps=1", f"--config.train.init_from={uninterrupted}/checkpoints")
   assert losses(warm)[1] < losses(uninterrupted)[12] + 0.5 < losses(fresh)[1]
+
+
+@pytest.mark.slow
+def test_evaluate_and_generate_commands_read_a_runs_checkpoints(uninterrupted):
+  evaluation = subprocess.run([sys.executable, "-m", "flan_jax.evaluate", "--config=configs/tiny.py",
+                               f"--workdir={uninterrupted}", "--step=8", *SMALL[3:]],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+  assert "# Zero-shot evaluation, step 8" in evaluation.stdout and "mini_nli_taxonomy" in evaluation.stdout
+  assert os.path.exists(os.path.join(uninterrupted, "eval", "8", "results.md"))
+  generation = subprocess.run([sys.executable, "-m", "flan_jax.generate", f"--workdir={uninterrupted}",
+                               "--prompt=Write a positive review of a kettle.", "--max_new_tokens=5"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert generation.returncode == 0, generation.stderr[-3000:]
+  assert generation.stdout.startswith("[step 12] ")

@@ -17,6 +17,7 @@ TRUNCATION_POLICIES = ("prompt_left", "right")
 PACKERS = {"best_fit": grain_experimental.BestFitPackIterDataset,
            "first_fit": grain_experimental.FirstFitPackIterDataset}
 FEATURES = ("inputs", "targets", "loss_weights")
+BATCH_KEYS = FEATURES + ("segment_ids", "positions")  # what a packed batch holds
 
 
 def truncate(tokens: np.ndarray, weights: np.ndarray, max_tokens: int, policy: str):

@@ -1,0 +1,98 @@
+"""Batched autoregressive generation with a key/value cache.
+
+Prompts are left-padded to a common length P, so every row writes its next token
+into the same cache slot. Padding has segment id 0 and prompts and answers 1,
+so no real token attends to padding; positions count from each prompt's first
+token. One jitted call runs the prefill over [b, P] and then `max_new_tokens`
+single-token steps, each attending over the cache.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flan_jax.model import Decoder, matmul
+
+
+def sample(logits, rng, *, temperature: float, top_k: int, top_p: float):
+  """Next tokens [b] from f32 logits [b, vocab]: greedy at temperature 0, else top-k / nucleus sampling."""
+  if temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / temperature
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+    # Keep the smallest set of tokens whose probability reaches top_p (always at least the first).
+    cutoff_index = jnp.sum(cumulative < top_p, axis=-1, keepdims=True)
+    cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
+    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def left_pad(prompts, pad_id: int, bucket: int = 1):
+  """Token lists -> (tokens, positions, segment_ids), each [b, P] int32, prompts flush right;
+  P is the longest prompt's length rounded up to a multiple of `bucket`."""
+  length = -(-max(len(p) for p in prompts) // bucket) * bucket
+  tokens = np.full((len(prompts), length), pad_id, np.int32)
+  positions = np.zeros((len(prompts), length), np.int32)
+  segment_ids = np.zeros((len(prompts), length), np.int32)
+  for row, prompt in enumerate(prompts):
+    start = length - len(prompt)
+    tokens[row, start:] = prompt
+    positions[row, start:] = np.arange(len(prompt))
+    segment_ids[row, start:] = 1
+  return tokens, positions, segment_ids
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p"))
+def _generate(params, tokens, positions, segment_ids, rng, *, model: Decoder, max_new_tokens: int,
+              temperature: float, top_k: int, top_p: float):
+  b, prompt_len = tokens.shape
+  # Slots after the prompt hold generated tokens (segment 1); until written, the causal mask hides them.
+  cache_segment_ids = jnp.concatenate([segment_ids, jnp.ones((b, max_new_tokens), jnp.int32)], axis=1)
+  full = jnp.zeros((b, prompt_len + max_new_tokens), jnp.int32)
+  cache_shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), full, full, full, cache_index=0,
+                                                   cache_segment_ids=cache_segment_ids)["cache"])
+  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
+  unembedding = model.apply({"params": params}, method=Decoder.unembedding)
+  pick = functools.partial(sample, temperature=temperature, top_k=top_k, top_p=top_p)
+
+  def forward(cache, tokens, positions, segments, index):
+    hidden, variables = model.apply({"params": params, "cache": cache}, tokens, positions, segments,
+                                    cache_index=index, cache_segment_ids=cache_segment_ids, mutable=["cache"])
+    return matmul("bd,dv->bv", hidden[:, -1], unembedding, model.cfg.dtype), variables["cache"]
+
+  logits, cache = forward(cache, tokens, positions, segment_ids, 0)
+  rng, step_rng = jax.random.split(rng)
+  first = pick(logits, step_rng)
+  next_positions = positions[:, -1] + 1
+
+  def step(carry, index):
+    cache, token, position, rng = carry
+    logits, cache = forward(cache, token[:, None], position[:, None], jnp.ones((b, 1), jnp.int32), index)
+    rng, step_rng = jax.random.split(rng)
+    return (cache, pick(logits, step_rng), position + 1, rng), token
+
+  steps = prompt_len + jnp.arange(max_new_tokens)
+  _, generated = jax.lax.scan(step, (cache, first, next_positions, rng), steps)
+  return generated.T  # [b, max_new_tokens]
+
+
+def generate(params, model: Decoder, prompts, *, max_new_tokens: int, eos_id: int, pad_id: int,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=None, bucket: int = 1):
+  """Token lists -> generated token lists, each cut before its first EOS (or at max_new_tokens).
+  Prompts are padded to a multiple of `bucket` tokens, so that few prompt lengths compile."""
+  tokens, positions, segment_ids = left_pad(prompts, pad_id, bucket)
+  rng = jax.random.key(0) if rng is None else rng
+  generated = np.asarray(_generate(params, tokens, positions, segment_ids, rng, model=model,
+                                   max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p))
+  out = []
+  for row in generated:
+    stop = np.flatnonzero(row == eos_id)
+    out.append(row[:stop[0]] if len(stop) else row)
+  return out

@@ -1,0 +1,213 @@
+r"""Zero-shot evaluation on the held-out clusters (and, on request, the seen ones), as FLAN does it.
+
+  python -m flan_jax.evaluate --config configs/tiny.py [--workdir DIR] [--step N] [--seen]
+
+Every task is evaluated on the first `eval.max_examples` of its evaluation split,
+through each of its (non-inverted) templates. Tasks with answer options are
+scored by rank classification: the option (with the EOS that ends a response)
+of highest log-likelihood given the prompt wins. Other tasks are answered by
+greedy decoding with a KV cache. A task's score is the mean over its templates,
+with the best template beside it; a cluster's is the mean over its tasks.
+Results go to `DIR/eval/<step>/results.json` and `results.md`.
+"""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from flan_jax import checkpoint, decode, metric_writer, metrics, sharding, workdirs
+from flan_jax import loss as losses
+from flan_jax.data import packing, pipeline, tasks, templates
+from flan_jax.model import Decoder, from_config
+
+LENGTH_BUCKET = 64  # rows are padded to a multiple of this, so few shapes compile
+
+
+def task_examples(task: tasks.Task, eval_cfg):
+  """(fields, templates) of a task's evaluation split: the first max_examples records."""
+  records = task.source(task.splits[1])
+  fields = [task.example_fields(records[i]) for i in range(min(eval_cfg.max_examples, len(records)))]
+  task_templates = [t for t in task.templates if not t.inverted]
+  if eval_cfg.max_templates:
+    task_templates = task_templates[:eval_cfg.max_templates]
+  return fields, task_templates
+
+
+def _encode(tokenizer, turns, fmt):
+  return tokenizer.encode_segments(templates.to_segments(turns, fmt))
+
+
+def score_sequences(params, model: Decoder, sequences, *, batch_size: int, seq_len: int, chunk_len: int, mesh):
+  """Sum of log-probabilities of each (tokens, weights) sequence's weighted tokens, and their count.
+
+  Sequences are cut from the left to seq_len + 1 tokens (the prompt's oldest tokens go first)."""
+  features = [packing.example_features(t[-(seq_len + 1):], w[-(seq_len + 1):]) for t, w in sequences]
+  log_likelihoods, counts = [], []
+  for start in range(0, len(features), batch_size):
+    chunk = features[start:start + batch_size]
+    length = -(-max(len(f["inputs"]) for f in chunk) // LENGTH_BUCKET) * LENGTH_BUCKET
+    batch = {k: np.zeros((batch_size, length), np.float32 if k == "loss_weights" else np.int32)
+             for k in packing.BATCH_KEYS}
+    for row, f in enumerate(chunk):
+      n = len(f["inputs"])
+      for key in ("inputs", "targets", "loss_weights"):
+        batch[key][row, :n] = f[key]
+      batch["segment_ids"][row, :n] = 1
+      batch["positions"][row, :n] = np.arange(n)
+    batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+    ll, count = _log_likelihoods(params, batch, model=model, chunk_len=chunk_len)
+    log_likelihoods += jax.device_get(ll)[:len(chunk)].tolist()
+    counts += jax.device_get(count)[:len(chunk)].tolist()
+  return np.asarray(log_likelihoods), np.asarray(counts)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "chunk_len"))
+def _log_likelihoods(params, batch, *, model: Decoder, chunk_len: int):
+  hidden = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
+  unembedding = model.apply({"params": params}, method=Decoder.unembedding)
+  nll = losses.token_nll(hidden, unembedding, batch["targets"], chunk_len=chunk_len, dtype=model.cfg.dtype)
+  weights = batch["loss_weights"]
+  return -jnp.sum(nll * weights, axis=1), jnp.sum(weights, axis=1)
+
+
+def rank_classification(params, model, tokenizer, task, fields, template, config, mesh):
+  """(predicted option, target) per example: the option of highest (optionally length-normalised)
+  log-likelihood as the response to the rendered prompt."""
+  sequences, spans = [], []
+  for f in fields:
+    prompt = pipeline.conversation(task, f, template, config.data.template)[0]
+    options = task.example_options(f)
+    spans.append((len(sequences), options))
+    sequences += [_encode(tokenizer, [prompt, ("assistant", option)], config.data.template.format)
+                  for option in options]
+  scores, counts = score_sequences(params, model, sequences, batch_size=config.eval.batch_size,
+                                   seq_len=config.data.seq_len, chunk_len=config.loss.chunk_len, mesh=mesh)
+  if config.eval.length_normalize:
+    scores = scores / np.maximum(counts, 1)
+  predictions = [options[int(np.argmax(scores[start:start + len(options)]))] for start, options in spans]
+  return predictions, [f["answer"] for f in fields]
+
+
+def generation(params, model, tokenizer, task, fields, template, config):
+  """(generated answer, target) per example, by greedy decoding from the rendered prompt."""
+  prompts, targets = [], []
+  for f in fields:
+    turns = pipeline.conversation(task, f, template, config.data.template)
+    tokens, weights = _encode(tokenizer, turns, config.data.template.format)
+    prompt = tokens[:np.flatnonzero(weights)[0]]  # everything before the response
+    prompts.append(prompt[-(config.data.seq_len - config.eval.max_new_tokens):].tolist())
+    targets.append(turns[1][1])
+  predictions = []
+  batch_size = config.eval.batch_size
+  for start in range(0, len(prompts), batch_size):
+    batch = prompts[start:start + batch_size]
+    batch += [batch[0]] * (batch_size - len(batch))  # a fixed batch shape: fewer compilations
+    outputs = decode.generate(params, model, batch, max_new_tokens=config.eval.max_new_tokens,
+                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, bucket=LENGTH_BUCKET)
+    predictions += [tokenizer.decode(o.tolist()).strip() for o in outputs[:len(prompts) - start]]
+  return predictions, targets
+
+
+def evaluate_task(params, model, tokenizer, task, config, mesh) -> dict:
+  fields, task_templates = task_examples(task, config.eval)
+  per_template = []
+  for template in task_templates:
+    if task.is_classification:
+      predictions, targets = rank_classification(params, model, tokenizer, task, fields, template, config, mesh)
+    else:
+      predictions, targets = generation(params, model, tokenizer, task, fields, template, config)
+    per_template.append(metrics.compute(task.metrics, predictions, targets))
+  names = list(per_template[0])
+  result = {
+      "cluster": task.cluster,
+      "examples": len(fields),
+      "metric": names[0],
+      "templates": per_template,
+      "mean": {n: float(np.mean([s[n] for s in per_template])) for n in names},
+      "best": {n: float(np.max([s[n] for s in per_template])) for n in names},
+  }
+  if task.is_classification:  # the expected accuracy of a uniform guess
+    result["chance"] = float(np.mean([100.0 / len(task.example_options(f)) for f in fields]))
+  return result
+
+
+def evaluate(params, model, tokenizer, config, mesh, *, seen: bool) -> dict:
+  """Scores of every held-out task (and of the training tasks' validation splits if `seen`)."""
+  mix = pipeline.resolve_mixture(config.data)
+  groups = {"held_out": mix.evaluation, **({"seen": mix.train} if seen else {})}
+  results = {"tasks": {}, "clusters": {}}
+  for group, group_tasks in groups.items():
+    for task in group_tasks:
+      results["tasks"][task.name] = {"group": group, **evaluate_task(params, model, tokenizer, task, config, mesh)}
+  for name, r in results["tasks"].items():
+    cluster = results["clusters"].setdefault(r["cluster"], {"group": r["group"], "tasks": []})
+    cluster["tasks"].append(name)
+  for cluster in results["clusters"].values():
+    members = [results["tasks"][n] for n in cluster["tasks"]]
+    cluster["mean"] = float(np.mean([m["mean"][m["metric"]] for m in members]))
+    cluster["best"] = float(np.mean([m["best"][m["metric"]] for m in members]))
+  for group in groups:
+    scores = [c["mean"] for c in results["clusters"].values() if c["group"] == group]
+    results[group] = float(np.mean(scores)) if scores else None
+  return results
+
+
+def summary(results: dict) -> dict:
+  """The headline numbers: {"eval/held_out": ..., "eval/seen": ..., "eval/<cluster>": ...}."""
+  scores = {f"eval/{group}": results[group] for group in ("held_out", "seen") if results.get(group) is not None}
+  return {**scores, **{f"eval/{name}": c["mean"] for name, c in sorted(results["clusters"].items())}}
+
+
+def write_results(results: dict, workdir: str, step: int) -> str:
+  directory = os.path.join(workdir, "eval", str(step))
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, "results.json"), "w") as f:
+    json.dump({"step": step, **results}, f, indent=1)
+  lines = [f"# Zero-shot evaluation, step {step}", "",
+           f"Held-out clusters: **{results['held_out']:.1f}**" if results["held_out"] is not None else "",
+           f"Seen clusters: **{results['seen']:.1f}**" if results.get("seen") is not None else "", "",
+           "| cluster | group | task | metric | mean over templates | best template | chance |",
+           "|---|---|---|---|---|---|---|"]
+  for cluster_name, cluster in sorted(results["clusters"].items(), key=lambda kv: (kv[1]["group"], kv[0])):
+    for name in cluster["tasks"]:
+      t = results["tasks"][name]
+      chance = f"{t['chance']:.1f}" if "chance" in t else ""
+      lines.append(f"| {cluster_name} | {cluster['group']} | {name} | {t['metric']} | {t['mean'][t['metric']]:.1f} "
+                   f"| {t['best'][t['metric']]:.1f} | {chance} |")
+    lines.append(f"| **{cluster_name}** | {cluster['group']} | *cluster mean* | | **{cluster['mean']:.1f}** "
+                 f"| {cluster['best']:.1f} | |")
+  with open(os.path.join(directory, "results.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return directory
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  metric_writer.quiet_absl_logging()
+  config = flags.FLAGS.config
+  workdir = flags.FLAGS.workdir or workdirs.default(flags.FLAGS["config"].config_filename)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.rules(config.sharding_rules)
+  tokenizer = pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
+  model = from_config(config.model)
+  with sharding.context(mesh, rules):
+    target = sharding.param_shapes(model, mesh, rules)
+    step, params = checkpoint.restore_params(checkpoint.directory(workdir), target, step=flags.FLAGS.step)
+    results = evaluate(params, model, tokenizer, config, mesh, seen=flags.FLAGS.seen)
+  directory = write_results(results, workdir, step)
+  print(open(os.path.join(directory, "results.md")).read())
+
+
+if __name__ == "__main__":
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/tiny.py[:arg].", lock_config=True)
+  flags.DEFINE_string("workdir", None, "The run's workdir; default workdirs/<config name>[_<arg>].")
+  flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the newest).")
+  flags.DEFINE_bool("seen", False, "Also evaluate the training clusters' validation splits.")
+  app.run(main)

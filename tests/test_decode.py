@@ -1,0 +1,57 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flan_jax import decode
+from flan_jax.model import Decoder, ModelConfig
+
+CFG = ModelConfig(vocab_size=50, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
+                  dtype="float32")
+
+
+def _params(cfg=CFG):
+  zeros = jnp.zeros((1, 8), jnp.int32)
+  return Decoder(cfg), jax.jit(Decoder(cfg).init)(jax.random.key(1), zeros, zeros, zeros)["params"]
+
+
+def greedy_by_recompute(model, params, prompt, steps):
+  """Reference: the full forward pass over the whole (fixed-size, causal) buffer for every new token."""
+  buffer = np.zeros((1, len(prompt) + steps), np.int32)
+  buffer[0, :len(prompt)] = prompt
+  forward = jax.jit(lambda tokens: model.apply({"params": params}, tokens, jnp.arange(tokens.shape[1])[None],
+                                               jnp.ones_like(tokens)) @ model.apply({"params": params},
+                                                                                   method=Decoder.unembedding))
+  for t in range(len(prompt), len(prompt) + steps):
+    buffer[0, t] = int(jnp.argmax(forward(buffer)[0, t - 1]))
+  return buffer[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_cached_greedy_decoding_equals_recompute_and_batched_equals_one_at_a_time(scan_layers):
+  cfg = ModelConfig(**{**CFG.__dict__, "scan_layers": scan_layers})
+  model, params = _params(cfg)
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(3, 50, n).tolist() for n in (3, 9, 6)]
+  batched = decode.generate(params, model, prompts, max_new_tokens=7, eos_id=-1, pad_id=0)
+  for prompt, out in zip(prompts, batched):
+    alone = decode.generate(params, model, [prompt], max_new_tokens=7, eos_id=-1, pad_id=0)[0]
+    assert out.tolist() == alone.tolist() == greedy_by_recompute(model, params, prompt, 7)
+
+
+def test_generation_stops_at_eos():
+  model, params = _params()
+  prompt = [5, 6, 7]
+  reference = greedy_by_recompute(model, params, prompt, 8)
+  eos = reference[3]
+  out = decode.generate(params, model, [prompt], max_new_tokens=8, eos_id=eos, pad_id=0)[0]
+  assert out.tolist() == reference[:reference.index(eos)]
+
+
+def test_sampling_filters():
+  logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+  draws = lambda **kw: {int(decode.sample(logits, jax.random.key(i), **kw)[0]) for i in range(200)}
+  assert draws(temperature=0.0, top_k=0, top_p=1.0) == {0}
+  assert draws(temperature=1.0, top_k=2, top_p=1.0) == {0, 1}
+  assert draws(temperature=1.0, top_k=0, top_p=0.7) == {0, 1}  # 0.5 < 0.7 <= 0.8
+  assert draws(temperature=1.0, top_k=0, top_p=1.0) == {0, 1, 2, 3}

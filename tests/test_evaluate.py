@@ -1,0 +1,71 @@
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flan_jax import evaluate, sharding
+from flan_jax.data import packing, pipeline, tasks
+from flan_jax.model import Decoder, ModelConfig
+
+
+def small_model(vocab_size):
+  cfg = ModelConfig(vocab_size=vocab_size, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                    mlp_dim=64, dtype="float32")
+  zeros = jnp.zeros((1, 8), jnp.int32)
+  return Decoder(cfg), jax.jit(Decoder(cfg).init)(jax.random.key(3), zeros, zeros, zeros)["params"]
+
+
+def eval_config(tiny_config, **overrides):
+  tiny_config.eval.update(dict(max_examples=6, max_templates=2, batch_size=8, max_new_tokens=8, **overrides))
+  return tiny_config
+
+
+def one_device_mesh():
+  return sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+
+
+def brute_force_log_likelihood(model, params, tokens, weights):
+  """One full forward pass over one sequence, full log-softmax, summed over the weighted tokens."""
+  f = packing.example_features(tokens, weights)
+  inputs = jnp.asarray(f["inputs"])[None]
+  hidden = model.apply({"params": params}, inputs, jnp.arange(inputs.shape[1])[None], jnp.ones_like(inputs))
+  log_probs = jax.nn.log_softmax(hidden[0] @ model.apply({"params": params}, method=Decoder.unembedding))
+  return float(jnp.sum(log_probs[jnp.arange(len(f["targets"])), f["targets"]] * f["loss_weights"]))
+
+
+def test_rank_classification_picks_what_a_full_forward_pass_per_option_picks(tiny_config, tokenizer):
+  config = eval_config(tiny_config)
+  model, params = small_model(tokenizer.vocab_size)
+  for name in ("mini_nli_quantity", "mini_physical"):  # fixed and per-example options
+    task = tasks.get(name)
+    fields, templates = evaluate.task_examples(task, config.eval)
+    predictions, targets = evaluate.rank_classification(params, model, tokenizer, task, fields, templates[0],
+                                                        config, one_device_mesh())
+    assert targets == [f["answer"] for f in fields]
+    for f, predicted in zip(fields, predictions):
+      prompt = pipeline.conversation(task, f, templates[0], config.data.template)[0]
+      scores = {o: brute_force_log_likelihood(model, params, *evaluate._encode(tokenizer, [prompt, ("assistant", o)],
+                                                                               config.data.template.format))
+                for o in task.example_options(f)}
+      assert predicted == max(scores, key=scores.get)
+
+
+def test_evaluate_reports_every_held_out_task_and_cluster_and_writes_results(tiny_config, tokenizer, tmp_path):
+  config = eval_config(tiny_config)
+  config.data.held_out_clusters = ("nli", "translation")  # one classification and one generation cluster
+  model, params = small_model(tokenizer.vocab_size)
+  results = evaluate.evaluate(params, model, tokenizer, config, one_device_mesh(), seen=False)
+  held_out = {t.name for t in pipeline.resolve_mixture(config.data).evaluation}
+  assert set(results["tasks"]) == held_out and set(results["clusters"]) == {"nli", "translation"}
+  nli = results["tasks"]["mini_nli_quantity"]
+  assert len(nli["templates"]) == 2 and nli["metric"] == "accuracy" and nli["chance"] == 100 / 3
+  assert nli["mean"]["accuracy"] == np.mean([t["accuracy"] for t in nli["templates"]])
+  assert nli["best"]["accuracy"] == max(t["accuracy"] for t in nli["templates"])
+  assert results["tasks"]["mini_translate_en_es"]["metric"] == "bleu"
+  assert results["held_out"] == np.mean([c["mean"] for c in results["clusters"].values()])
+  directory = evaluate.write_results(results, str(tmp_path), step=7)
+  assert json.load(open(os.path.join(directory, "results.json")))["step"] == 7
+  assert "| nli | held_out | mini_nli_quantity | accuracy |" in open(os.path.join(directory, "results.md")).read()
+  assert evaluate.summary(results)["eval/held_out"] == results["held_out"]
