@@ -151,3 +151,12 @@ def test_skip_nonfinite_drops_the_update_and_keeps_the_parameters():
   one_good_step, _ = run_steps(config, dict(data=-1, fsdp=1, tensor=1), optax.sgd(0.1), [batch])
   jax.tree.map(np.testing.assert_array_equal, params, one_good_step)
   assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, params, initial)))
+
+
+def test_an_unusable_workdir_is_an_error_naming_it(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises(SystemExit, match=f"workdir '{blocker}/run' is not writable"):
+    train.prepare_workdir(small_config(), "configs/tiny.py", str(blocker / "run"))
+  workdir = train.prepare_workdir(small_config(), "configs/tiny.py", str(tmp_path / "run"))
+  assert '"d_model": 32' in (tmp_path / "run" / "config.json").read_text() and workdir == str(tmp_path / "run")
