@@ -1,6 +1,6 @@
 r"""Speed, memory and efficiency, each figure a ratio taken inside one run.
 
-  python -m flan_jax.bench [--json] [--only peak,train,loss,sharding,decode]
+  python -m flan_jax.bench [--json] [--write] [--only peak,train,loss,sharding,decode,packing,...]
 
 peak      bf16 x bf16 -> f32 and f32 matmul throughput: the denominator of MFU.
 train     train-step tokens/s and MFU for the tiny config and a d_model-512 one, one device.
@@ -10,6 +10,14 @@ loss      fused versus naive cross-entropy at vocab 32,000, length 2,048, batch 
           compiled temporary memory and value-and-gradient time.
 sharding  per-device parameter + optimiser memory on 8 simulated CPU devices, FSDP versus replicated.
 decode    greedy decoding of 64 tokens with the KV cache versus recomputing the whole sequence per token.
+packing   best-fit / first-fit / one-example-per-row efficiency, lognormal lengths (median 200, length 2,048)
+          and flan_mini's lengths.
+pipeline  tokens/s the tiny config's input pipeline produces, over what its train step consumes.
+checkpoint  save and restore seconds per GB; the slowdown of training steps while an async save runs.
+scale     per-device memory of flan2021's train step compiled (not run) for Llama-3-8B on 64 simulated
+          devices (FSDP) and Llama-3.2-1B on 8, against TPU v5p (95 GiB) and v5e (16 GiB) HBM.
+
+--write replaces this backend's section of BENCHMARKS.md with the results.
 """
 
 import os
@@ -21,22 +29,33 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 import functools  # noqa: E402
 import json  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
+import grain  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from configs import models, tiny  # noqa: E402
+from configs import flan2021, models, tiny  # noqa: E402
 from flan_jax import loss as losses  # noqa: E402
-from flan_jax import decode, metric_writer, optim, sharding, train  # noqa: E402
-from flan_jax.data import packing  # noqa: E402
+from flan_jax import checkpoint, decode, metric_writer, optim, sharding, train, workdirs  # noqa: E402
+from flan_jax.data import packing, pipeline  # noqa: E402
 from flan_jax.model import Decoder, ModelConfig, from_config, matmul, train_flops_per_token  # noqa: E402
 
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
 _ONLY = flags.DEFINE_list("only", None, "Sections to run (default: all).")
+_WRITE = flags.DEFINE_bool("write", False, "Rewrite this backend's section of BENCHMARKS.md with the results.")
+
+BENCHMARKS_HEADER = """# Benchmarks
+
+Written by `python -m flan_jax.bench --write`, one section per backend and device.
+Every figure is measured inside one run; ratios are ours / baseline as named. See
+`flan_jax/bench.py` for what each section measures and how.
+"""
 
 
 def _seconds_per_call(fn, *args, repeats: int) -> float:
@@ -191,8 +210,143 @@ def kv_cache_decoding(results):
           "kv_cache_decode_speedup": without / with_cache, "kv_cache_matches_recompute": bool(same)}
 
 
+def _packed_efficiency(lengths, seq_len: int, packer: str, rows: int) -> float:
+  """Non-padding fraction of `rows` packed rows built from examples of the given lengths."""
+  features = [{"inputs": np.ones(n, np.int32), "targets": np.ones(n, np.int32), "loss_weights": np.ones(n, np.int32)}
+              for n in lengths]
+  packed = iter(packing.pack(grain.MapDataset.source(features).to_iter_dataset(), seq_len, packer=packer,
+                             num_bins=64, seed=0))
+  return float(np.mean([packing.efficiency(next(packed)["segment_ids"]) for _ in range(rows)]))
+
+
+def packing_efficiency(results):
+  """Best fit, first fit and one example per row: on lognormal lengths like real instruction data
+  (median 200 tokens, sequence length 2,048) and on flan_mini's own lengths (tiny config)."""
+  del results
+  out = {}
+  lognormal = np.clip(np.random.default_rng(0).lognormal(np.log(200), 0.9, 40_000).astype(int), 8, 2048)
+  config = tiny.get_config()
+  data = config.data
+  mix = pipeline.resolve_mixture(data)
+  tokenizer = _tokenizer(config)
+  examples = pipeline.examples(data, mix, tokenizer, pipeline.Stats(), seed=0)
+  flan_mini = [len(examples[i]["inputs"]) for i in range(8000)]
+  for name, lengths, seq_len, rows in (("", lognormal, 2048, 500), ("flan_mini_", flan_mini, data.seq_len, 500)):
+    for packer in ("best_fit", "first_fit"):
+      out[f"{name}packing_efficiency_{packer}"] = _packed_efficiency(lengths, seq_len, packer, rows)
+    out[f"{name}packing_efficiency_naive"] = float(np.mean(np.minimum(lengths, seq_len)) / seq_len)
+  return out
+
+
+def _tokenizer(config):
+  """The tiny config's tokenizer, cached where `python -m flan_jax.train --config configs/tiny.py` keeps it."""
+  return pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdirs.default("configs/tiny.py")))
+
+
+def input_pipeline(results):
+  """Tokens/s the tiny config's input pipeline produces on one process, over what its train step consumes."""
+  config = tiny.get_config()
+  data = config.data
+  batches = iter(pipeline.batches(data, pipeline.resolve_mixture(data), _tokenizer(config), pipeline.Stats(), seed=0))
+  next(batches)  # opens the sources
+  start, count = time.perf_counter(), 40
+  for _ in range(count):
+    next(batches)
+  produced = count * data.batch_size * data.seq_len / (time.perf_counter() - start)
+  consumed = results.get("train_tokens_per_s_tiny") or measure_train_step(config, repeats=3)["tokens_per_s"]
+  return {"pipeline_tokens_per_s": produced, "pipeline_to_train_ratio": produced / consumed}
+
+
+def checkpoints(results):
+  """Save and restore speed of the d512 train state (AdamW), and what an asynchronous save adds to
+  the tiny config's training: (5 steps right after starting a save, the save call included) over
+  (5 steps without) - 1."""
+  del results
+  out = {}
+  for name, config in train_configs().items():
+    mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    rules = sharding.rules(config.sharding_rules)
+    model = from_config(config.model)
+    optimizer, schedule = optim.make(config.optim, config.train.steps)
+    data = iter(grain.MapDataset.range(10).to_iter_dataset())
+    with tempfile.TemporaryDirectory() as workdir, sharding.context(mesh, rules):
+      shapes, shardings = train.state_shapes(model, optimizer, mesh, rules)
+      state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
+      manager = checkpoint.manager(workdir, keep=3)
+      if name == "d512":
+        gigabytes = sum(x.nbytes for x in jax.tree.leaves(state)) / 1e9
+        start = time.perf_counter()
+        checkpoint.save(manager, 1, state, data)
+        manager.wait_until_finished()
+        out["checkpoint_save_s_per_gb"] = (time.perf_counter() - start) / gigabytes
+        start = time.perf_counter()
+        jax.block_until_ready(checkpoint.restore_latest(manager, checkpoint.abstract(shapes, shardings), data))
+        out["checkpoint_restore_s_per_gb"] = (time.perf_counter() - start) / gigabytes
+        continue
+      step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
+      batch = synthetic_batch(config.data.batch_size, config.data.seq_len, config.model.vocab_size)
+
+      def steps(state, count=5):
+        for _ in range(count):
+          state, metrics = step(state, batch)
+          jax.block_until_ready(metrics)
+        return state
+
+      state = steps(state, 2)  # compile
+      timings = []
+      for with_save in (False, True) * 3:
+        start = time.perf_counter()
+        if with_save:
+          checkpoint.save(manager, int(state.step), state, data)
+        state = steps(state)
+        timings.append((with_save, time.perf_counter() - start))
+        manager.wait_until_finished()
+      plain = np.mean([t for saved, t in timings if not saved])
+      saving = np.mean([t for saved, t in timings if saved])
+      out["async_checkpoint_overhead"] = float(saving / plain - 1)
+  return out
+
+
+def scale_on_paper(results):
+  """Compiles (never runs) flan2021's train step for Llama-3-8B on 64 simulated devices with FSDP and
+  for Llama-3.2-1B on 8, and reports per-device memory. Runs in a subprocess with 64 host devices."""
+  del results
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=64", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-m", "flan_jax.bench", "--json", "--only=compile_at_scale"], env=env,
+                          capture_output=True, text=True, check=True)
+  figures = json.loads(result.stdout)
+  return {k: v for k, v in figures.items() if k not in ("backend", "device")}
+
+
+def compile_at_scale(results):
+  del results
+  out = {}
+  for preset, devices, key in (("llama3_8b", 64, "llama3_8b_v5p64"), ("llama3_2_1b", 8, "llama3_2_1b_8dev")):
+    config = flan2021.get_config(f"model={preset}")
+    config.data.batch_size = devices  # one 2,048-token row per device
+    mesh = sharding.make_mesh(dict(data=1, fsdp=-1, tensor=1), jax.devices()[:devices])
+    rules = sharding.rules(config.sharding_rules)
+    model = from_config(config.model)
+    optimizer, schedule = optim.make(config.optim, config.train.steps)
+    with sharding.context(mesh, rules):
+      shapes, shardings = train.state_shapes(model, optimizer, mesh, rules)
+      batch = {k: jax.ShapeDtypeStruct((devices, config.data.seq_len),
+                                       jnp.float32 if k == "loss_weights" else jnp.int32,
+                                       sharding=sharding.batch_sharding(mesh)) for k in packing.BATCH_KEYS}
+      step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
+      memory = step.lower(checkpoint.abstract(shapes, shardings), batch).compile().memory_analysis()
+    per_device = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+                  + memory.temp_size_in_bytes)
+    out[f"{key}_bytes_per_device"] = int(per_device)
+    out[f"{key}_fits_v5p_95gib"] = per_device < 95 * 2**30
+    out[f"{key}_fits_v5e_16gib"] = per_device < 16 * 2**30
+  return out
+
+
 SECTIONS = {"peak": peak, "train": train_steps, "loss": fused_loss, "sharding": fsdp_memory,
-            "decode": kv_cache_decoding}
+            "decode": kv_cache_decoding, "packing": packing_efficiency, "pipeline": input_pipeline,
+            "checkpoint": checkpoints, "scale": scale_on_paper}
+INTERNAL_SECTIONS = {"compile_at_scale": compile_at_scale}  # run by `scale` in a 64-device subprocess
 
 
 def _format(value) -> str:
@@ -205,14 +359,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   names = _ONLY.value or list(SECTIONS)
-  unknown = sorted(set(names) - set(SECTIONS))
+  sections = {**SECTIONS, **INTERNAL_SECTIONS}
+  unknown = sorted(set(names) - set(sections))
   if unknown:
     raise app.UsageError(f"--only: unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
   device = jax.devices()[0]
   results = {"backend": jax.default_backend(), "device": device.device_kind}
   for name in names:
     start = time.perf_counter()
-    results.update(SECTIONS[name](results))
+    results.update(sections[name](results))
     print(f"[bench] {name}: {time.perf_counter() - start:.0f}s", file=sys.stderr)
   if _JSON.value:
     json.dump(results, sys.stdout, indent=1)
@@ -221,6 +376,23 @@ def main(argv):
     width = max(map(len, results))
     for key, value in results.items():
       print(f"{key:<{width}}  {_format(value)}")
+  if _WRITE.value:
+    write_benchmarks(results, "BENCHMARKS.md")
+
+
+def write_benchmarks(results: dict, path: str):
+  """Replaces (or adds) the section of `path` for this backend and device."""
+  heading = f"## {results['backend']}: {results['device']}"
+  lines = [heading, "", f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} host CPU cores, "
+           f"`python -m flan_jax.bench --only {','.join(_ONLY.value or SECTIONS)}`.", "",
+           "| figure | value |", "|---|---|"]
+  lines += [f"| `{k}` | {_format(v)} |" for k, v in results.items() if k not in ("backend", "device")]
+  text = open(path).read() if os.path.exists(path) else BENCHMARKS_HEADER
+  sections = text.split("\n## ")
+  kept = [sections[0].rstrip("\n")] + ["## " + s.rstrip("\n") for s in sections[1:]
+                                       if not ("## " + s).startswith(heading + "\n")]
+  with open(path, "w") as f:
+    f.write("\n\n".join(kept + ["\n".join(lines)]) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+
+from flan_jax import bench
+from flan_jax.data import packing
+
+
+def test_synthetic_batch_is_full_packed_rows_with_responses_weighted():
+  batch = bench.synthetic_batch(rows=3, length=300, vocab=50)
+  assert set(batch) == set(packing.BATCH_KEYS) and batch["inputs"].shape == (3, 300)
+  assert (batch["segment_ids"] > 0).all() and batch["segment_ids"].max() > 2
+  starts = batch["positions"] == 0
+  assert starts.sum() == sum(len(np.unique(row)) for row in batch["segment_ids"])
+  assert 0.3 < batch["loss_weights"].mean() < 0.7
+
+
+def test_packed_efficiency_of_examples_that_fill_rows_exactly():
+  assert bench._packed_efficiency([50, 50] * 40, 100, "best_fit", rows=10) == 1.0
+  assert bench._packed_efficiency([60] * 40, 100, "first_fit", rows=10) == pytest.approx(0.6)
+
+
+def test_write_benchmarks_replaces_only_its_own_section(tmp_path, monkeypatch):
+  path = str(tmp_path / "BENCHMARKS.md")
+  monkeypatch.setattr(bench, "_ONLY", type("Flag", (), {"value": ["peak"]}))
+  bench.write_benchmarks({"backend": "cpu", "device": "cpu", "ratio": 0.5}, path)
+  bench.write_benchmarks({"backend": "gpu", "device": "NVIDIA H100", "ratio": 0.25}, path)
+  bench.write_benchmarks({"backend": "cpu", "device": "cpu", "ratio": 0.75}, path)
+  text = open(path).read()
+  assert text.startswith("# Benchmarks") and text.count("## cpu: cpu") == 1 and "## gpu: NVIDIA H100" in text
+  assert "| `ratio` | 0.75 |" in text and "| `ratio` | 0.25 |" in text and "| `ratio` | 0.5 |" not in text
