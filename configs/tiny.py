@@ -21,6 +21,7 @@ def get_config(arg: str | None = None):
   data.skip_bad_records = False
   data.seq_len = 512
   data.batch_size = 16  # packed rows per step, all processes together
+  data.shards = 8  # independently packed parts of the stream; a multiple of the process count
   data.truncation = "prompt_left"
   data.packer = "best_fit"
   data.packing_bins = 64
@@ -44,6 +45,8 @@ def get_config(arg: str | None = None):
 
   config.model = models.get("tiny", vocab_size=data.tokenizer.get_ref("vocab_size"))
 
+  # Multi-process runs: an explicit coordinator, or "" to detect SLURM / TPU pods (flan_jax/distributed.py).
+  config.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0))
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: the remaining devices
   config.sharding_rules = "fsdp_tp"  # dp | fsdp | tp | fsdp_tp (flan_jax/sharding.py)
 
@@ -75,7 +78,7 @@ def get_config(arg: str | None = None):
   config.train.skip_nonfinite = False  # NaN/Inf loss: False stops the run, True skips that update
 
   config.eval = ml_collections.ConfigDict()  # zero-shot evaluation (flan_jax/evaluate.py)
-  config.eval.every_steps = 0  # during training; 0: only after the last step
+  config.eval.every_steps = 0  # during training; 0: only after the last step; -1: never
   config.eval.include_seen = True  # also the training clusters' validation splits
   config.eval.max_examples = 50  # per task, per template
   config.eval.max_templates = 0  # 0: every non-inverted template

@@ -35,6 +35,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import grain  # noqa: E402
+from grain import experimental as grain_experimental  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -268,7 +269,7 @@ def checkpoints(results):
     rules = sharding.rules(config.sharding_rules)
     model = from_config(config.model)
     optimizer, schedule = optim.make(config.optim, config.train.steps)
-    data = iter(grain.MapDataset.range(10).to_iter_dataset())
+    data = iter(grain_experimental.ZipIterDataset([grain.MapDataset.range(10).to_iter_dataset()]))  # one shard
     with tempfile.TemporaryDirectory() as workdir, sharding.context(mesh, rules):
       shapes, shardings = train.state_shapes(model, optimizer, mesh, rules)
       state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
@@ -276,11 +277,11 @@ def checkpoints(results):
       if name == "d512":
         gigabytes = sum(x.nbytes for x in jax.tree.leaves(state)) / 1e9
         start = time.perf_counter()
-        checkpoint.save(manager, 1, state, data)
+        checkpoint.save(manager, 1, state, data, data_shards=1)
         manager.wait_until_finished()
         out["checkpoint_save_s_per_gb"] = (time.perf_counter() - start) / gigabytes
         start = time.perf_counter()
-        jax.block_until_ready(checkpoint.restore_latest(manager, checkpoint.abstract(shapes, shardings), data))
+        jax.block_until_ready(checkpoint.restore_latest(manager, checkpoint.abstract(shapes, shardings), data, 1))
         out["checkpoint_restore_s_per_gb"] = (time.perf_counter() - start) / gigabytes
         continue
       step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
@@ -297,7 +298,7 @@ def checkpoints(results):
       for with_save in (False, True) * 3:
         start = time.perf_counter()
         if with_save:
-          checkpoint.save(manager, int(state.step), state, data)
+          checkpoint.save(manager, int(state.step), state, data, data_shards=1)
         state = steps(state)
         timings.append((with_save, time.perf_counter() - start))
         manager.wait_until_finished()

@@ -1,8 +1,9 @@
 """Orbax checkpoints of the train state together with the data iterator's position.
 
 A checkpoint is `<workdir>/checkpoints/<step>/` with two items: `state` (the
-TrainState, every process writing its own shards) and `data` (Grain's iterator
-state, one JSON file per process). Saves are asynchronous; Orbax writes into a
+TrainState, every process writing its own shards) and `data` (the input
+pipeline's position: one JSON file per data shard, written by the process that
+reads that shard, so a run with another process count can restore it). Saves are asynchronous; Orbax writes into a
 temporary directory and renames it when complete, so an interrupted save never
 looks like a checkpoint. A complete but unreadable one (truncated or corrupted
 files) is skipped with a warning in favour of the one before it, and moved to
@@ -10,20 +11,75 @@ files) is skipped with a warning in favour of the one before it, and moved to
 run's next save of that step).
 """
 
+import dataclasses
+import json
 import os
-
 import shutil
 import time
+from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 
 
 def directory(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+class DataHandler:
+  """Orbax handler for the iterator of pipeline.batches: a zip of per-shard iterators, saved one
+  file per shard (`shard_<i>.json`), so that any process count can take the shards back."""
+
+  def save(self, directory: epath.Path, args: "DataSave"):
+    for offset, state in enumerate(args.iterator.get_state()["parents"]):
+      (directory / f"shard_{args.first_shard + offset}.json").write_text(json.dumps(state))
+
+  def restore(self, directory: epath.Path, args: "DataRestore"):
+    count = len(args.iterator.get_state()["parents"])
+    paths = [directory / f"shard_{args.first_shard + offset}.json" for offset in range(count)]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+      raise FileNotFoundError(f"data checkpoint lacks {missing}; was data.shards changed?")
+    args.iterator.set_state({"parents": [json.loads(p.read_text()) for p in paths]})
+    return args.iterator
+
+  def metadata(self, directory):
+    del directory
+
+  def structure(self, directory):
+    del directory
+
+  def finalize(self, directory):
+    del directory
+
+  def close(self):
+    pass
+
+  @classmethod
+  def typestr(cls):
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@ocp.args.register_with_handler(DataHandler, for_save=True)
+@dataclasses.dataclass
+class DataSave(ocp.args.CheckpointArgs):
+  iterator: Any
+  first_shard: int  # the shard index of the iterator's first part
+
+
+@ocp.args.register_with_handler(DataHandler, for_restore=True)
+@dataclasses.dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+  iterator: Any
+  first_shard: int
+
+
+def first_shard(data_shards: int) -> int:
+  """The first data shard this process reads (pipeline.batches gives each a contiguous block)."""
+  return jax.process_index() * data_shards // jax.process_count()
 
 
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -31,10 +87,10 @@ def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(directory(workdir), options=options)
 
 
-def save(checkpoints: ocp.CheckpointManager, step: int, state, data_iterator):
+def save(checkpoints: ocp.CheckpointManager, step: int, state, data_iterator, data_shards: int):
   """Starts an asynchronous save of `state` and the iterator's position after `step` updates."""
-  checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                  data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+  data = DataSave(data_iterator, first_shard(data_shards))
+  checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=data), force=True)
 
 
 def abstract(state_shapes, shardings):
@@ -42,14 +98,14 @@ def abstract(state_shapes, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_shapes, shardings)
 
 
-def restore_latest(checkpoints: ocp.CheckpointManager, target, data_iterator):
+def restore_latest(checkpoints: ocp.CheckpointManager, target, data_iterator, data_shards: int):
   """The newest readable checkpoint's state (placed like `target`), with `data_iterator` moved to its
   position; None if there is no checkpoint. Unreadable checkpoints are skipped with a warning."""
   failures = []
   for step in sorted(checkpoints.all_steps(), reverse=True):
     try:
       restored = checkpoints.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iterator)))
+          state=ocp.args.StandardRestore(target), data=DataRestore(data_iterator, first_shard(data_shards))))
     except Exception as error:  # noqa: BLE001 -- any failure to read means: fall back to the previous one
       path = os.path.join(checkpoints.directory, str(step))
       logging.warning("checkpoint %s is unreadable (%s: %s); trying the one before it", path,

@@ -19,10 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from flan_jax import checkpoint, evaluate, metric_writer, optim, sharding, workdirs
+from flan_jax import checkpoint, distributed, evaluate, metric_writer, optim, sharding, workdirs
 from flan_jax import loss as losses
 from flan_jax.data import packing, pipeline
 from flan_jax.model import Decoder, ModelConfig, from_config, train_flops_per_token
@@ -141,6 +142,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   metric_writer.quiet_absl_logging()
   config = flags.FLAGS.config
+  distributed.initialize(config.distributed)
   workdir = prepare_workdir(config, flags.FLAGS["config"].config_filename, flags.FLAGS.workdir)
 
   # Mesh.
@@ -150,6 +152,9 @@ def main(argv):
 
   # Data: this process's rows of every batch.
   mix = pipeline.resolve_mixture(config.data)
+  if jax.process_index() == 0:  # trains and caches the tokenizer if needed; the others then load it
+    pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
+  multihost_utils.sync_global_devices("tokenizer ready")
   tokenizer = pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
@@ -165,7 +170,8 @@ def main(argv):
   checkpoints = checkpoint.manager(workdir, config.train.keep_checkpoints)
   with sharding.context(mesh, rules):
     shapes, shardings = state_shapes(model, optimizer, mesh, rules)
-    state = checkpoint.restore_latest(checkpoints, checkpoint.abstract(shapes, shardings), data_iterator)
+    state = checkpoint.restore_latest(checkpoints, checkpoint.abstract(shapes, shardings), data_iterator,
+                                      config.data.shards)
     if state is None:
       state = init_state(model, optimizer, mesh, shardings, jax.random.key(config.seed))
       if config.train.init_from:
@@ -217,14 +223,14 @@ def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh,
                           "examples_seen": int(state.examples_seen)})
       last_log_time, last_log_step = time.time(), done
     if preempted or checkpoints.reached_preemption(done):
-      checkpoint.save(checkpoints, done, state, data_iterator)
+      checkpoint.save(checkpoints, done, state, data_iterator, config.data.shards)
       checkpoints.wait_until_finished()
       logging.warning("preempted: saved step %d, exiting", done)
       return
     if done % config.train.checkpoint_every == 0 or done == config.train.steps:
-      checkpoint.save(checkpoints, done, state, data_iterator)
+      checkpoint.save(checkpoints, done, state, data_iterator, config.data.shards)
     every = config.eval.every_steps
-    if (every and done % every == 0) or done == config.train.steps:
+    if every >= 0 and ((every and done % every == 0) or done == config.train.steps):
       run_evaluation(state.params, done)
   checkpoints.wait_until_finished()
 

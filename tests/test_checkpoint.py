@@ -1,8 +1,11 @@
+import os
+
 import grain
 import jax
 import numpy as np
 import optax
 import pytest
+from grain import experimental as grain_experimental
 from jax.sharding import PartitionSpec
 
 from flan_jax import checkpoint, sharding, train
@@ -21,19 +24,26 @@ def make_state(mesh_config, rules_name, config):
   return state, checkpoint.abstract(shapes, shardings)
 
 
+def shard_streams(shards=2):
+  """Stands in for pipeline.batches: a zip of one iterator per data shard."""
+  return iter(grain_experimental.ZipIterDataset([grain.MapDataset.range(100 * s, 100 * s + 100).to_iter_dataset()
+                                                 for s in range(shards)]))
+
+
 def test_restores_onto_a_different_mesh_with_the_data_position(tmp_path):
   config = small_config()
   state, _ = make_state(dict(data=8, fsdp=1, tensor=1), "dp", config)
-  data = iter(grain.MapDataset.range(100).to_iter_dataset())
+  data = shard_streams()
   consumed = [next(data) for _ in range(3)]
   manager = checkpoint.manager(str(tmp_path), keep=2)
-  checkpoint.save(manager, 3, state, data)
+  checkpoint.save(manager, 3, state, data, data_shards=2)
   manager.wait_until_finished()
+  assert {"shard_0.json", "shard_1.json"} <= set(os.listdir(tmp_path / "checkpoints" / "3" / "data"))
 
   _, target = make_state(dict(data=1, fsdp=4, tensor=2), "fsdp_tp", config)
-  fresh_data = iter(grain.MapDataset.range(100).to_iter_dataset())
-  restored = checkpoint.restore_latest(checkpoint.manager(str(tmp_path), keep=2), target, fresh_data)
-  assert consumed == [0, 1, 2] and next(fresh_data) == 3
+  fresh_data = shard_streams()
+  restored = checkpoint.restore_latest(checkpoint.manager(str(tmp_path), keep=2), target, fresh_data, data_shards=2)
+  assert consumed == [(0, 100), (1, 101), (2, 102)] and next(fresh_data) == (3, 103)
   wq = restored.params["block_0"]["attention"]["wq"]
   assert wq.sharding == target.params["block_0"]["attention"]["wq"].sharding
   assert wq.sharding.spec == PartitionSpec("fsdp", "tensor", None)
@@ -43,7 +53,6 @@ def test_restores_onto_a_different_mesh_with_the_data_position(tmp_path):
 def test_no_checkpoint_gives_none_and_init_from_an_empty_directory_is_an_error(tmp_path):
   config = small_config()
   _, target = make_state(dict(data=-1, fsdp=1, tensor=1), "dp", config)
-  data = iter(grain.MapDataset.range(10).to_iter_dataset())
-  assert checkpoint.restore_latest(checkpoint.manager(str(tmp_path), keep=1), target, data) is None
+  assert checkpoint.restore_latest(checkpoint.manager(str(tmp_path), keep=1), target, shard_streams(), 2) is None
   with pytest.raises(FileNotFoundError, match="checkpoints.*no checkpoint steps"):
     checkpoint.restore_params(str(tmp_path / "checkpoints"), target.params)

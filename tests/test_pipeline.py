@@ -7,6 +7,7 @@ from flan_jax.data import pipeline
 def _small(config):
   config.data.seq_len = 128
   config.data.batch_size = 4
+  config.data.shards = 2
   config.data.packing_bins = 8
   return config
 
@@ -69,11 +70,15 @@ def test_processes_read_disjoint_shards(tiny_config, tokenizer):
   shards = [pipeline.mixed_records(mix, seed=0)[p::2] for p in range(2)]
   assert [full[i][:2] for i in range(0, 20, 2)] == [shards[0][i][:2] for i in range(10)]
   assert [full[i][:2] for i in range(1, 20, 2)] == [shards[1][i][:2] for i in range(10)]
-  with pytest.raises(ValueError, match="not divisible by 3 processes"):
+  with pytest.raises(ValueError, match="data.shards=2 must be a multiple of the 3 processes"):
     pipeline.batches(data, mix, tokenizer, pipeline.Stats(), seed=0, process_index=0, process_count=3)
-  per_process = next(iter(pipeline.batches(data, mix, tokenizer, pipeline.Stats(), seed=0, process_index=1,
-                                           process_count=2)))
-  assert per_process["inputs"].shape == (2, 128)
+  # The global batch does not depend on how many processes build it.
+  whole = next(iter(pipeline.batches(data, mix, tokenizer, pipeline.Stats(), seed=0)))
+  parts = [next(iter(pipeline.batches(data, mix, tokenizer, pipeline.Stats(), seed=0, process_index=p,
+                                      process_count=2))) for p in range(2)]
+  assert parts[1]["inputs"].shape == (2, 128)
+  for key in whole:
+    np.testing.assert_array_equal(np.concatenate([parts[0][key], parts[1][key]]), whole[key])
 
 
 def test_mixture_rates_reach_the_stream(tiny_config):

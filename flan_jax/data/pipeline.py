@@ -167,9 +167,9 @@ def _tag(name, index, record):
 
 
 def examples(data_cfg, mix: Mixture, tokenizer: Tokenizer, stats: Stats, *, seed: int,
-             process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
-  """Example features for this process's shard (None where a bad record was skipped)."""
-  records = mixed_records(mix, seed)[process_index::process_count]
+             shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+  """Example features of one shard of the stream (None where a bad record was skipped)."""
+  records = mixed_records(mix, seed)[shard_index::shard_count]
   return records.random_map(Renderer(data_cfg, tokenizer, mix.train, stats), seed=seed)
 
 
@@ -186,14 +186,26 @@ def check_seq_len(data_cfg, mix: Mixture, tokenizer: Tokenizer, *, seed: int, sa
 
 def batches(data_cfg, mix: Mixture, tokenizer: Tokenizer, stats: Stats, *, seed: int,
             process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """Packed batches of `data.batch_size / process_count` rows for this process."""
-  if data_cfg.batch_size % process_count:
-    raise ValueError(f"data.batch_size={data_cfg.batch_size} is not divisible by {process_count} processes")
-  # Read in the calling thread: rendering holds the GIL, so reader threads only add contention.
-  ds = examples(data_cfg, mix, tokenizer, stats, seed=seed, process_index=process_index,
-                process_count=process_count).to_iter_dataset(grain.ReadOptions(num_threads=0))
-  rows = packing.pack(ds, data_cfg.seq_len, packer=data_cfg.packer, num_bins=data_cfg.packing_bins, seed=seed)
-  return rows.batch(data_cfg.batch_size // process_count, drop_remainder=True)
+  """Packed batches of `data.batch_size / process_count` rows for this process.
+
+  The example stream is cut into `data.shards` shards, each packed on its own into
+  `batch_size / shards` rows of every batch; a process builds a contiguous block of
+  shards. So the global batch is the same however many processes build it.
+  """
+  shards, batch_size = data_cfg.shards, data_cfg.batch_size
+  if shards % process_count or batch_size % shards:
+    raise ValueError(f"data.shards={shards} must be a multiple of the {process_count} processes and divide "
+                     f"data.batch_size={batch_size}")
+  per_process = shards // process_count
+  streams = []
+  for shard in range(process_index * per_process, (process_index + 1) * per_process):
+    # Read in the calling thread: rendering holds the GIL, so reader threads only add contention.
+    ds = examples(data_cfg, mix, tokenizer, stats, seed=seed, shard_index=shard,
+                  shard_count=shards).to_iter_dataset(grain.ReadOptions(num_threads=0))
+    rows = packing.pack(ds, data_cfg.seq_len, packer=data_cfg.packer, num_bins=data_cfg.packing_bins, seed=seed)
+    streams.append(rows.batch(batch_size // shards, drop_remainder=True))
+  return grain_experimental.ZipIterDataset(streams).map(
+      lambda parts: {key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
 
 
 def tokenizer_texts(data_cfg, names: Sequence[str], count: int) -> list[str]:

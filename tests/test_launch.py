@@ -1,0 +1,78 @@
+"""Launch scripts (dry runs) and two local processes under JAX's multi-process runtime."""
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_train_main import SMALL, copy_tokenizer, losses
+
+TRAIN = [sys.executable, "-m", "flan_jax.train", "--config=configs/tiny.py"]
+
+
+def dry_run(*args, env=None):
+  result = subprocess.run(["bash", *args], cwd=ROOT, capture_output=True, text=True, check=True,
+                          env={**os.environ, **(env or {})})
+  return [shlex.split(line) for line in result.stdout.splitlines()]
+
+
+def test_local_multiprocess_dry_run_gives_each_process_its_id():
+  lines = dry_run("launch/local_multiprocess.sh", "--dry_run", "3", "4", "python", "-m", "flan_jax.train",
+                  "--config", "configs/tiny.py", env={"PORT": "4321"})
+  assert len(lines) == 3
+  for i, line in enumerate(lines):
+    assert line[:2] == ["env", "XLA_FLAGS=--xla_force_host_platform_device_count=4"]
+    assert line[2:7] == ["python", "-m", "flan_jax.train", "--config", "configs/tiny.py"]
+    assert line[7:] == ["--config.distributed.coordinator_address=127.0.0.1:4321",
+                        "--config.distributed.num_processes=3", f"--config.distributed.process_id={i}"]
+
+
+def test_tpu_pod_dry_run_runs_the_command_on_every_worker():
+  [line] = dry_run("launch/tpu_pod.sh", "--dry_run", "my-tpu", "us-central2-b", "python", "-m", "flan_jax.train",
+                   "--config", "configs/flan2021.py:held_out=nli", env={"REPO_DIR": "/srv/flan jax"})
+  assert line[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-tpu"]
+  assert line[6:9] == ["--zone", "us-central2-b", "--worker=all"]
+  assert line[9] == "--command"
+  remote = line[10]
+  assert remote.startswith("cd /srv/flan jax && ") or remote.startswith("cd /srv/flan\\ jax && ")
+  assert shlex.split(remote.split(" && ", 1)[1]) == ["python", "-m", "flan_jax.train", "--config",
+                                                     "configs/flan2021.py:held_out=nli"]
+
+
+def test_slurm_dry_run_starts_one_task_per_node():
+  [line] = dry_run("launch/slurm.sbatch", "python", "-m", "flan_jax.train", "--config", "configs/flan2021.py",
+                   env={"DRY_RUN": "1"})
+  assert line == ["srun", "--ntasks-per-node=1", "python", "-m", "flan_jax.train", "--config", "configs/flan2021.py"]
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(tmp_path):
+  common = [*SMALL, "--config.optim.schedule=constant", "--config.eval.every_steps=-1"]
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  run = lambda cmd, env=None: subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                                             env={**os.environ, **(env or {})})
+  result = run([*TRAIN, f"--workdir={one}", *common, "--config.train.steps=8"])  # 8 simulated devices
+  assert result.returncode == 0, result.stderr[-3000:]
+  copy_tokenizer(one, two)
+  result = run(["bash", "launch/local_multiprocess.sh", "2", "4", *TRAIN, f"--workdir={two}", *common,
+                "--config.train.steps=6"], env={"PORT": str(free_port())})
+  assert result.returncode == 0, result.stderr[-3000:]
+  reference, two_processes = losses(one), losses(two)
+  assert sorted(two_processes) == list(range(1, 7))
+  np.testing.assert_allclose([two_processes[s] for s in range(1, 7)], [reference[s] for s in range(1, 7)], rtol=1e-5)
+  # One process takes over the two processes' checkpoint (step 6) and continues like the reference.
+  result = run([*TRAIN, f"--workdir={two}", *common, "--config.train.steps=8"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  resumed = losses(two)
+  np.testing.assert_allclose([resumed[7], resumed[8]], [reference[7], reference[8]], rtol=1e-5)
