@@ -1,0 +1,95 @@
+r"""Gathers a sweep's evaluation results into a table and figures.
+
+  python -m flan_jax.report workdirs/held_out_clusters
+
+Reads every `<run>/config.json` and the newest `<run>/eval/<step>/results.json` under the
+directory and writes `report.md`, `report.csv`, `held_out_by_cluster.png` and, when the
+runs train on different numbers of clusters, `held_out_vs_training_clusters.png`.
+"""
+
+import csv
+import json
+import os
+
+import matplotlib
+import ml_collections
+from absl import app
+
+from flan_jax.data import pipeline
+
+matplotlib.use("Agg")  # files only, no display
+from matplotlib import pyplot as plt  # noqa: E402
+
+
+def gather(sweep_dir: str) -> list[dict]:
+  """One row per run with evaluation results: its held-out clusters, training clusters and scores."""
+  rows = []
+  for name in sorted(os.listdir(sweep_dir)):
+    run = os.path.join(sweep_dir, name)
+    eval_dir = os.path.join(run, "eval")
+    if not (os.path.isdir(eval_dir) and os.path.exists(os.path.join(run, "config.json"))):
+      continue
+    step = max(int(s) for s in os.listdir(eval_dir))
+    with open(os.path.join(eval_dir, str(step), "results.json")) as f:
+      results = json.load(f)
+    with open(os.path.join(run, "config.json")) as f:
+      data_config = ml_collections.ConfigDict(json.load(f)["data"])
+    training_clusters = sorted({t.cluster for t in pipeline.resolve_mixture(data_config).train})
+    rows.append({
+        "run": name, "step": step,
+        "held_out_clusters": ",".join(data_config.held_out_clusters),
+        "training_clusters": len(training_clusters),
+        "held_out": results["held_out"], "seen": results.get("seen"),
+        **{f"cluster/{c}": r["mean"] for c, r in sorted(results["clusters"].items())},
+    })
+  if not rows:
+    raise FileNotFoundError(f"no runs with evaluation results under {sweep_dir}")
+  return rows
+
+
+def write_report(rows: list[dict], out_dir: str) -> list[str]:
+  columns = list(dict.fromkeys(k for row in rows for k in row))
+  with open(os.path.join(out_dir, "report.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+  fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else ("" if v is None else str(v))
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
+  with open(os.path.join(out_dir, "report.md"), "w") as f:
+    f.write(f"# Sweep report: {os.path.basename(os.path.abspath(out_dir))}\n\n" + "\n".join(lines) + "\n")
+  written = ["report.md", "report.csv"]
+
+  fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(rows)), 3.5))
+  ax.bar([r["held_out_clusters"] for r in rows], [r["held_out"] for r in rows])
+  ax.set_ylabel("held-out score (mean over templates)")
+  ax.set_xlabel("held-out cluster")
+  ax.tick_params(axis="x", rotation=45)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, "held_out_by_cluster.png"), dpi=120)
+  plt.close(fig)
+  written.append("held_out_by_cluster.png")
+
+  if len({r["training_clusters"] for r in rows}) > 1:
+    points = sorted((r["training_clusters"], r["held_out"]) for r in rows)
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    ax.plot(*zip(*points), marker="o")
+    ax.set_xlabel("number of training clusters")
+    ax.set_ylabel("held-out score")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "held_out_vs_training_clusters.png"), dpi=120)
+    plt.close(fig)
+    written.append("held_out_vs_training_clusters.png")
+  return written
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError("usage: python -m flan_jax.report SWEEP_DIR")
+  written = write_report(gather(argv[1]), argv[1])
+  print(open(os.path.join(argv[1], "report.md")).read())
+  print("wrote " + ", ".join(os.path.join(argv[1], name) for name in written))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,106 @@
+r"""Runs (or launches) one training run per entry of a config's `get_sweep()`.
+
+  python -m flan_jax.sweep --config configs/ablations/held_out_clusters.py [--workdir DIR]
+      [--launcher local|tpu|slurm] [--tpu NAME --zone ZONE] [--dry_run]
+
+Each entry is a dict of config overrides (and optionally "name", the run's
+directory name); its run goes to `DIR/<name>` (DIR defaults to
+workdirs/<config name>; the name defaults to one made from the overrides). A run whose final checkpoint exists is
+finished and skipped, so rerunning a sweep resumes it. `local` runs the entries
+one after another on this machine; `tpu` and `slurm` start each through
+launch/tpu_pod.sh or `sbatch launch/slurm.sbatch` and return.
+"""
+
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+from absl import app, flags
+
+from flan_jax import workdirs
+
+LAUNCHERS = ("local", "tpu", "slurm")
+
+
+def load_sweep(config_path: str):
+  """(get_config(), get_sweep()) of a config file; the text after ':' is get_config's argument."""
+  path, _, arg = config_path.partition(":")
+  spec = importlib.util.spec_from_file_location("sweep_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_sweep"):
+    raise ValueError(f"{path} defines no get_sweep()")
+  return module.get_config(arg or None), module.get_sweep()
+
+
+def run_name(overrides: dict) -> str:
+  """{"data.held_out_clusters": ("nli",)} -> "held_out_clusters=nli"."""
+  parts = []
+  for key, value in overrides.items():
+    text = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+    parts.append(f"{key.rsplit('.', 1)[-1]}={text}")
+  return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", "_".join(parts))[:200]
+
+
+def override_flags(overrides: dict) -> list[str]:
+  return [f"--config.{key}={value!r}" if isinstance(value, (tuple, list, str)) else f"--config.{key}={value}"
+          for key, value in overrides.items()]
+
+
+def train_command(config_path: str, workdir: str, overrides: dict) -> list[str]:
+  return [sys.executable, "-m", "flan_jax.train", f"--config={config_path}", f"--workdir={workdir}",
+          *override_flags(overrides)]
+
+
+def finished(workdir: str, steps: int) -> bool:
+  return os.path.isdir(os.path.join(workdir, "checkpoints", str(steps)))
+
+
+def launch_command(launcher: str, command: list[str], tpu: str, zone: str) -> list[str]:
+  if launcher == "local":
+    return command
+  if launcher == "tpu":
+    return ["bash", "launch/tpu_pod.sh", tpu, zone, "python", *command[1:]]
+  return ["sbatch", "launch/slurm.sbatch", "python", *command[1:]]
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  config_path = flags.FLAGS.config
+  base, sweep = load_sweep(config_path)
+  root = flags.FLAGS.workdir or workdirs.default(config_path)
+  launcher = flags.FLAGS.launcher
+  if launcher == "tpu" and not (flags.FLAGS.tpu and flags.FLAGS.zone):
+    raise app.UsageError("--launcher=tpu needs --tpu and --zone")
+  failed = []
+  for entry in sweep:
+    overrides = {k: v for k, v in entry.items() if k != "name"}
+    workdir = os.path.join(root, entry.get("name") or run_name(overrides))
+    steps = overrides.get("train.steps", base.train.steps)
+    command = launch_command(launcher, train_command(config_path, workdir, overrides), flags.FLAGS.tpu,
+                             flags.FLAGS.zone)
+    if finished(workdir, steps):
+      print(f"[sweep] finished, skipped: {workdir}", flush=True)
+      continue
+    print(("[sweep] would run: " if flags.FLAGS.dry_run else "[sweep] running: ") + shlex.join(command), flush=True)
+    if not flags.FLAGS.dry_run and subprocess.run(command).returncode:
+      failed.append(workdir)
+  if failed:
+    raise SystemExit(f"{len(failed)} of {len(sweep)} runs failed: {', '.join(failed)}")
+  if launcher == "local" and not flags.FLAGS.dry_run:
+    print(f"[sweep] done; summarise with: python -m flan_jax.report {root}")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("config", None, "A config file with get_sweep(), e.g. configs/ablations/held_out_clusters.py.",
+                      required=True)
+  flags.DEFINE_string("workdir", None, "Directory of the sweep's runs; default workdirs/<config name>.")
+  flags.DEFINE_enum("launcher", "local", LAUNCHERS, "Where runs go.")
+  flags.DEFINE_string("tpu", None, "TPU VM name (--launcher=tpu).")
+  flags.DEFINE_string("zone", None, "TPU zone (--launcher=tpu).")
+  flags.DEFINE_bool("dry_run", False, "Print the commands; run nothing.")
+  app.run(main)

@@ -1,0 +1,71 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flan_jax import sweep
+from tests.conftest import ROOT
+
+MICRO_SWEEP = '''
+from configs import tiny
+
+
+def get_config(arg=None):
+  config = tiny.get_config()
+  config.train.steps = 3
+  config.train.checkpoint_every = 3
+  config.data.seq_len = 128
+  config.data.batch_size = 8
+  config.data.tokenizer.vocab_size = 512
+  config.data.tokenizer.num_texts = 2000
+  config.model.update(dict(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64))
+  config.loss.chunk_len = 64
+  config.eval.include_seen = False
+  config.eval.max_examples = 3
+  config.eval.max_templates = 1
+  return config
+
+
+def get_sweep():
+  return [{"data.held_out_clusters": ("nli",)}, {"data.held_out_clusters": ("sentiment",), "train.steps": 2}]
+'''
+
+
+def test_run_names_and_override_flags():
+  overrides = {"data.held_out_clusters": ("nli", "misc"), "train.steps": 5, "data.template.format": "chat"}
+  assert sweep.run_name(overrides) == "held_out_clusters=nli,misc_steps=5_format=chat"
+  assert sweep.override_flags(overrides) == ["--config.data.held_out_clusters=('nli', 'misc')",
+                                             "--config.train.steps=5", "--config.data.template.format='chat'"]
+  assert sweep.launch_command("slurm", ["python3", "-m", "x"], None, None) == [
+      "sbatch", "launch/slurm.sbatch", "python", "-m", "x"]
+
+
+def test_ablation_configs_define_their_sweeps():
+  for name, size in (("held_out_clusters", 11), ("num_training_clusters", 5), ("templates_per_task", 4)):
+    config, entries = sweep.load_sweep(os.path.join(ROOT, "configs", "ablations", f"{name}.py"))
+    assert len(entries) == size and config.train.steps > 0
+  with pytest.raises(ValueError, match="defines no get_sweep"):
+    sweep.load_sweep(os.path.join(ROOT, "configs", "tiny.py"))
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_each_entry_once_and_the_report_gathers_them(tmp_path):
+  config_path = tmp_path / "micro_sweep.py"
+  config_path.write_text(MICRO_SWEEP)
+  root = str(tmp_path / "runs")
+  command = [sys.executable, "-m", "flan_jax.sweep", f"--config={config_path}", f"--workdir={root}"]
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert sorted(os.listdir(root)) == ["held_out_clusters=nli", "held_out_clusters=sentiment_steps=2"]
+  assert os.path.isdir(os.path.join(root, "held_out_clusters=sentiment_steps=2", "checkpoints", "2"))
+  again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+  assert again.stdout.count("finished, skipped") == 2
+  report = subprocess.run([sys.executable, "-m", "flan_jax.report", root], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)
+  assert report.returncode == 0, report.stderr[-3000:]
+  table = open(os.path.join(root, "report.md")).read()
+  assert "| held_out_clusters=nli | 3 | nli |" in table and "| held_out_clusters=sentiment_steps=2 | 2 | sentiment |" in table
+  assert os.path.getsize(os.path.join(root, "held_out_by_cluster.png")) > 1000
+  assert open(os.path.join(root, "report.csv")).readline().startswith("run,step,held_out_clusters")
