@@ -47,9 +47,6 @@ from flan_jax import checkpoint, decode, metric_writer, optim, sharding, train, 
 from flan_jax.data import packing, pipeline  # noqa: E402
 from flan_jax.model import Decoder, ModelConfig, from_config, matmul, train_flops_per_token  # noqa: E402
 
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
-_ONLY = flags.DEFINE_list("only", None, "Sections to run (default: all).")
-_WRITE = flags.DEFINE_bool("write", False, "Rewrite this backend's section of BENCHMARKS.md with the results.")
 
 BENCHMARKS_HEADER = """# Benchmarks
 
@@ -359,7 +356,7 @@ def _format(value) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  names = _ONLY.value or list(SECTIONS)
+  names = flags.FLAGS.only or list(SECTIONS)
   sections = {**SECTIONS, **INTERNAL_SECTIONS}
   unknown = sorted(set(names) - set(sections))
   if unknown:
@@ -370,22 +367,22 @@ def main(argv):
     start = time.perf_counter()
     results.update(sections[name](results))
     print(f"[bench] {name}: {time.perf_counter() - start:.0f}s", file=sys.stderr)
-  if _JSON.value:
+  if flags.FLAGS.json:
     json.dump(results, sys.stdout, indent=1)
     print()
   else:
     width = max(map(len, results))
     for key, value in results.items():
       print(f"{key:<{width}}  {_format(value)}")
-  if _WRITE.value:
-    write_benchmarks(results, "BENCHMARKS.md")
+  if flags.FLAGS.write:
+    write_benchmarks(results, "BENCHMARKS.md", names)
 
 
-def write_benchmarks(results: dict, path: str):
+def write_benchmarks(results: dict, path: str, sections):
   """Replaces (or adds) the section of `path` for this backend and device."""
   heading = f"## {results['backend']}: {results['device']}"
   lines = [heading, "", f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} host CPU cores, "
-           f"`python -m flan_jax.bench --only {','.join(_ONLY.value or SECTIONS)}`.", "",
+           f"`python -m flan_jax.bench --only {','.join(sections)}`.", "",
            "| figure | value |", "|---|---|"]
   lines += [f"| `{k}` | {_format(v)} |" for k, v in results.items() if k not in ("backend", "device")]
   text = open(path).read() if os.path.exists(path) else BENCHMARKS_HEADER
@@ -397,4 +394,8 @@ def write_benchmarks(results: dict, path: str):
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so that tests can import this module beside other commands.
+  flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+  flags.DEFINE_list("only", None, "Sections to run (default: all).")
+  flags.DEFINE_bool("write", False, "Rewrite this backend's section of BENCHMARKS.md with the results.")
   app.run(main)

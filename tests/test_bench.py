@@ -19,12 +19,11 @@ def test_packed_efficiency_of_examples_that_fill_rows_exactly():
   assert bench._packed_efficiency([60] * 40, 100, "first_fit", rows=10) == pytest.approx(0.6)
 
 
-def test_write_benchmarks_replaces_only_its_own_section(tmp_path, monkeypatch):
+def test_write_benchmarks_replaces_only_its_own_section(tmp_path):
   path = str(tmp_path / "BENCHMARKS.md")
-  monkeypatch.setattr(bench, "_ONLY", type("Flag", (), {"value": ["peak"]}))
-  bench.write_benchmarks({"backend": "cpu", "device": "cpu", "ratio": 0.5}, path)
-  bench.write_benchmarks({"backend": "gpu", "device": "NVIDIA H100", "ratio": 0.25}, path)
-  bench.write_benchmarks({"backend": "cpu", "device": "cpu", "ratio": 0.75}, path)
+  bench.write_benchmarks({"backend": "cpu", "device": "cpu", "ratio": 0.5}, path, ["peak"])
+  bench.write_benchmarks({"backend": "gpu", "device": "NVIDIA H100", "ratio": 0.25}, path, ["peak"])
+  bench.write_benchmarks({"backend": "cpu", "device": "cpu", "ratio": 0.75}, path, ["peak"])
   text = open(path).read()
   assert text.startswith("# Benchmarks") and text.count("## cpu: cpu") == 1 and "## gpu: NVIDIA H100" in text
   assert "| `ratio` | 0.75 |" in text and "| `ratio` | 0.25 |" in text and "| `ratio` | 0.5 |" not in text

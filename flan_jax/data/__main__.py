@@ -21,12 +21,6 @@ from ml_collections import config_flags
 from flan_jax.data import packing, pipeline, tasks, templates
 from flan_jax import workdirs
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir (tokenizer cache); default derived from the config.")
-_JSON = flags.DEFINE_bool("json", False, "Print the report as JSON.")
-_SHOW = flags.DEFINE_integer("show", 0, "Also print this many rendered training examples.")
-_EXAMPLES = flags.DEFINE_integer("examples", 4000, "Examples drawn to measure lengths and rates.")
-_BATCHES = flags.DEFINE_integer("batches", 30, "Packed batches drawn to measure packing and throughput.")
 
 
 def report(config, workdir: str, num_examples: int, num_batches: int) -> dict:
@@ -128,17 +122,24 @@ def print_table(r: dict):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  config = _CONFIG.value
-  workdir = _WORKDIR.value or workdirs.default(flags.FLAGS["config"].config_filename)
-  r = report(config, workdir, _EXAMPLES.value, _BATCHES.value)
-  if _JSON.value:
+  config = flags.FLAGS.config
+  workdir = flags.FLAGS.workdir or workdirs.default(flags.FLAGS["config"].config_filename)
+  r = report(config, workdir, flags.FLAGS.examples, flags.FLAGS.batches)
+  if flags.FLAGS.json:
     json.dump(r, sys.stdout, indent=1)
     print()
   else:
     print_table(r)
-  if _SHOW.value:
-    show(config, workdir, _SHOW.value)
+  if flags.FLAGS.show:
+    show(config, workdir, flags.FLAGS.show)
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so that tests can import this module beside other commands.
+  config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Workdir (tokenizer cache); default derived from the config.")
+  flags.DEFINE_bool("json", False, "Print the report as JSON.")
+  flags.DEFINE_integer("show", 0, "Also print this many rendered training examples.")
+  flags.DEFINE_integer("examples", 4000, "Examples drawn to measure lengths and rates.")
+  flags.DEFINE_integer("batches", 30, "Packed batches drawn to measure packing and throughput.")
   app.run(main)
