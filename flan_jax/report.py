@@ -62,7 +62,7 @@ def write_report(rows: list[dict], out_dir: str) -> list[str]:
 
   fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(rows)), 3.5))
   ax.bar([r["held_out_clusters"] for r in rows], [r["held_out"] for r in rows])
-  ax.set_ylabel("held-out score (mean over templates)")
+  ax.set_ylabel("held-out score")
   ax.set_xlabel("held-out cluster")
   ax.tick_params(axis="x", rotation=45)
   fig.tight_layout()
