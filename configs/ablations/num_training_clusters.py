@@ -1,7 +1,7 @@
 # python -m flan_jax.sweep --config configs/ablations/num_training_clusters.py
 """FLAN's Figure 6: held-out NLI fixed, training clusters added one at a time in a fixed order."""
 
-from configs import tiny
+from configs.ablations import held_out_clusters
 from flan_jax.data import flan_mini
 
 HELD_OUT = "nli"
@@ -11,14 +11,8 @@ ORDER = ("sentiment", "summarization", "translation", "closed_book_qa", "struct_
 
 
 def get_config(arg=None):
-  del arg
-  config = tiny.get_config()
+  config = held_out_clusters.get_config(arg)  # the same short runs
   config.data.held_out_clusters = (HELD_OUT,)
-  config.train.steps = 80
-  config.train.checkpoint_every = 80
-  config.optim.warmup_steps = 10
-  config.eval.include_seen = False
-  config.eval.max_examples = 30
   return config
 
 
