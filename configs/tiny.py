@@ -27,7 +27,7 @@ def get_config(arg: str | None = None):
   data.packing_bins = 64
 
   data.template = ml_collections.ConfigDict()
-  data.template.format = "flan"  # flan | alpaca | chat
+  data.template.format = "flan"  # flan | alpaca | chat | llama3 | chatml | gemma | mistral (templates.FORMATS)
   data.template.options = True  # OPTIONS suffix on classification prompts
   data.template.inverted = True  # train on turned-around templates too
   data.template.max_templates = 0  # templates per task (0: all)
@@ -36,7 +36,7 @@ def get_config(arg: str | None = None):
   data.template.chain_of_thought = False
 
   data.tokenizer = ml_collections.ConfigDict()
-  data.tokenizer.model = ""  # a SentencePiece .model file; empty: train one and cache it in the workdir
+  data.tokenizer.model = ""  # .model, tokenizer.json or a directory of either; empty: train one, cached in the workdir
   data.tokenizer.vocab_size = 1024
   data.tokenizer.num_texts = 20000
   data.tokenizer.pad_id = -1  # -1: the model's own id

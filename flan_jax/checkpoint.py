@@ -24,6 +24,9 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from flan_jax import lora, sharding
+from flan_jax.model import from_config
+
 
 def directory(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -88,9 +91,11 @@ def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state, data_iterator, data_shards: int):
-  """Starts an asynchronous save of `state` and the iterator's position after `step` updates."""
+  """Starts an asynchronous save of `state` (less its frozen LoRA base) and the iterator's position
+  after `step` updates."""
   data = DataSave(data_iterator, first_shard(data_shards))
-  checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=data), force=True)
+  checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state.replace(frozen={})), data=data),
+                   force=True)
 
 
 def abstract(state_shapes, shardings):
@@ -99,8 +104,10 @@ def abstract(state_shapes, shardings):
 
 
 def restore_latest(checkpoints: ocp.CheckpointManager, target, data_iterator, data_shards: int):
-  """The newest readable checkpoint's state (placed like `target`), with `data_iterator` moved to its
-  position; None if there is no checkpoint. Unreadable checkpoints are skipped with a warning."""
+  """The newest readable checkpoint's state (placed like `target`; `frozen` left empty), with
+  `data_iterator` moved to its position; None if there is no checkpoint. Unreadable checkpoints are
+  skipped with a warning."""
+  target = target.replace(frozen={})
   failures = []
   for step in sorted(checkpoints.all_steps(), reverse=True):
     try:
@@ -149,3 +156,27 @@ def restore_params(path: str, target_params, step: int | None = None):
   restored = ocp.PyTreeCheckpointer().restore(os.path.join(path, str(step), "state"), args=ocp.args.PyTreeRestore(
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
   return step, restored["params"]
+
+
+def restore_run_params(workdir: str, init_from: str, target_params, step: int | None = None):
+  """(step, parameters) of a training run for inference: its checkpoint's parameters, or with LoRA
+  its adapters over the base weights of `init_from` (which runs with LoRA never checkpoint)."""
+  adapters, base = lora.split(target_params)
+  if not jax.tree.leaves(adapters):
+    return restore_params(directory(workdir), target_params, step)
+  step, adapters = restore_params(directory(workdir), adapters, step)
+  return step, lora.combine(adapters, restore_params(init_from, base)[1])
+
+
+def load_for_inference(model_fields: dict, *, checkpoint_dir: str = "", workdir: str = "", init_from: str = "",
+                       step: int | None = None):
+  """(step, parameters on one device) of a checkpoint directory (e.g. an imported one), or of a training
+  run's workdir (see restore_run_params)."""
+  model = from_config(model_fields)
+  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  rules = sharding.rules("fsdp")
+  with sharding.context(mesh, rules):
+    target = sharding.param_shapes(model, mesh, rules)
+    if checkpoint_dir:
+      return restore_params(checkpoint_dir, target, step)
+    return restore_run_params(workdir, init_from, target, step)

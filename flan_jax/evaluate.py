@@ -198,7 +198,7 @@ def main(argv):
   model = from_config(config.model)
   with sharding.context(mesh, rules):
     target = sharding.param_shapes(model, mesh, rules)
-    step, params = checkpoint.restore_params(checkpoint.directory(workdir), target, step=flags.FLAGS.step)
+    step, params = checkpoint.restore_run_params(workdir, config.train.init_from, target, step=flags.FLAGS.step)
     results = evaluate(params, model, tokenizer, config, mesh, seen=flags.FLAGS.seen)
   directory = write_results(results, workdir, step)
   print(open(os.path.join(directory, "results.md")).read())

@@ -1,10 +1,13 @@
-r"""Ask a trained model something.
+r"""Ask a trained or imported model something.
 
-  python -m flan_jax.generate --workdir workdirs/tiny --prompt "Is this review positive? ..." \
+  python -m flan_jax.generate --workdir workdirs/tiny --prompt "Is this review positive? ..."
+  python -m flan_jax.generate --checkpoint CKPT --raw --prompt "The capital of France is" --max_new_tokens 16
       [--step N] [--max_new_tokens 64] [--temperature 0] [--top_k 0] [--top_p 1]
 
-The prompt is rendered in the run's instruction format (data.template.format)
-as a user turn; the answer is decoded with the KV cache and printed.
+The prompt is rendered as a user turn in the run's instruction format
+(data.template.format), or for an imported checkpoint (flan_jax.convert) in its
+family's chat format; with --raw it is completed as plain text. Decoding is
+greedy unless --temperature is set, with the KV cache.
 """
 
 import json
@@ -14,44 +17,56 @@ import jax
 import ml_collections
 from absl import app, flags
 
-from flan_jax import checkpoint, decode, metric_writer, sharding, workdirs
+from flan_jax import checkpoint, convert, decode, metric_writer, workdirs
 from flan_jax.data import pipeline, templates
+from flan_jax.data import tokenizer as tokenizer_lib
 from flan_jax.model import from_config
 
 
-def prompt_tokens(tokenizer, prompt: str, fmt: str):
-  """The tokens a trained model sees before its answer: the user turn and the assistant prefix."""
+def prompt_tokens(tokenizer, prompt: str, fmt: str | None):
+  """The tokens a model sees before its answer: the user turn and the assistant prefix in format `fmt`,
+  or (fmt None) the prompt as plain text after BOS."""
+  if fmt is None:
+    return tokenizer.encode_segments([(prompt, 0)])[0].tolist()
   tokens, weights = tokenizer.encode_segments(templates.to_segments([("user", prompt), ("assistant", "")], fmt))
-  return tokens[:len(weights) - int(weights.sum())].tolist()  # drop the trailing EOS of the empty answer
+  return tokens[:len(weights) - int(weights.sum())].tolist()  # drop the empty answer's end of turn and EOS
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   metric_writer.quiet_absl_logging()
-  workdir = flags.FLAGS.workdir
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f"{config_path} does not exist: --workdir must be a training run's workdir")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  tokenizer = pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
-  model = from_config(config.model)
-  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-  rules = sharding.rules(config.sharding_rules)
-  with sharding.context(mesh, rules):
-    step, params = checkpoint.restore_params(checkpoint.directory(workdir),
-                                             sharding.param_shapes(model, mesh, rules), step=flags.FLAGS.step)
-  [answer] = decode.generate(params, model, [prompt_tokens(tokenizer, flags.FLAGS.prompt, config.data.template.format)],
-                             max_new_tokens=flags.FLAGS.max_new_tokens, eos_id=tokenizer.eos_id,
-                             pad_id=tokenizer.pad_id, temperature=flags.FLAGS.temperature, top_k=flags.FLAGS.top_k,
-                             top_p=flags.FLAGS.top_p, rng=jax.random.key(flags.FLAGS.seed))
+  flag = flags.FLAGS
+  if bool(flag.workdir) == bool(flag.checkpoint):
+    raise app.UsageError("give one of --workdir (a training run) or --checkpoint (an imported model)")
+  if flag.checkpoint:
+    info = convert.read_info(flag.checkpoint)
+    fields, fmt = info["model"], info["chat_format"]
+    tokenizer = tokenizer_lib.load(os.path.join(flag.checkpoint, "hf"))
+    step, params = checkpoint.load_for_inference(fields, checkpoint_dir=flag.checkpoint, step=flag.step)
+  else:
+    config_path = os.path.join(flag.workdir, "config.json")
+    if not os.path.exists(config_path):
+      raise FileNotFoundError(f"{config_path} does not exist: --workdir must be a training run's workdir")
+    with open(config_path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    fields, fmt = config.model.to_dict(), config.data.template.format
+    tokenizer = pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(flag.workdir))
+    step, params = checkpoint.load_for_inference(fields, workdir=flag.workdir, init_from=config.train.init_from,
+                                                 step=flag.step)
+  prompt = prompt_tokens(tokenizer, flag.prompt, None if flag.raw else fmt)
+  [answer] = decode.generate(params, from_config(fields), [prompt], max_new_tokens=flag.max_new_tokens,
+                             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, temperature=flag.temperature,
+                             top_k=flag.top_k, top_p=flag.top_p, rng=jax.random.key(flag.seed))
   print(f"[step {step}] {tokenizer.decode(answer.tolist()).strip()}")
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
-  flags.DEFINE_string("prompt", None, "The instruction (and input) to answer.", required=True)
+  flags.DEFINE_string("workdir", None, "A training run's workdir.")
+  flags.DEFINE_string("checkpoint", None, "A checkpoint written by flan_jax.convert import.")
+  flags.DEFINE_string("prompt", None, "The instruction (and input) to answer, or with --raw the text to continue.",
+                      required=True)
+  flags.DEFINE_bool("raw", False, "Continue the prompt as plain text, without the instruction format.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
   flags.DEFINE_integer("max_new_tokens", 64, "Most tokens to generate.")
   flags.DEFINE_float("temperature", 0.0, "0: greedy.")

@@ -2,7 +2,10 @@
 
 RMSNorm, rotary embeddings from the packed `positions`, grouped-query attention
 that is causal and confined to one segment, SwiGLU MLP, optional tied
-embeddings. Matmuls take operands in `dtype` (bf16 by default) and accumulate
+embeddings; with the variants the Hugging Face families need (see convert.py):
+attention biases (Qwen 2), a sliding attention window (Mistral), Llama 3's rope
+scaling, GeGLU and scaled embeddings (Gemma). Low-rank adapters (LoRA) can be
+added to chosen projections (see lora.py). Matmuls take operands in `dtype` (bf16 by default) and accumulate
 in f32, forward and backward; parameters are kept in `param_dtype`. Every
 parameter and the key activations carry logical axis names, which the sharding
 rules (sharding.py) map onto the mesh. Blocks can be rematerialised and scanned.
@@ -26,6 +29,9 @@ BATCH, LENGTH, EMBED, VOCAB, HEADS, KV_HEADS, HEAD_DIM, MLP, LAYERS = (
 
 # What a rematerialised block keeps for the backward pass: nothing but its input
 # ("full"), or also the outputs of its weight matmuls ("save_projections").
+ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True)}
+PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "save_projections": jax.checkpoint_policies.save_only_these_names("projection"),
@@ -42,8 +48,24 @@ class ModelConfig:
   head_dim: int
   mlp_dim: int
   rope_theta: float = 10_000.0
+  # Llama 3.1's rope scaling ("llama3" in Hugging Face configs); factor 1: none.
+  rope_scaling_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_len: int = 8192
   norm_eps: float = 1e-6
+  activation: str = "silu"  # silu (SwiGLU) | gelu_tanh (GeGLU, Gemma)
+  qkv_bias: bool = False  # biases on the query/key/value projections (Qwen 2)
+  sliding_window: int = 0  # a token sees at most this many positions back, itself included (0: all)
   tie_embeddings: bool = False
+  embed_scale: bool = False  # embedding lookups times sqrt(d_model) (Gemma)
+  # Tied logits divided by sqrt(d_model), so initial logits have unit variance (T5; our own presets).
+  # Pretrained checkpoints tie without it.
+  normalize_tied_logits: bool = False
+  lora_rank: int = 0  # 0: no adapters
+  lora_alpha: float = 16.0  # adapter outputs are scaled by alpha / rank
+  lora_dropout: float = 0.0  # on adapter inputs, when a "dropout" rng is given (training)
+  lora_targets: tuple = ("wq", "wk", "wv", "wo")  # among wq wk wv wo w_gate w_up w_down
   dtype: str = "bfloat16"  # matmul operands
   param_dtype: str = "float32"
   remat: str = "none"  # none | full | save_projections
@@ -54,6 +76,12 @@ class ModelConfig:
       raise ValueError(f"model.num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
     if self.remat != "none" and self.remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat={self.remat!r}: choose from none, {', '.join(REMAT_POLICIES)}")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"model.activation={self.activation!r}: choose from {', '.join(ACTIVATIONS)}")
+    object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # a list after a JSON round trip
+    unknown = set(self.lora_targets) - set(PROJECTIONS)
+    if unknown:
+      raise ValueError(f"model.lora_targets: {sorted(unknown)} are not projections; choose from {PROJECTIONS}")
 
 
 def from_config(model_config) -> "Decoder":
@@ -124,21 +152,76 @@ class RMSNorm(nn.Module):
     return x * scale.astype(jnp.float32)
 
 
-def rotary(x, positions, theta: float):
+def rope_frequencies(cfg: ModelConfig, half: int):
+  """Inverse wavelengths of the rotary pairs; Llama 3.1's scaling, if set, slows the long-wavelength ones
+  by rope_scaling_factor and interpolates the middle band (as Hugging Face's "llama3" rope type)."""
+  inv_freq = cfg.rope_theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if cfg.rope_scaling_factor == 1.0:
+    return inv_freq
+  wavelen = 2 * jnp.pi / inv_freq
+  smooth = ((cfg.rope_original_max_len / wavelen - cfg.rope_low_freq_factor)
+            / (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor))
+  interpolated = (1 - smooth) * inv_freq / cfg.rope_scaling_factor + smooth * inv_freq
+  long = wavelen > cfg.rope_original_max_len / cfg.rope_low_freq_factor
+  short = wavelen < cfg.rope_original_max_len / cfg.rope_high_freq_factor
+  return jnp.where(long, inv_freq / cfg.rope_scaling_factor, jnp.where(short, inv_freq, interpolated))
+
+
+def rotary(x, positions, cfg: ModelConfig):
   """Rotates pairs (x[i], x[i + d/2]) of `x` [b, l, h, d] by angles from `positions` [b, l]."""
   half = x.shape[-1] // 2
-  inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles = positions[:, :, None, None].astype(jnp.float32) * inv_freq
+  angles = positions[:, :, None, None].astype(jnp.float32) * rope_frequencies(cfg, half)
   sin, cos = jnp.sin(angles), jnp.cos(angles)
   x1, x2 = x[..., :half], x[..., half:]
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def attention_mask(segment_ids):
-  """[b, l, l]: a token sees earlier tokens of its own example only; every token sees itself."""
+def attention_mask(segment_ids, sliding_window: int = 0):
+  """[b, l, l]: a token sees earlier tokens of its own example only (within `sliding_window`
+  positions, if set); every token sees itself."""
   length = segment_ids.shape[1]
-  causal = jnp.tril(jnp.ones((length, length), bool))
-  return causal[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])
+  mask = segment_ids[:, :, None] == segment_ids[:, None, :]
+  return mask & _causal(jnp.arange(length), jnp.arange(length), sliding_window)[None]
+
+
+def _causal(query_slots, key_slots, sliding_window: int):
+  """[q, k]: key slot at or before the query slot (and less than sliding_window before it, if set).
+  Within one example, slots differ as positions do: examples are contiguous in packed rows and caches."""
+  distance = query_slots[:, None] - key_slots[None, :]
+  return (distance >= 0) & ((distance < sliding_window) if sliding_window else True)
+
+
+# Logical axes of the weight matrices, by parameter name.
+WEIGHT_AXES = {
+    "wq": (EMBED, HEADS, HEAD_DIM), "wk": (EMBED, KV_HEADS, HEAD_DIM), "wv": (EMBED, KV_HEADS, HEAD_DIM),
+    "wo": (HEADS, HEAD_DIM, EMBED), "w_gate": (EMBED, MLP), "w_up": (EMBED, MLP), "w_down": (MLP, EMBED),
+}
+
+
+def _weight_projection(module: nn.Module, name: str, spec: str, x, shape, fan_in: int):
+  """x times the module's weight `name` (of `shape`, contracted over its leading dims as `spec` says),
+  plus, where `name` is a LoRA target, the low-rank adapter x·A·B·alpha/rank: A is [w's input dims, rank]
+  and B [rank, w's output dims], B starting at zero so that an adapted model starts equal to its base."""
+  cfg = module.cfg
+  axes = WEIGHT_AXES[name]
+  w = _param(module, name, shape, axes, nn.initializers.normal(fan_in ** -0.5), cfg)
+  out = projection(spec, x, w, cfg.dtype)
+  if not cfg.lora_rank or name not in cfg.lora_targets:
+    return out
+  inputs, out_axes = spec.split("->")
+  x_axes, w_axes = inputs.split(",")
+  n_in = sum(c in x_axes for c in w_axes)  # contracted dims lead in every weight
+  rows = "".join(c for c in x_axes if c not in w_axes[:n_in])
+  lora_a = _param(module, f"{name}_lora_a", (*shape[:n_in], cfg.lora_rank), (*axes[:n_in], None),
+                  nn.initializers.normal(fan_in ** -0.5), cfg)
+  lora_b = _param(module, f"{name}_lora_b", (cfg.lora_rank, *shape[n_in:]), (None, *axes[n_in:]),
+                  nn.initializers.zeros, cfg)
+  if cfg.lora_dropout and module.has_rng("dropout"):
+    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - cfg.lora_dropout, x.shape)
+    x = jnp.where(keep, x / (1.0 - cfg.lora_dropout), 0.0)
+  low_rank = projection(f"{x_axes},{w_axes[:n_in]}r->{rows}r", x, lora_a, cfg.dtype)
+  return out + projection(f"{rows}r,r{w_axes[n_in:]}->{out_axes}", low_rank, lora_b, cfg.dtype) * (
+      cfg.lora_alpha / cfg.lora_rank)
 
 
 class Attention(nn.Module):
@@ -149,15 +232,14 @@ class Attention(nn.Module):
     """mask [b, l, s]. With `cache_index`, keys and values of these l tokens are written into the
     "cache" collection at that offset, and the queries attend over all s cached positions."""
     cfg = self.cfg
-    init = nn.initializers.normal(cfg.d_model ** -0.5)
-    wq = _param(self, "wq", (cfg.d_model, cfg.num_heads, cfg.head_dim), (EMBED, HEADS, HEAD_DIM), init, cfg)
-    wk = _param(self, "wk", (cfg.d_model, cfg.num_kv_heads, cfg.head_dim), (EMBED, KV_HEADS, HEAD_DIM), init, cfg)
-    wv = _param(self, "wv", (cfg.d_model, cfg.num_kv_heads, cfg.head_dim), (EMBED, KV_HEADS, HEAD_DIM), init, cfg)
-    wo = _param(self, "wo", (cfg.num_heads, cfg.head_dim, cfg.d_model), (HEADS, HEAD_DIM, EMBED),
-                nn.initializers.normal((cfg.num_heads * cfg.head_dim) ** -0.5), cfg)
-    q = rotary(projection("bld,dhk->blhk", x, wq, cfg.dtype), positions, cfg.rope_theta)
-    k = rotary(projection("bld,dhk->blhk", x, wk, cfg.dtype), positions, cfg.rope_theta)
-    v = projection("bld,dhk->blhk", x, wv, cfg.dtype)
+    heads = {"wq": cfg.num_heads, "wk": cfg.num_kv_heads, "wv": cfg.num_kv_heads}
+    q, k, v = (_weight_projection(self, name, "bld,dhk->blhk", x, (cfg.d_model, n, cfg.head_dim), cfg.d_model)
+               for name, n in heads.items())
+    if cfg.qkv_bias:
+      q, k, v = (y + _param(self, f"b{name[1]}", (n, cfg.head_dim), WEIGHT_AXES[name][1:], nn.initializers.zeros,
+                            cfg).astype(jnp.float32)
+                 for y, (name, n) in zip((q, k, v), heads.items()))
+    q, k = rotary(q, positions, cfg), rotary(k, positions, cfg)
     q = nn.with_logical_constraint(q, (BATCH, LENGTH, HEADS, HEAD_DIM))
     if cache_index is not None:
       # Created by init with the full decode length; written at cache_index afterwards.
@@ -174,7 +256,8 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1)
     out = matmul("bkgls,bskd->blkgd", probs, v, cfg.dtype).reshape(b, length, cfg.num_heads, cfg.head_dim)
     out = nn.with_logical_constraint(out, (BATCH, LENGTH, HEADS, HEAD_DIM))
-    return projection("blhk,hkd->bld", out, wo, cfg.dtype)
+    return _weight_projection(self, "wo", "blhk,hkd->bld", out, (cfg.num_heads, cfg.head_dim, cfg.d_model),
+                              cfg.num_heads * cfg.head_dim)
 
 
 class FeedForward(nn.Module):
@@ -183,15 +266,10 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
-    w_gate = _param(self, "w_gate", (cfg.d_model, cfg.mlp_dim), (EMBED, MLP),
-                    nn.initializers.normal(cfg.d_model ** -0.5), cfg)
-    w_up = _param(self, "w_up", (cfg.d_model, cfg.mlp_dim), (EMBED, MLP), nn.initializers.normal(cfg.d_model ** -0.5), cfg)
-    w_down = _param(self, "w_down", (cfg.mlp_dim, cfg.d_model), (MLP, EMBED),
-                    nn.initializers.normal(cfg.mlp_dim ** -0.5), cfg)
-    gate = projection("bld,dm->blm", x, w_gate, cfg.dtype)
-    hidden = jax.nn.silu(gate) * projection("bld,dm->blm", x, w_up, cfg.dtype)
-    hidden = nn.with_logical_constraint(hidden, (BATCH, LENGTH, MLP))
-    return projection("blm,md->bld", hidden, w_down, cfg.dtype)
+    gate = _weight_projection(self, "w_gate", "bld,dm->blm", x, (cfg.d_model, cfg.mlp_dim), cfg.d_model)
+    up = _weight_projection(self, "w_up", "bld,dm->blm", x, (cfg.d_model, cfg.mlp_dim), cfg.d_model)
+    hidden = nn.with_logical_constraint(ACTIVATIONS[cfg.activation](gate) * up, (BATCH, LENGTH, MLP))
+    return _weight_projection(self, "w_down", "blm,md->bld", hidden, (cfg.mlp_dim, cfg.d_model), cfg.mlp_dim)
 
 
 class Block(nn.Module):
@@ -222,7 +300,7 @@ class Decoder(nn.Module):
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       # Parameters gain a leading `layers` axis: block_0 ... block_{n-1} become one stacked "blocks".
-      block = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
+      block = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
                       in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: LAYERS})
       self.blocks = [block(cfg, name="blocks")]
@@ -237,19 +315,22 @@ class Decoder(nn.Module):
     and `cache_segment_ids` [b, s], the segment id of every cache slot after this write.
     """
     x = jnp.take(self.embedding, tokens, axis=0).astype(jnp.float32)
+    if self.cfg.embed_scale:
+      x = x * jnp.sqrt(jnp.float32(self.cfg.d_model))
     x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
     if cache_index is None:
-      mask = attention_mask(segment_ids)
+      mask = attention_mask(segment_ids, self.cfg.sliding_window)
     else:  # causal in cache order, and within the same segment
       query_slots = cache_index + jnp.arange(tokens.shape[1])
       key_slots = jnp.arange(cache_segment_ids.shape[1])
-      mask = ((key_slots[None, None, :] <= query_slots[None, :, None])
+      mask = (_causal(query_slots, key_slots, self.cfg.sliding_window)[None]
               & (segment_ids[:, :, None] == cache_segment_ids[:, None, :]))
     for block in self.blocks:
       x, _ = block(x, positions, mask, cache_index)
     return self.final_norm(x)
 
   def unembedding(self):
-    """The [d_model, vocab] output projection. Tied: the embedding's transpose,
-    scaled by d_model ** -0.5 so initial logits have unit variance (as in T5)."""
-    return self.embedding.T * self.cfg.d_model ** -0.5 if self.cfg.tie_embeddings else self.unembed
+    """The [d_model, vocab] output projection. Tied: the embedding's transpose (see normalize_tied_logits)."""
+    if not self.cfg.tie_embeddings:
+      return self.unembed
+    return self.embedding.T * self.cfg.d_model ** -0.5 if self.cfg.normalize_tied_logits else self.embedding.T

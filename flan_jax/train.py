@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from flan_jax import checkpoint, distributed, evaluate, metric_writer, optim, sharding, workdirs
+from flan_jax import checkpoint, distributed, evaluate, lora, metric_writer, optim, sharding, workdirs
 from flan_jax import loss as losses
 from flan_jax.data import packing, pipeline
 from flan_jax.model import Decoder, ModelConfig, from_config, train_flops_per_token
@@ -31,20 +31,25 @@ from flan_jax.model import Decoder, ModelConfig, from_config, train_flops_per_to
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
-  params: Any
+  params: Any  # what the optimiser trains: all parameters, or only the adapters with LoRA
+  frozen: Any  # with LoRA, the base weights (not trained, not checkpointed); else {}
   opt_state: Any
   examples_seen: jax.Array  # packed examples trained on, for the logs
 
 
+def _trained_and_frozen(params, model: Decoder):
+  return lora.split(params) if model.cfg.lora_rank else (params, {})
+
+
 def state_shapes(model: Decoder, optimizer, mesh, logical_rules):
   """(TrainState of ShapeDtypeStructs, TrainState of NamedShardings), computed without initialising."""
-  params = sharding.param_shapes(model, mesh, logical_rules)
-  param_shardings = jax.tree.map(lambda x: x.sharding, params)
+  params, frozen = _trained_and_frozen(sharding.param_shapes(model, mesh, logical_rules), model)
+  shardings_of = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
   opt_state = jax.eval_shape(optimizer.init, params)
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
-  shapes = TrainState(step=scalar, params=params, opt_state=opt_state, examples_seen=scalar)
-  shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings,
-                         opt_state=sharding.optimizer_shardings(opt_state, params, param_shardings, mesh),
+  shapes = TrainState(step=scalar, params=params, frozen=frozen, opt_state=opt_state, examples_seen=scalar)
+  shardings = TrainState(step=sharding.replicated(mesh), params=shardings_of(params), frozen=shardings_of(frozen),
+                         opt_state=sharding.optimizer_shardings(opt_state, params, shardings_of(params), mesh),
                          examples_seen=sharding.replicated(mesh))
   return shapes, shardings
 
@@ -52,16 +57,25 @@ def state_shapes(model: Decoder, optimizer, mesh, logical_rules):
 def init_state(model: Decoder, optimizer, mesh, shardings, rng) -> TrainState:
   """A fresh state, parameters initialised directly into their shards."""
   def create(key):
-    params = nn.unbox(sharding.init_params(model, mesh, key))
+    params, frozen = _trained_and_frozen(nn.unbox(sharding.init_params(model, mesh, key)), model)
     zero = jnp.int32(0)
-    return TrainState(step=zero, params=params, opt_state=optimizer.init(params), examples_seen=zero)
+    return TrainState(step=zero, params=params, frozen=frozen, opt_state=optimizer.init(params), examples_seen=zero)
   return jax.jit(create, out_shardings=shardings)(rng)
 
 
-def loss_fn(params, model: Decoder, batch, weights, loss_config):
+def with_pretrained(state: TrainState, shapes: TrainState, path: str) -> TrainState:
+  """The state with a pretrained checkpoint's parameters (e.g. from flan_jax.convert): all of them,
+  or with LoRA the frozen base (the adapters stay as initialised or restored)."""
+  if jax.tree.leaves(shapes.frozen):
+    return state.replace(frozen=checkpoint.restore_params(path, shapes.frozen)[1])
+  return state.replace(params=checkpoint.restore_params(path, shapes.params)[1])
+
+
+def loss_fn(params, frozen, model: Decoder, batch, weights, loss_config, dropout_rng):
   """(weighted loss, weighted nll) of a batch; `weights` from losses.token_weights."""
-  variables = {"params": params}
-  hidden = model.apply(variables, batch["inputs"], batch["positions"], batch["segment_ids"])
+  variables = {"params": lora.combine(params, frozen)}
+  rngs = {"dropout": dropout_rng} if model.cfg.lora_dropout else {}
+  hidden = model.apply(variables, batch["inputs"], batch["positions"], batch["segment_ids"], rngs=rngs)
   unembedding = model.apply(variables, method=Decoder.unembedding)
   return losses.fused_cross_entropy(hidden, unembedding, batch["targets"], weights, chunk_len=loss_config.chunk_len,
                                     dtype=model.cfg.dtype, z_loss=loss_config.z_loss,
@@ -69,7 +83,7 @@ def loss_fn(params, model: Decoder, batch, weights, loss_config):
 
 
 def train_step(state: TrainState, batch, *, model, optimizer, schedule, loss_config, microbatches, mesh,
-               skip_nonfinite):
+               skip_nonfinite, seed=0):
   """One optimiser update from a packed batch of [batch, length] arrays, with metrics.
 
   With skip_nonfinite, an update whose loss or gradients are NaN or infinite is dropped
@@ -80,20 +94,23 @@ def train_step(state: TrainState, batch, *, model, optimizer, schedule, loss_con
   weights = losses.token_weights(batch["loss_weights"], batch["segment_ids"], loss_config.normalization,
                                  constant=b * length)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
   if microbatches == 1:
-    (loss, nll), grads = grad_fn(state.params, model, batch, weights, loss_config)
+    (loss, nll), grads = grad_fn(state.params, state.frozen, model, batch, weights, loss_config, dropout_rng)
   else:
     def split(x):  # [b, ...] -> [k, b/k, ...]; microbatch j holds rows j, j+k, ..., so rows stay on their device.
       x = jnp.swapaxes(x.reshape(b // microbatches, microbatches, *x.shape[1:]), 0, 1)
       return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(None, sharding.BATCH_AXES)))
 
     def accumulate(totals, micro):
-      micro_batch, micro_weights = micro
-      (loss, nll), grads = grad_fn(state.params, model, micro_batch, micro_weights, loss_config)
+      micro_batch, micro_weights, index = micro
+      (loss, nll), grads = grad_fn(state.params, state.frozen, model, micro_batch, micro_weights, loss_config,
+                                   jax.random.fold_in(dropout_rng, index))
       return jax.tree.map(jnp.add, totals, (loss, nll, grads)), None
 
     zeros = (jnp.float32(0.0), jnp.float32(0.0), jax.tree.map(jnp.zeros_like, state.params))
-    (loss, nll, grads), _ = jax.lax.scan(accumulate, zeros, jax.tree.map(split, (batch, weights)))
+    micro = (*jax.tree.map(split, (batch, weights)), jnp.arange(microbatches))
+    (loss, nll, grads), _ = jax.lax.scan(accumulate, zeros, micro)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.global_norm(grads)
@@ -108,7 +125,7 @@ def train_step(state: TrainState, batch, *, model, optimizer, schedule, loss_con
       "target_tokens": jnp.sum(batch["loss_weights"]),
       "skipped": skip.astype(jnp.int32),
   }
-  return TrainState(step=state.step + 1, params=keep_old(params, state.params),
+  return TrainState(step=state.step + 1, params=keep_old(params, state.params), frozen=state.frozen,
                     opt_state=keep_old(opt_state, state.opt_state),
                     examples_seen=state.examples_seen + jnp.where(skip, 0, examples)), metrics
 
@@ -118,7 +135,7 @@ def jit_train_step(model, optimizer, schedule, config, mesh, state_shardings):
   sharding.check_batch(config.data.batch_size, config.train.microbatches, mesh)
   step = functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule, loss_config=config.loss,
                            microbatches=config.train.microbatches, mesh=mesh,
-                           skip_nonfinite=config.train.skip_nonfinite)
+                           skip_nonfinite=config.train.skip_nonfinite, seed=config.seed)
   batch_shardings = {key: sharding.batch_sharding(mesh) for key in packing.BATCH_KEYS}
   return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
@@ -149,6 +166,9 @@ def main(argv):
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules(config.sharding_rules)
   sharding.check_batch(config.data.batch_size, config.train.microbatches, mesh)
+  if config.model.lora_rank and not config.train.init_from:
+    raise ValueError("model.lora_rank > 0 trains adapters over a pretrained base: set train.init_from to its "
+                     "checkpoint (python -m flan_jax.convert import ...)")
 
   # Data: this process's rows of every batch.
   mix = pipeline.resolve_mixture(config.data)
@@ -172,11 +192,11 @@ def main(argv):
     shapes, shardings = state_shapes(model, optimizer, mesh, rules)
     state = checkpoint.restore_latest(checkpoints, checkpoint.abstract(shapes, shardings), data_iterator,
                                       config.data.shards)
-    if state is None:
+    fresh = state is None
+    if fresh:
       state = init_state(model, optimizer, mesh, shardings, jax.random.key(config.seed))
-      if config.train.init_from:
-        _, params = checkpoint.restore_params(config.train.init_from, shapes.params)
-        state = state.replace(params=params)
+    if config.train.init_from and (fresh or config.model.lora_rank):  # LoRA's base is never checkpointed
+      state = with_pretrained(state, shapes, config.train.init_from)
     step_fn = jit_train_step(model, optimizer, schedule, config, mesh, shardings)
 
     first_step = int(state.step)
@@ -184,8 +204,8 @@ def main(argv):
       print(f"training steps {first_step}..{config.train.steps} in {workdir} on mesh {dict(mesh.shape)}", flush=True)
     writer = metric_writer.Writer(workdir, config.train.steps, first_step)
 
-    def run_evaluation(params, step):
-      results = evaluate.evaluate(params, model, tokenizer, config, mesh, seen=config.eval.include_seen)
+    def run_evaluation(state, step):
+      results = evaluate.evaluate(lora.combine(state.params, state.frozen), model, tokenizer, config, mesh, seen=config.eval.include_seen)
       if jax.process_index() == 0:
         evaluate.write_results(results, workdir, step)
       writer.write_eval(step, evaluate.summary(results))
@@ -231,7 +251,7 @@ def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh,
       checkpoint.save(checkpoints, done, state, data_iterator, config.data.shards)
     every = config.eval.every_steps
     if every >= 0 and ((every and done % every == 0) or done == config.train.steps):
-      run_evaluation(state.params, done)
+      run_evaluation(state, done)
   checkpoints.wait_until_finished()
 
 

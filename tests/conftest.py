@@ -28,3 +28,23 @@ def tokenizer(tmp_path_factory):
   """The tiny config's trained tokenizer, trained once per test session."""
   from flan_jax.data import pipeline
   return pipeline.get_tokenizer(load_config("tiny").data, str(tmp_path_factory.mktemp("tokenizer")))
+
+
+LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+def make_hf_tokenizer(directory, texts, vocab_size=400):
+  """A byte-level BPE tokenizer.json with Llama 3's special tokens (and its tokenizer_config.json), trained
+  on `texts` with the `tokenizers` library, as a pretrained model directory carries it."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  tokenizer = Tokenizer(models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=LLAMA3_SPECIAL,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tokenizer.train_from_iterator(texts, trainer)
+  os.makedirs(directory, exist_ok=True)
+  tokenizer.save(os.path.join(directory, "tokenizer.json"))
+  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+    f.write('{"bos_token": "<|begin_of_text|>", "eos_token": {"content": "<|eot_id|>"}, "pad_token": null}')
+  return tokenizer.get_vocab_size()

@@ -72,13 +72,52 @@ def test_bf16_compute_stays_close_to_f32_and_params_stay_f32():
   assert np.linalg.norm(h16 - h32) / np.linalg.norm(h32) < 2e-2
 
 
-def test_tied_embeddings_and_config_errors():
-  model, params = _init(ModelConfig(**{**CFG.__dict__, "tie_embeddings": True}))
+@pytest.mark.parametrize("normalize", [False, True])
+def test_tied_embeddings(normalize):
+  model, params = _init(ModelConfig(**{**CFG.__dict__, "tie_embeddings": True, "normalize_tied_logits": normalize}))
   assert "unembed" not in params["params"]
   unembed = model.apply(params, method=Decoder.unembedding)
-  np.testing.assert_allclose(unembed, params["params"]["embedding"].value.T * CFG.d_model ** -0.5)
+  scale = CFG.d_model ** -0.5 if normalize else 1.0
+  np.testing.assert_allclose(unembed, params["params"]["embedding"].value.T * scale)
+
+
+def test_config_errors():
   with pytest.raises(ValueError, match="num_heads=4 is not a multiple of num_kv_heads=3"):
     ModelConfig(**{**CFG.__dict__, "num_kv_heads": 3})
+  with pytest.raises(ValueError, match="activation='relu'"):
+    ModelConfig(**{**CFG.__dict__, "activation": "relu"})
+  with pytest.raises(ValueError, match=r"lora_targets: \['q_proj'\]"):
+    ModelConfig(**{**CFG.__dict__, "lora_rank": 4, "lora_targets": ["q_proj"]})
+
+
+def test_sliding_window_sees_only_recent_positions():
+  model, params = _init(ModelConfig(**{**CFG.__dict__, "sliding_window": 4, "num_layers": 1}))
+  row, positions, segments = np.arange(1, 17), np.arange(16), np.ones(16, int)
+  before = _run(model, params, row, positions, segments)
+  changed = row.copy()
+  changed[5] = 63
+  after = _run(model, params, changed, positions, segments)
+  np.testing.assert_array_equal(before[:5], after[:5])
+  assert not np.allclose(before[5:9], after[5:9])  # positions 5..8 have 5 within their window of 4
+  np.testing.assert_array_equal(before[9:], after[9:])  # one layer: position 9 onward cannot see 5
+
+
+def test_lora_adds_adapters_that_start_as_the_identity():
+  lora = ModelConfig(**{**CFG.__dict__, "lora_rank": 4, "lora_targets": ("wq", "wo", "w_down")})
+  model, params = _init(lora)
+  block = nn.unbox(params)["params"]["block_0"]
+  assert block["attention"]["wq_lora_a"].shape == (32, 4) and block["attention"]["wq_lora_b"].shape == (4, 4, 8)
+  assert block["attention"]["wo_lora_a"].shape == (4, 8, 4) and block["attention"]["wo_lora_b"].shape == (4, 32)
+  assert block["mlp"]["w_down_lora_a"].shape == (64, 4) and "w_up_lora_a" not in block["mlp"]
+  row, positions, segments = np.arange(1, 17), np.arange(16), np.ones(16, int)
+  strip = lambda tree: {k: strip(v) if isinstance(v, dict) else v for k, v in tree.items() if "_lora_" not in k}
+  adapted = _run(model, params, row, positions, segments)
+  np.testing.assert_allclose(adapted, _run(Decoder(CFG), {"params": strip(nn.unbox(params)["params"])}, row,
+                                           positions, segments), atol=1e-6)
+  # A non-zero B changes the output.
+  block["attention"]["wq_lora_b"] = jnp.ones_like(block["attention"]["wq_lora_b"])
+  changed = {"params": nn.unbox(params)["params"] | {"block_0": block}}
+  assert not np.allclose(_run(model, changed, row, positions, segments), adapted)
 
 
 def _stacked(tree):

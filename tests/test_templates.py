@@ -65,3 +65,26 @@ def test_formats_mark_only_responses_for_loss():
       ("<|user|>\nDo it.\n", 0), ("data\n", 0), ("<|assistant|>\n", 0), ("Done.\n", 1), (EOS, 1)]
   with pytest.raises(ValueError, match="unknown output format"):
     templates.to_segments(turns, "xml")
+
+
+# One exchange as each family's Hugging Face chat template renders it (BOS comes from the tokenizer).
+CHAT_EXPECTED = {
+    "llama3": ("<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+               "<|start_header_id|>user<|end_header_id|>\n\nTranslate to French:\n\ncat<|eot_id|>"
+               "<|start_header_id|>assistant<|end_header_id|>\n\nchat<|eot_id|>"),
+    "chatml": ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nTranslate to French:\n\ncat<|im_end|>\n"
+               "<|im_start|>assistant\nchat<|im_end|>"),
+    "gemma": ("<start_of_turn>user\nBe brief.\n\nTranslate to French:\n\ncat<end_of_turn>\n"
+              "<start_of_turn>model\nchat<end_of_turn>"),
+    "mistral": "[INST] Be brief.\n\nTranslate to French:\n\ncat [/INST]chat",
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(CHAT_EXPECTED))
+def test_family_chat_formats(fmt):
+  conversation = [("system", "Be brief."), ("user", "Translate to French:"), ("input", "cat"), ("assistant", "chat")]
+  assert templates.to_text(conversation, fmt, eos="") == CHAT_EXPECTED[fmt]
+  segments = templates.to_segments(conversation, fmt)
+  response = "".join(t for t, w in segments if w and t is not templates.EOS)
+  assert response == CHAT_EXPECTED[fmt][CHAT_EXPECTED[fmt].rindex("chat"):]  # the answer and its end of turn
+  assert segments[-1] == (templates.EOS, 1)

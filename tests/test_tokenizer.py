@@ -40,3 +40,28 @@ def test_load_a_model_file_and_override_ids(tokenizer, tiny_config):
   assert pipeline.get_tokenizer(tiny_config.data, "/nonexistent").path == tokenizer.path
   with pytest.raises(FileNotFoundError, match="missing.model"):
     tokenizer_lib.load("/tmp/missing.model")
+
+
+def test_hugging_face_tokenizer_json_with_special_tokens(tmp_path):
+  from transformers import PreTrainedTokenizerFast
+
+  from flan_jax.data import templates
+  from tests.conftest import make_hf_tokenizer
+  texts = ["The quick brown fox jumps over the lazy dog.", "Translate to French: cat -> chat", "1 + 2 = 3"] * 20
+  make_hf_tokenizer(str(tmp_path), texts, vocab_size=300)
+  tokenizer = tokenizer_lib.load(str(tmp_path))  # the directory: tokenizer.json and tokenizer_config.json
+  assert isinstance(tokenizer, tokenizer_lib.HuggingFaceTokenizer)
+  vocab = tokenizer.backend.get_vocab()
+  assert (tokenizer.bos_id, tokenizer.eos_id) == (vocab["<|begin_of_text|>"], vocab["<|eot_id|>"])
+  assert tokenizer.pad_id == tokenizer.eos_id  # no pad token: pad with EOS
+  text = "The lazy cat jumps: ¿qué? 42"
+  reference = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+  assert tokenizer.encode(text) == reference.encode(text, add_special_tokens=False)
+  assert tokenizer.decode(tokenizer.encode(text)) == text
+  assert tokenizer.encode("<|eot_id|>") == [tokenizer.eos_id]  # special tokens written as text become their id
+  conversation = [("user", "Translate to French: cat"), ("assistant", "chat")]
+  tokens, weights = tokenizer.encode_segments(templates.to_segments(conversation, "llama3"))
+  assert tokens[0] == tokenizer.bos_id and tokens[-1] == tokenizer.eos_id and tokens[-2] != tokenizer.eos_id
+  assert tokenizer.decode(tokens[weights == 1]) == "chat"  # the answer and its end of turn (EOS) are trained on
+  with pytest.raises(FileNotFoundError, match="neither tokenizer.json nor tokenizer.model"):
+    tokenizer_lib.load(str(tmp_path / "empty") if (tmp_path / "empty").mkdir() is None else "")

@@ -160,3 +160,30 @@ def test_an_unusable_workdir_is_an_error_naming_it(tmp_path):
     train.prepare_workdir(small_config(), "configs/tiny.py", str(blocker / "run"))
   workdir = train.prepare_workdir(small_config(), "configs/tiny.py", str(tmp_path / "run"))
   assert '"d_model": 32' in (tmp_path / "run" / "config.json").read_text() and workdir == str(tmp_path / "run")
+
+
+def test_lora_trains_only_the_adapters_with_optimizer_state_for_them_alone():
+  config = small_config()
+  config.model.update(dict(lora_rank=4, lora_dropout=0.1, lora_targets=("wq", "wv", "w_down")))
+  config.optim.weight_decay = 0.1  # decay must not touch the frozen base either
+  mesh = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1))
+  rules = sharding.rules(config.sharding_rules)
+  model = model_lib.from_config(config.model)
+  optimizer, schedule = optim.make(config.optim, total_steps=10)
+  with sharding.context(mesh, rules):
+    _, shardings = train.state_shapes(model, optimizer, mesh, rules)
+    state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
+    before = jax.device_get((state.params, state.frozen))
+    step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
+    for seed in range(3):
+      state, metrics = step(state, packed_batch(seed=seed))
+  adapters, base = jax.device_get((state.params, state.frozen))
+  flat = dict(jax.tree_util.tree_leaves_with_path(adapters))
+  assert {jax.tree_util.keystr(p) for p in flat} == {
+      f"['block_{i}']['{m}']['{w}_lora_{ab}']" for i in range(2) for m, w in
+      (("attention", "wq"), ("attention", "wv"), ("mlp", "w_down")) for ab in "ab"}
+  jax.tree.map(np.testing.assert_array_equal, base, before[1])  # the base did not move
+  assert all(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(adapters), jax.tree.leaves(before[0])))
+  assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+  moments = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim)
+  assert moments == 2 * sum(x.size for x in jax.tree.leaves(adapters))  # Adam's mu and nu, adapters only

@@ -39,6 +39,28 @@ FORMATS = {
         "input": ("", "\n"),
         "assistant": ("<|assistant|>\n", "\n"),
     },
+    # Pretrained families' chat formats, as their Hugging Face chat templates render one exchange
+    # (the tokenizer adds BOS). A format without a "system" or "input" role folds that text into the
+    # user turn, as those templates do. The last turn's closing newline (ChatML, Gemma) is left out, so
+    # that the end-of-turn token is last and doubles as EOS where the tokenizer's EOS is that token.
+    "llama3": {
+        "system": ("<|start_header_id|>system<|end_header_id|>\n\n", "<|eot_id|>"),
+        "user": ("<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|>"),
+        "assistant": ("<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
+    },
+    "chatml": {  # Qwen 2 / 2.5
+        "system": ("<|im_start|>system\n", "<|im_end|>\n"),
+        "user": ("<|im_start|>user\n", "<|im_end|>\n"),
+        "assistant": ("<|im_start|>assistant\n", "<|im_end|>"),
+    },
+    "gemma": {
+        "user": ("<start_of_turn>user\n", "<end_of_turn>\n"),
+        "assistant": ("<start_of_turn>model\n", "<end_of_turn>"),
+    },
+    "mistral": {
+        "user": ("[INST] ", " [/INST]"),
+        "assistant": ("", ""),
+    },
 }
 # Markers a trained tokenizer keeps as single pieces.
 SPECIAL_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -103,7 +125,7 @@ def to_segments(conversation: Sequence[tuple[str, str]], fmt: str) -> list[tuple
     raise ValueError(f"unknown output format {fmt!r}; formats are {sorted(FORMATS)}")
   markers = FORMATS[fmt]
   segments = []
-  for role, text in conversation:
+  for role, text in _fold_into_user_turns(conversation, markers):
     if role not in markers:
       raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
     prefix, suffix = markers[role]
@@ -112,6 +134,22 @@ def to_segments(conversation: Sequence[tuple[str, str]], fmt: str) -> list[tuple
     else:
       segments.append((prefix + text + suffix, 0))
   return [(t, w) for t, w in segments if t != ""]
+
+
+def _fold_into_user_turns(conversation, markers):
+  """System text joins the next user turn and input text the previous one, where the format has no such role."""
+  folded, pending_system = [], []
+  for role, text in conversation:
+    if role == "system" and role not in markers:
+      pending_system.append(text)
+    elif role == "input" and role not in markers and folded and folded[-1][0] == "user":
+      folded[-1] = ("user", f"{folded[-1][1]}\n\n{text}")
+    elif role == "user" and pending_system:
+      folded.append((role, "\n\n".join([*pending_system, text])))
+      pending_system = []
+    else:
+      folded.append((role, text))
+  return folded
 
 
 def to_text(conversation: Sequence[tuple[str, str]], fmt: str, eos: str = "</s>") -> str:

@@ -1,0 +1,42 @@
+# python -m flan_jax.train --config configs/finetune.py:checkpoint=/ckpts/llama3_2_1b,lora=16
+"""Instruction tuning of a pretrained model imported with `python -m flan_jax.convert import`.
+
+flan_mini (one cluster held out) in the model's own chat format and tokenizer;
+full fine-tuning, or LoRA adapters of rank `lora` on the attention projections
+with the base frozen. Arguments: checkpoint=DIR (required), lora=RANK (0: full),
+held_out=CLUSTER.
+"""
+
+import os
+
+import ml_collections
+
+from configs import common, tiny
+from flan_jax import convert
+from flan_jax.model import ModelConfig
+
+
+def get_config(arg: str | None = None):
+  arg = common.parse_arg(arg, checkpoint="", lora=0, held_out="nli")
+  if not arg["checkpoint"]:
+    raise ValueError("configs/finetune.py needs :checkpoint=DIR, a directory written by "
+                     "python -m flan_jax.convert import")
+  info = convert.read_info(arg["checkpoint"])
+  config = tiny.get_config()
+  config.data.held_out_clusters = (arg["held_out"],)
+  config.data.template.format = info["chat_format"]
+  config.data.tokenizer.model = os.path.join(arg["checkpoint"], "hf")
+
+  with config.unlocked():
+    defaults = ModelConfig(**info["model"]).__dict__
+    config.model = ml_collections.ConfigDict({**defaults, "lora_targets": tuple(defaults["lora_targets"])})
+  config.model.lora_rank = arg["lora"]
+  config.model.remat = "full"
+  config.train.init_from = arg["checkpoint"]
+
+  config.mesh.data, config.mesh.fsdp = 1, -1
+  config.optim.learning_rate = 2e-4 if arg["lora"] else 2e-5
+  config.optim.weight_decay = 0.0
+  config.train.steps = 1000
+  config.train.checkpoint_every = 200
+  return config

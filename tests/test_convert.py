@@ -1,0 +1,214 @@
+"""Import/export against `transformers` (PyTorch, CPU) on tiny random models of each family, made here."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import torch
+import transformers
+
+from flan_jax import checkpoint, convert, lora
+from flan_jax.model import Decoder, ModelConfig
+from tests.conftest import ROOT
+
+SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             vocab_size=96, max_position_embeddings=64, rms_norm_eps=1e-5)
+FAMILIES = {
+    # Llama 3.2-style: rope scaling (its original length short enough to matter here) and tied embeddings.
+    "llama": lambda: transformers.LlamaConfig(**SHAPE, tie_word_embeddings=True, rope_scaling=dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8,
+        rope_theta=500_000.0)),
+    "mistral": lambda: transformers.MistralConfig(**SHAPE, sliding_window=5),
+    "qwen2": lambda: transformers.Qwen2Config(**SHAPE, tie_word_embeddings=True),
+    "gemma": lambda: transformers.GemmaConfig(**SHAPE, head_dim=24, hidden_act="gelu_pytorch_tanh"),
+}
+TOKENS = np.random.default_rng(0).integers(0, 96, (2, 24))
+
+
+def make_hf_model(family, directory, max_shard_size="5GB"):
+  """A random f32 model, weights drawn wide enough (norm scales too) that any layout slip shows in the logits."""
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(FAMILIES[family](), dtype=torch.float32).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "norm" in name:
+        p.copy_((0.0 if family == "gemma" else 1.0) + 0.3 * torch.randn_like(p))
+      else:
+        p.normal_(0.0, 0.15)
+  model.save_pretrained(directory, max_shard_size=max_shard_size)
+  return model
+
+
+def hf_logits(model):
+  with torch.no_grad():
+    return model(torch.tensor(TOKENS)).logits.numpy()
+
+
+def our_logits(params, fields):
+  cfg = ModelConfig(**{**fields, "dtype": "float32"})
+  model = Decoder(cfg)
+  positions = jnp.broadcast_to(jnp.arange(TOKENS.shape[1]), TOKENS.shape)
+  hidden = jax.jit(model.apply)({"params": params}, jnp.asarray(TOKENS), positions, jnp.ones_like(positions))
+  unembedding = model.apply({"params": params}, method=Decoder.unembedding)
+  return np.asarray(jnp.einsum("bld,dv->blv", hidden, unembedding, precision="highest"))
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def imported(request, tmp_path_factory):
+  family = request.param
+  root = tmp_path_factory.mktemp(family)
+  # Sharded safetensors for one family, stacked (scanned) layers for another.
+  model = make_hf_model(family, root / "hf", max_shard_size="40KB" if family == "qwen2" else "5GB")
+  fields = convert.import_checkpoint(str(root / "hf"), str(root / "ckpt"), scan_layers=family == "mistral")
+  _, params = checkpoint.load_for_inference(fields, checkpoint_dir=str(root / "ckpt"))
+  return family, root, model, fields, params
+
+
+def test_import_gives_transformers_logits(imported):
+  family, root, model, fields, params = imported
+  if family == "qwen2":
+    assert os.path.exists(root / "hf" / "model.safetensors.index.json")
+    assert "bq" in params["block_0"]["attention"]
+  expected = hf_logits(model)
+  np.testing.assert_allclose(our_logits(params, fields), expected, atol=1e-4, rtol=1e-5)
+  assert np.abs(expected).max() > 1.0  # logits large enough that the tolerance means something
+
+
+def test_export_round_trip_loads_in_transformers(imported, tmp_path):
+  family, root, model, fields, params = imported
+  convert.export_checkpoint(params, ModelConfig(**fields), str(root / "ckpt"), str(tmp_path / "out"))
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"), dtype=torch.float32).eval()
+  np.testing.assert_allclose(hf_logits(reloaded), hf_logits(model), atol=1e-4, rtol=1e-5)
+
+
+def test_export_merges_lora_adapters(tmp_path):
+  root = tmp_path
+  model = make_hf_model("llama", root / "hf")
+  fields = convert.import_checkpoint(str(root / "hf"), str(root / "ckpt"))
+  adapted = {**fields, "lora_rank": 4, "lora_targets": ("wq", "wo", "w_up")}
+  cfg = ModelConfig(**adapted)
+  shapes = jax.eval_shape(Decoder(cfg).init, jax.random.key(0), *[jnp.zeros((1, 4), jnp.int32)] * 3)["params"]
+  adapter_shapes, _ = lora.split(jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, shapes,
+                                              is_leaf=lambda x: hasattr(x, "value")))
+  rng = np.random.default_rng(1)
+  adapters = jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32), adapter_shapes)
+  _, base = checkpoint.load_for_inference(fields, checkpoint_dir=str(root / "ckpt"))
+  params = lora.combine(adapters, jax.device_get(base))
+  convert.export_checkpoint(params, cfg, str(root / "ckpt"), str(tmp_path / "merged"))
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"), dtype=torch.float32).eval()
+  merged_logits = hf_logits(reloaded)
+  np.testing.assert_allclose(merged_logits, our_logits(params, adapted), atol=1e-4, rtol=1e-5)
+  assert not np.allclose(merged_logits, hf_logits(model), atol=1e-2)  # the adapters did change the model
+
+
+def test_model_json_and_hf_files(imported):
+  family, root, _, fields, _ = imported
+  info = convert.read_info(str(root / "ckpt"))
+  assert info["model"] == fields and info["family"] == family
+  assert info["chat_format"] == {"llama": "mistral", "mistral": "mistral", "qwen2": "chatml", "gemma": "gemma"}[family]
+  assert (root / "ckpt" / "hf" / "config.json").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(model_type="gemma2"), "model_type 'gemma2' is not supported"),
+    (dict(rope_parameters=dict(rope_type="yarn", factor=4.0, rope_theta=1e4)), "rope_type='yarn' is not supported"),
+    (dict(hidden_act="relu"), "hidden_act='relu' is not supported"),
+    (dict(attention_bias=True), "attention_bias=True is not supported"),
+])
+def test_unsupported_configs_are_errors_naming_the_key(change, message):
+  hf = {**FAMILIES["llama"]().to_dict(), **change}
+  with pytest.raises(ValueError, match=message):
+    convert.model_config(hf, "x/config.json")
+
+
+def test_bad_checkpoint_directories(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps(FAMILIES["llama"]().to_dict()))
+  (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+  with pytest.raises(FileNotFoundError, match="pickle files are never loaded"):
+    convert.import_checkpoint(str(tmp_path), str(tmp_path / "out"))
+  with pytest.raises(FileNotFoundError, match="config.json does not exist"):
+    convert.import_checkpoint(str(tmp_path / "nowhere"), str(tmp_path / "out"))
+
+
+def test_wrong_tensor_shape_is_an_error_naming_the_tensor(tmp_path):
+  make_hf_model("llama", tmp_path / "hf")
+  config = json.loads((tmp_path / "hf" / "config.json").read_text())
+  config["intermediate_size"] = 96
+  (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+  with pytest.raises(ValueError, match=r"hf/model.safetensors: tensor 'model.layers.0.mlp.\w+_proj.weight' has shape"):
+    convert.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "out"))
+
+
+def test_read_slice_reads_the_right_block():
+  """A [d_model, heads, head_dim] slice of a q_proj stored as [heads * head_dim, d_model]."""
+  heads, head_dim, d_model = 4, 3, 8
+  hf = np.arange(heads * head_dim * d_model).reshape(heads * head_dim, d_model)
+  ours = hf.reshape(heads, head_dim, d_model).transpose(2, 0, 1)
+  index = (slice(2, 6), slice(1, 3), slice(None))
+  np.testing.assert_array_equal(convert.read_slice(hf, ours.shape, convert.QKV, index), ours[index])
+  out = hf.T  # o_proj: [d_model, heads * head_dim] -> [heads, head_dim, d_model]
+  ours_o = out.reshape(d_model, heads, head_dim).transpose(1, 2, 0)
+  index = (slice(0, 2), slice(None), slice(4, 8))
+  np.testing.assert_array_equal(convert.read_slice(out, ours_o.shape, convert.OUT, index), ours_o[index])
+
+
+def _cli(*args, timeout=600):
+  result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+  if result.returncode:
+    raise AssertionError(f"{args[:2]} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+  return result.stdout
+
+
+@pytest.mark.slow
+def test_import_finetune_with_lora_generate_and_export(tmp_path):
+  """The user's path: a Hugging Face model with its tokenizer -> import -> LoRA fine-tuning on flan_mini
+  in its chat format -> raw completion by eye -> export of the merged model for transformers."""
+  from flan_jax.data import pipeline
+  from tests.conftest import load_config, make_hf_tokenizer
+  data = load_config("tiny").data
+  vocab = make_hf_tokenizer(str(tmp_path / "hf"), pipeline.tokenizer_texts(data, list(data.mixture), 2000))
+  torch.manual_seed(0)
+  config = transformers.LlamaConfig(**{**SHAPE, "vocab_size": vocab}, tie_word_embeddings=True)
+  base = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+  with torch.no_grad():
+    for p in base.parameters():
+      p.normal_(0.0, 0.15) if p.ndim > 1 else None
+  base.save_pretrained(tmp_path / "hf")
+  _cli("flan_jax.convert", "import", f"--hf={tmp_path / 'hf'}", f"--out={tmp_path / 'ckpt'}")
+  assert convert.read_info(str(tmp_path / "ckpt"))["chat_format"] == "llama3"
+
+  # Greedy raw completion equals transformers' own.
+  prompt = "Premise: the cat sat"
+  stdout = _cli("flan_jax.generate", f"--checkpoint={tmp_path / 'ckpt'}", "--raw", f"--prompt={prompt}",
+                "--max_new_tokens=6")
+  reference = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "hf" / "tokenizer.json"))
+  bos = reference.convert_tokens_to_ids("<|begin_of_text|>")
+  ids = torch.tensor([[bos] + reference.encode(prompt, add_special_tokens=False)])
+  with torch.no_grad():
+    expected = base.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:]
+  assert stdout.strip() == f"[step 0] {reference.decode(expected.tolist()).strip()}"
+
+  workdir = tmp_path / "run"
+  _cli("flan_jax.train", f"--config=configs/finetune.py:checkpoint={tmp_path / 'ckpt'},lora=4", f"--workdir={workdir}",
+       "--config.train.steps=4", "--config.train.checkpoint_every=2", "--config.train.log_every=1",
+       "--config.data.seq_len=128", "--config.data.batch_size=8", "--config.loss.chunk_len=64",
+       "--config.optim.warmup_steps=1", "--config.optim.learning_rate=1e-2", "--config.eval.every_steps=-1")
+  records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  assert [r["step"] for r in records] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in records)
+  saved = ocp.PyTreeCheckpointer().metadata(str(workdir / "checkpoints" / "4" / "state")).item_metadata
+  saved_params = [path for path, _ in jax.tree_util.tree_leaves_with_path(saved["params"])]
+  assert saved_params and all("_lora_" in jax.tree_util.keystr(path) for path in saved_params)  # adapters alone
+
+  _cli("flan_jax.convert", "export", f"--workdir={workdir}", f"--out={tmp_path / 'exported'}")
+  tuned = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "exported"), dtype=torch.float32).eval()
+  with torch.no_grad():
+    before, after = base(ids).logits.numpy(), tuned(ids).logits.numpy()
+  assert np.isfinite(after).all() and not np.allclose(before, after, atol=1e-3)
+  assert (tmp_path / "exported" / "tokenizer.json").exists()
