@@ -16,6 +16,7 @@ pipeline  tokens/s the tiny config's input pipeline produces, over what its trai
 checkpoint  save and restore seconds per GB; the slowdown of training steps while an async save runs.
 scale     per-device memory of flan2021's train step compiled (not run) for Llama-3-8B on 64 simulated
           devices (FSDP) and Llama-3.2-1B on 8, against TPU v5p (95 GiB) and v5e (16 GiB) HBM.
+lora      Llama-3.2-1B's trainable parameters and AdamW state: full fine-tuning versus LoRA rank 16.
 
 --write replaces this backend's section of BENCHMARKS.md with the results.
 """
@@ -43,7 +44,7 @@ from absl import app, flags  # noqa: E402
 
 from configs import flan2021, models, tiny  # noqa: E402
 from flan_jax import loss as losses  # noqa: E402
-from flan_jax import checkpoint, decode, metric_writer, optim, sharding, train, workdirs  # noqa: E402
+from flan_jax import checkpoint, decode, lora, metric_writer, optim, sharding, train, workdirs  # noqa: E402
 from flan_jax.data import packing, pipeline  # noqa: E402
 from flan_jax.model import Decoder, ModelConfig, from_config, matmul, train_flops_per_token  # noqa: E402
 
@@ -341,9 +342,30 @@ def compile_at_scale(results):
   return out
 
 
+def lora_memory(results):
+  """Trainable parameters and AdamW state of Llama-3.2-1B: full fine-tuning vs LoRA of rank 16 on the
+  attention projections (shapes only, nothing allocated)."""
+  del results
+  out = {}
+  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  rules = sharding.rules("fsdp")
+  config = tiny.get_config()  # AdamW
+  optimizer, _ = optim.make(config.optim, config.train.steps)
+  for name, rank in (("full", 0), ("lora16", 16)):
+    model_config = models.get("llama3_2_1b")
+    model_config.lora_rank = rank
+    with sharding.context(mesh, rules):
+      shapes, _ = train.state_shapes(from_config(model_config), optimizer, mesh, rules)
+    out[f"llama3_2_1b_{name}_trainable_params"] = lora.count(shapes.params)
+    out[f"llama3_2_1b_{name}_optimizer_bytes"] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes.opt_state))
+  out["lora16_over_full_optimizer_memory"] = (out["llama3_2_1b_lora16_optimizer_bytes"]
+                                              / out["llama3_2_1b_full_optimizer_bytes"])
+  return out
+
+
 SECTIONS = {"peak": peak, "train": train_steps, "loss": fused_loss, "sharding": fsdp_memory,
             "decode": kv_cache_decoding, "packing": packing_efficiency, "pipeline": input_pipeline,
-            "checkpoint": checkpoints, "scale": scale_on_paper}
+            "checkpoint": checkpoints, "scale": scale_on_paper, "lora": lora_memory}
 INTERNAL_SECTIONS = {"compile_at_scale": compile_at_scale}  # run by `scale` in a 64-device subprocess
 
 

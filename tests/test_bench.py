@@ -27,3 +27,13 @@ def test_write_benchmarks_replaces_only_its_own_section(tmp_path):
   text = open(path).read()
   assert text.startswith("# Benchmarks") and text.count("## cpu: cpu") == 1 and "## gpu: NVIDIA H100" in text
   assert "| `ratio` | 0.75 |" in text and "| `ratio` | 0.25 |" in text and "| `ratio` | 0.5 |" not in text
+
+
+def test_lora_memory_counts_adapters_and_their_optimizer_state():
+  out = bench.lora_memory({})
+  d, q, kv, layers, rank = 2048, 32 * 64, 8 * 64, 16, 16  # Llama-3.2-1B; LoRA on wq, wk, wv, wo
+  assert out["llama3_2_1b_lora16_trainable_params"] == layers * rank * ((d + q) * 2 + (d + kv) * 2)
+  assert 1.2e9 < out["llama3_2_1b_full_trainable_params"] < 1.3e9
+  adam_bytes = 2 * 4 * out["llama3_2_1b_lora16_trainable_params"]  # mu and nu in f32, plus a step count
+  assert adam_bytes <= out["llama3_2_1b_lora16_optimizer_bytes"] < adam_bytes + 64
+  assert out["lora16_over_full_optimizer_memory"] <= 0.05

@@ -24,3 +24,21 @@ def test_flan2021_takes_its_held_out_cluster_and_model_from_the_argument():
   assert small.model.d_model == 128 and small.model.vocab_size == 32_000
   with pytest.raises(ValueError, match="'heldout=nli'.*held_out, model"):
     load_config("flan2021", "heldout=nli")
+
+
+def test_finetune_config_reads_an_imported_checkpoint(tmp_path):
+  import json
+
+  from flan_jax import workdirs
+  fields = dict(vocab_size=96, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128,
+                qkv_bias=True)
+  (tmp_path / "model.json").write_text(json.dumps({"model": fields, "family": "qwen2", "chat_format": "chatml"}))
+  config = load_config("finetune", f"checkpoint={tmp_path},lora=8,held_out=sentiment")
+  assert config.model.qkv_bias and config.model.d_model == 64 and config.model.lora_rank == 8
+  assert config.train.init_from == str(tmp_path) and config.data.tokenizer.model == str(tmp_path / "hf")
+  assert config.data.template.format == "chatml" and config.data.held_out_clusters == ("sentiment",)
+  with pytest.raises(ValueError, match="needs :checkpoint=DIR"):
+    load_config("finetune")
+  with pytest.raises(FileNotFoundError, match="model.json does not exist"):
+    load_config("finetune", f"checkpoint={tmp_path / 'missing'}")
+  assert workdirs.default("configs/finetune.py:checkpoint=/ckpts/q,lora=8") == "workdirs/finetune_checkpoint=_ckpts_q,lora=8"
