@@ -35,6 +35,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
+from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -124,16 +125,16 @@ def chat_format(family: str, hf_dir: str) -> str:
   return {"mistral": "mistral", "qwen2": "chatml", "gemma": "gemma"}[family]
 
 
-def tensor_map(params, family: str) -> dict:
-  """{flan_jax parameter path: (HF tensor names, stacked, layout, offset)} for `params`' tree (arrays or
-  shapes). Stacked: scanned layers, one name per layer along the leading axis. Gemma stores RMSNorm
-  scales as offsets from 1."""
+def tensor_map(flat_params: dict, family: str) -> dict:
+  """{flan_jax parameter path: (HF tensor names, stacked, layout, offset)} for flattened parameters (arrays
+  or shapes, by path tuple). Stacked: scanned layers, one name per layer along the leading axis. Gemma
+  stores RMSNorm scales as offsets from 1."""
   out = {}
-  for path in _paths(params):
+  for path, value in flat_params.items():
     offset = 1.0 if family == "gemma" and path[-1] == "scale" else 0.0
     if path[0] == "blocks":
       name, layout = LAYER_TENSORS[path[1:]]
-      names = [f"model.layers.{i}.{name}" for i in range(_get(params, path).shape[0])]
+      names = [f"model.layers.{i}.{name}" for i in range(value.shape[0])]
     elif path[0].startswith("block_"):
       name, layout = LAYER_TENSORS[path[1:]]
       names = [f"model.layers.{path[0].removeprefix('block_')}.{name}"]
@@ -141,26 +142,6 @@ def tensor_map(params, family: str) -> dict:
       (name, layout), names = TOP_TENSORS[path], [TOP_TENSORS[path][0]]
     out[path] = (names, path[0] == "blocks", layout, offset)
   return out
-
-
-def _paths(tree, prefix=()):
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _paths(value, (*prefix, key))
-    else:
-      yield (*prefix, key)
-
-
-def _get(tree, path):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _set(tree, path, value):
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
 
 
 def _view_shape(our_shape, layout):
@@ -241,10 +222,10 @@ def import_checkpoint(hf_dir: str, out: str, *, scan_layers: bool = False, devic
   rules = sharding.rules("fsdp")
   with sharding.context(mesh, rules):
     shapes = sharding.param_shapes(model, mesh, rules)
-  params = {}
+  flat_shapes, params = traverse_util.flatten_dict(shapes), {}
   with SafetensorsReader(hf_dir) as reader:
-    for path, (names, stacked, layout, offset) in tensor_map(shapes, family).items():
-      target = _get(shapes, path)
+    for path, (names, stacked, layout, offset) in tensor_map(flat_shapes, family).items():
+      target = flat_shapes[path]
       layer_shape = target.shape[1:] if stacked else target.shape
       for name in names:
         found = tuple(reader.slice(name).get_shape())
@@ -260,11 +241,12 @@ def import_checkpoint(hf_dir: str, out: str, *, scan_layers: bool = False, devic
           block = read_slice(reader.slice(names[0]), target.shape, layout, index)
         return (block.astype(np.float32) + offset).astype(target.dtype)
 
-      _set(params, path, jax.make_array_from_callback(target.shape, target.sharding, read))
+      params[path] = jax.make_array_from_callback(target.shape, target.sharding, read)
     unused = sorted(set(reader.files) - reader.used)
   if unused:
     logging.warning("%s: tensors not imported (not part of the model): %s", hf_dir, ", ".join(unused))
-  ocp.PyTreeCheckpointer().save(os.path.join(os.path.abspath(out), "0", "state"), {"params": params})
+  ocp.PyTreeCheckpointer().save(os.path.join(os.path.abspath(out), "0", "state"),
+                                {"params": traverse_util.unflatten_dict(params)})
   if jax.process_index() == 0:
     os.makedirs(os.path.join(out, "hf"), exist_ok=True)
     for name in HF_FILES:
@@ -287,9 +269,9 @@ def read_info(checkpoint_dir: str) -> dict:
 
 def to_hf_tensors(params, cfg: ModelConfig, family: str, dtype) -> dict[str, np.ndarray]:
   """Host parameters (without adapters) -> {Hugging Face name: array in `dtype`}."""
-  tensors = {}
-  for path, (names, stacked, layout, offset) in tensor_map(params, family).items():
-    value = np.asarray(_get(params, path), np.float32) - offset
+  tensors, flat = {}, traverse_util.flatten_dict(params)
+  for path, (names, stacked, layout, offset) in tensor_map(flat, family).items():
+    value = np.asarray(flat[path], np.float32) - offset
     inverse = np.argsort(layout[0])
     for name, layer in zip(names, value if stacked else [value]):
       tensors[name] = np.ascontiguousarray(layer.transpose(inverse).reshape(hf_shape(layer.shape, layout)),

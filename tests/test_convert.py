@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,8 +95,7 @@ def test_export_merges_lora_adapters(tmp_path):
   adapted = {**fields, "lora_rank": 4, "lora_targets": ("wq", "wo", "w_up")}
   cfg = ModelConfig(**adapted)
   shapes = jax.eval_shape(Decoder(cfg).init, jax.random.key(0), *[jnp.zeros((1, 4), jnp.int32)] * 3)["params"]
-  adapter_shapes, _ = lora.split(jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, shapes,
-                                              is_leaf=lambda x: hasattr(x, "value")))
+  adapter_shapes, _ = lora.split(nn.unbox(shapes))
   rng = np.random.default_rng(1)
   adapters = jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32), adapter_shapes)
   _, base = checkpoint.load_for_inference(fields, checkpoint_dir=str(root / "ckpt"))
