@@ -188,7 +188,7 @@ def kv_cache_decoding(results):
   batch, prompt_len, new = 8, 128, 64
   params = jax.jit(model.init)(jax.random.key(0), *[jnp.zeros((1, 8), jnp.int32)] * 3)["params"]
   prompts = np.random.default_rng(0).integers(3, config.model.vocab_size, (batch, prompt_len)).tolist()
-  cached = lambda: decode.generate(params, model, prompts, max_new_tokens=new, eos_id=-1, pad_id=0)
+  cached = lambda: decode.generate(params, model, prompts, max_new_tokens=new, stop_ids=(), pad_id=0)
 
   @jax.jit
   def recompute(params, tokens):

@@ -1,18 +1,23 @@
-r"""Hugging Face checkpoints in and out.
+r"""Hugging Face and GGUF checkpoints in, Hugging Face checkpoints out.
 
   python -m flan_jax.convert import --hf DIR --out CKPT [--scan_layers]
+  python -m flan_jax.convert import --gguf FILE --out CKPT [--scan_layers]
   python -m flan_jax.convert export --checkpoint CKPT --out DIR     # an imported checkpoint
   python -m flan_jax.convert export --workdir RUN --out DIR [--step N]  # a run trained from one
 
 `import` reads a local Hugging Face model directory: config.json and safetensors
 weights (model.safetensors, or the shards model.safetensors.index.json lists;
 pickled .bin files are never read). Families: llama (Llama 2/3), mistral, qwen2
-(Qwen 2/2.5) and gemma (Gemma 1). It writes
+(Qwen 2/2.5) and gemma (Gemma 1). `--gguf` reads a GGUF file (llama.cpp's format) of the
+llama, mistral or qwen2 architecture through the `gguf` package, dequantizing each tensor when it
+is read; its config and tokenizer (with the chat template) come from transformers' GGUF reader.
+Either way it writes
 
   CKPT/0/state/     the parameters, an Orbax checkpoint (step 0) that train.init_from, evaluate,
                     generate and export read
-  CKPT/model.json   {"model": config.model fields, "family": ..., "chat_format": ...}
-  CKPT/hf/          the source's config.json, generation_config.json and tokenizer files
+  CKPT/model.json   {"model": config.model fields, "family": ..., "chat_format": ...}; the chat format
+                    is `chat_template` (the tokenizer's own) when the model ships one
+  CKPT/hf/          config.json, generation_config.json and the tokenizer files
 
 Loading is sharded: parameters are laid out over all devices by the fsdp rules,
 and each process reads from the safetensors files only the slices its devices
@@ -25,27 +30,32 @@ It gathers the parameters on one host.
 """
 
 import contextlib
+import functools
 import json
 import math
 import os
 import shutil
 
+import gguf
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from flan_jax import checkpoint, lora, metric_writer, sharding
+from flan_jax.data import templates
+from flan_jax.data import tokenizer as tokenizer_lib
 from flan_jax.model import ModelConfig, from_config
 
 FAMILIES = ("llama", "mistral", "qwen2", "gemma")
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 HF_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-            "special_tokens_map.json")
+            "special_tokens_map.json", "chat_template.jinja")
 DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16, "float16": np.float16}
 SHARD_BYTES = 5 * 10**9  # safetensors files written by export, as transformers' default
 
@@ -117,7 +127,10 @@ def model_config(hf: dict, where: str) -> dict:
 
 
 def chat_format(family: str, hf_dir: str) -> str:
-  """The output format (templates.FORMATS) of the family's chat template."""
+  """The output format: the tokenizer's own chat template if it ships one, else the family's
+  (templates.FORMATS)."""
+  if tokenizer_lib.load(hf_dir).chat_template is not None:
+    return templates.CHAT_TEMPLATE
   if family == "llama":
     tokenizer_json = os.path.join(hf_dir, "tokenizer.json")
     is_llama3 = os.path.isfile(tokenizer_json) and "<|start_header_id|>" in open(tokenizer_json).read()
@@ -199,6 +212,7 @@ class SafetensorsReader(contextlib.ExitStack):
     self.used = set()
 
   def slice(self, name: str):
+    """A safetensors slice: `get_shape()`, and indexing reads only the indexed part."""
     if name not in self.files:
       raise KeyError(f"{self.hf_dir}: tensor {name!r} is missing from the checkpoint")
     path = self.files[name]
@@ -206,6 +220,104 @@ class SafetensorsReader(contextlib.ExitStack):
       self._open[path] = self.enter_context(safe_open(path, "numpy"))
     self.used.add(name)
     return self._open[path].get_slice(name)
+
+  def unused(self) -> list[str]:
+    return sorted(set(self.files) - self.used)
+
+
+class _Dequantized:
+  """One GGUF tensor in the safetensors slice interface, dequantized to f32 when first indexed."""
+
+  def __init__(self, reader: "GGUFReader", name: str):
+    self.reader, self.name = reader, name
+
+  def get_shape(self):
+    return tuple(int(d) for d in reversed(self.reader.tensors[self.name].shape))  # GGUF lists dims innermost first
+
+  def __getitem__(self, index):
+    return self.reader.dequantized(self.name)[index]
+
+
+class GGUFReader(contextlib.ExitStack):
+  """Tensors of a GGUF file by their Hugging Face names (gguf's own name map), dequantized one at a
+  time. llama.cpp stores a llama model's query and key rows interleaved for its rotary kernel; they
+  are put back in Hugging Face's order."""
+
+  def __init__(self, path: str, hf_config: dict):
+    super().__init__()
+    self.path, self.hf_dir = path, path
+    self.gguf = gguf.GGUFReader(path)
+    self.arch = str(self.gguf.fields["general.architecture"].contents())
+    arch = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}[self.arch]
+    self.name_map = gguf.get_tensor_name_map(arch, hf_config["num_hidden_layers"])
+    self.tensors = {t.name: t for t in self.gguf.tensors}
+    self.heads = (hf_config["num_attention_heads"], hf_config.get("num_key_value_heads") or
+                  hf_config["num_attention_heads"])
+    self.files, self.used = {}, set()
+
+  def gguf_name(self, name: str) -> str | None:
+    found = self.name_map.get_name(name, try_suffixes=(".weight", ".bias"))
+    return found if found in self.tensors else None
+
+  def slice(self, name: str):
+    found = self.gguf_name(name)
+    if found is None:
+      raise KeyError(f"{self.path}: tensor {name!r} is missing from the GGUF file")
+    self.files[name] = self.path
+    self.used.add(found)
+    return _Dequantized(self, found)
+
+  @functools.lru_cache(maxsize=2)
+  def dequantized(self, gguf_name: str) -> np.ndarray:
+    tensor = self.tensors[gguf_name]
+    try:
+      array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    except NotImplementedError:
+      raise ValueError(f"{self.path}: tensor {gguf_name!r} has type {tensor.tensor_type.name}, which the gguf "
+                       "package cannot dequantize") from None
+    array = np.asarray(array, np.float32).reshape(tuple(int(d) for d in reversed(tensor.shape)))
+    if self.arch == "llama" and (".attn_q." in gguf_name or ".attn_k." in gguf_name):
+      heads = self.heads[0] if ".attn_q." in gguf_name else self.heads[1]
+      array = array.reshape(heads, -1, 2, *array.shape[1:]).swapaxes(1, 2).reshape(array.shape)
+    return array
+
+  def unused(self) -> list[str]:
+    return sorted(set(self.tensors) - self.used)
+
+
+GGUF_ARCHITECTURES = ("llama", "qwen2")  # mistral's GGUF files use the llama architecture
+
+
+def import_gguf(path: str, out: str, *, scan_layers: bool = False, devices=None) -> dict:
+  """Reads a GGUF file into a flan_jax checkpoint at `out`: the config and tokenizer through
+  transformers' GGUF support (into `out/hf`), the tensors through the gguf package."""
+  import transformers  # noqa: PLC0415 -- heavy, and needed only here
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} does not exist: --gguf must be a GGUF file")
+  try:
+    arch = str(gguf.GGUFReader(path).fields["general.architecture"].contents())
+  except (ValueError, KeyError, OSError) as e:
+    raise ValueError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+  if arch not in GGUF_ARCHITECTURES:
+    raise ValueError(f"{path}: general.architecture {arch!r} is not supported; flan_jax imports GGUF files of "
+                     f"{', '.join(GGUF_ARCHITECTURES)}")
+  directory, name = os.path.split(os.path.abspath(path))
+  hf_out = os.path.join(out, "hf")
+  if jax.process_index() == 0:
+    hf_config = transformers.AutoConfig.from_pretrained(directory, gguf_file=name).to_dict()
+    hf_config.pop("quantization_config", None)
+    hf_config["dtype"] = "float32"  # the weights are dequantized to f32; compute as transformers does
+    os.makedirs(hf_out, exist_ok=True)
+    with open(os.path.join(hf_out, "config.json"), "w") as f:
+      json.dump(hf_config, f, indent=2)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    tokenizer.save_pretrained(hf_out)
+  multihost_utils.sync_global_devices("gguf config and tokenizer written")
+  with open(os.path.join(hf_out, "config.json")) as f:
+    hf_config = json.load(f)
+  with GGUFReader(path, hf_config) as reader:
+    return _import(hf_config, f"{path} (as {os.path.join(hf_out, 'config.json')})", reader, out, scan_layers,
+                   devices, hf_files=hf_out)
 
 
 def import_checkpoint(hf_dir: str, out: str, *, scan_layers: bool = False, devices=None) -> dict:
@@ -215,6 +327,13 @@ def import_checkpoint(hf_dir: str, out: str, *, scan_layers: bool = False, devic
     raise FileNotFoundError(f"{config_path} does not exist: --hf must be a Hugging Face model directory")
   with open(config_path) as f:
     hf = json.load(f)
+  with SafetensorsReader(hf_dir) as reader:
+    return _import(hf, config_path, reader, out, scan_layers, devices, hf_files=hf_dir)
+
+
+def _import(hf: dict, config_path: str, reader, out: str, scan_layers: bool, devices, hf_files: str) -> dict:
+  """Parameters from `reader` (tensors by Hugging Face name) into `out`, with model.json and `out/hf`
+  (copied from `hf_files` unless it is that directory)."""
   family = hf.get("model_type")
   fields = {**model_config(hf, config_path), "scan_layers": scan_layers}
   model = from_config(fields)
@@ -223,36 +342,35 @@ def import_checkpoint(hf_dir: str, out: str, *, scan_layers: bool = False, devic
   with sharding.context(mesh, rules):
     shapes = sharding.param_shapes(model, mesh, rules)
   flat_shapes, params = traverse_util.flatten_dict(shapes), {}
-  with SafetensorsReader(hf_dir) as reader:
-    for path, (names, stacked, layout, offset) in tensor_map(flat_shapes, family).items():
-      target = flat_shapes[path]
-      layer_shape = target.shape[1:] if stacked else target.shape
-      for name in names:
-        found = tuple(reader.slice(name).get_shape())
-        if found != hf_shape(layer_shape, layout):
-          raise ValueError(f"{reader.files[name]}: tensor {name!r} has shape {found}; {config_path} implies "
-                           f"{hf_shape(layer_shape, layout)}")
+  for path, (names, stacked, layout, offset) in tensor_map(flat_shapes, family).items():
+    target = flat_shapes[path]
+    layer_shape = target.shape[1:] if stacked else target.shape
+    for name in names:
+      found = tuple(reader.slice(name).get_shape())
+      if found != hf_shape(layer_shape, layout):
+        raise ValueError(f"{reader.files[name]}: tensor {name!r} has shape {found}; {config_path} implies "
+                         f"{hf_shape(layer_shape, layout)}")
 
-      def read(index, names=names, stacked=stacked, layout=layout, offset=offset, target=target):
-        if stacked:
-          block = np.stack([read_slice(reader.slice(names[i]), target.shape[1:], layout, index[1:])
-                            for i in range(*index[0].indices(target.shape[0]))])
-        else:
-          block = read_slice(reader.slice(names[0]), target.shape, layout, index)
-        return (block.astype(np.float32) + offset).astype(target.dtype)
+    def read(index, names=names, stacked=stacked, layout=layout, offset=offset, target=target):
+      if stacked:
+        block = np.stack([read_slice(reader.slice(names[i]), target.shape[1:], layout, index[1:])
+                          for i in range(*index[0].indices(target.shape[0]))])
+      else:
+        block = read_slice(reader.slice(names[0]), target.shape, layout, index)
+      return (block.astype(np.float32) + offset).astype(target.dtype)
 
-      params[path] = jax.make_array_from_callback(target.shape, target.sharding, read)
-    unused = sorted(set(reader.files) - reader.used)
-  if unused:
-    logging.warning("%s: tensors not imported (not part of the model): %s", hf_dir, ", ".join(unused))
+    params[path] = jax.make_array_from_callback(target.shape, target.sharding, read)
+  if reader.unused():
+    logging.warning("%s: tensors not imported (not part of the model): %s", reader.hf_dir, ", ".join(reader.unused()))
   ocp.PyTreeCheckpointer().save(os.path.join(os.path.abspath(out), "0", "state"),
                                 {"params": traverse_util.unflatten_dict(params)})
   if jax.process_index() == 0:
     os.makedirs(os.path.join(out, "hf"), exist_ok=True)
-    for name in HF_FILES:
-      if os.path.isfile(os.path.join(hf_dir, name)):
-        shutil.copy(os.path.join(hf_dir, name), os.path.join(out, "hf", name))
-    info = {"model": fields, "family": family, "chat_format": chat_format(family, hf_dir)}
+    if os.path.abspath(hf_files) != os.path.abspath(os.path.join(out, "hf")):
+      for name in HF_FILES:
+        if os.path.isfile(os.path.join(hf_files, name)):
+          shutil.copy(os.path.join(hf_files, name), os.path.join(out, "hf", name))
+    info = {"model": fields, "family": family, "chat_format": chat_format(family, os.path.join(out, "hf"))}
     with open(os.path.join(out, "model.json"), "w") as f:
       json.dump(info, f, indent=2, sort_keys=True)
   return fields
@@ -321,10 +439,12 @@ def main(argv):
   if not flag.out:
     raise app.UsageError("--out is required")
   if argv[1] == "import":
-    if not flag.hf:
-      raise app.UsageError("import needs --hf DIR")
-    fields = import_checkpoint(flag.hf, flag.out, scan_layers=flag.scan_layers)
-    print(f"imported {flag.hf} ({fields['num_layers']} layers, d_model {fields['d_model']}) into {flag.out}")
+    if bool(flag.hf) == bool(flag.gguf):
+      raise app.UsageError("import needs one of --hf DIR or --gguf FILE")
+    load = import_checkpoint if flag.hf else import_gguf
+    fields = load(flag.hf or flag.gguf, flag.out, scan_layers=flag.scan_layers)
+    print(f"imported {flag.hf or flag.gguf} ({fields['num_layers']} layers, d_model {fields['d_model']}) "
+          f"into {flag.out}")
     return
   if bool(flag.checkpoint) == bool(flag.workdir):
     raise app.UsageError("export needs one of --checkpoint CKPT (imported) or --workdir RUN (trained)")
@@ -344,6 +464,7 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.DEFINE_string("hf", None, "import: a Hugging Face model directory.")
+  flags.DEFINE_string("gguf", None, "import: a GGUF file (llama, mistral or qwen2 architecture).")
   flags.DEFINE_string("out", None, "Where to write: a checkpoint directory (import) or a Hugging Face one (export).")
   flags.DEFINE_bool("scan_layers", False, "import: lay the layers out stacked, for model.scan_layers=True.")
   flags.DEFINE_string("checkpoint", None, "export: a checkpoint written by import.")

@@ -83,9 +83,10 @@ def _generate(params, tokens, positions, segment_ids, rng, *, model: Decoder, ma
   return generated.T  # [b, max_new_tokens]
 
 
-def generate(params, model: Decoder, prompts, *, max_new_tokens: int, eos_id: int, pad_id: int,
+def generate(params, model: Decoder, prompts, *, max_new_tokens: int, stop_ids, pad_id: int,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=None, bucket: int = 1):
-  """Token lists -> generated token lists, each cut before its first EOS (or at max_new_tokens).
+  """Token lists -> generated token lists, each cut before its first stop id (EOS, end of turn) or at
+  max_new_tokens.
   Prompts are padded to a multiple of `bucket` tokens, so that few prompt lengths compile."""
   tokens, positions, segment_ids = left_pad(prompts, pad_id, bucket)
   rng = jax.random.key(0) if rng is None else rng
@@ -93,6 +94,6 @@ def generate(params, model: Decoder, prompts, *, max_new_tokens: int, eos_id: in
                                    max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p))
   out = []
   for row in generated:
-    stop = np.flatnonzero(row == eos_id)
+    stop = np.flatnonzero(np.isin(row, stop_ids))
     out.append(row[:stop[0]] if len(stop) else row)
   return out

@@ -38,10 +38,6 @@ def task_examples(task: tasks.Task, eval_cfg):
   return fields, task_templates
 
 
-def _encode(tokenizer, turns, fmt):
-  return tokenizer.encode_segments(templates.to_segments(turns, fmt))
-
-
 def score_sequences(params, model: Decoder, sequences, *, batch_size: int, seq_len: int, chunk_len: int, mesh):
   """Sum of log-probabilities of each (tokens, weights) sequence's weighted tokens, and their count.
 
@@ -83,7 +79,7 @@ def rank_classification(params, model, tokenizer, task, fields, template, config
     prompt = pipeline.conversation(task, f, template, config.data.template)[0]
     options = task.example_options(f)
     spans.append((len(sequences), options))
-    sequences += [_encode(tokenizer, [prompt, ("assistant", option)], config.data.template.format)
+    sequences += [tokenizer.encode_conversation([prompt, ("assistant", option)], config.data.template.format)
                   for option in options]
   scores, counts = score_sequences(params, model, sequences, batch_size=config.eval.batch_size,
                                    seq_len=config.data.seq_len, chunk_len=config.loss.chunk_len, mesh=mesh)
@@ -98,17 +94,16 @@ def generation(params, model, tokenizer, task, fields, template, config):
   prompts, targets = [], []
   for f in fields:
     turns = pipeline.conversation(task, f, template, config.data.template)
-    tokens, weights = _encode(tokenizer, turns, config.data.template.format)
-    prompt = tokens[:np.flatnonzero(weights)[0]]  # everything before the response
-    prompts.append(prompt[-(config.data.seq_len - config.eval.max_new_tokens):].tolist())
-    targets.append(turns[1][1])
+    prompt = tokenizer.generation_prompt(turns[:-1], config.data.template.format)  # all before the last answer
+    prompts.append(prompt[-(config.data.seq_len - config.eval.max_new_tokens):])
+    targets.append(turns[-1][1])
   predictions = []
   batch_size = config.eval.batch_size
   for start in range(0, len(prompts), batch_size):
     batch = prompts[start:start + batch_size]
     batch += [batch[0]] * (batch_size - len(batch))  # a fixed batch shape: fewer compilations
     outputs = decode.generate(params, model, batch, max_new_tokens=config.eval.max_new_tokens,
-                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, bucket=LENGTH_BUCKET)
+                              stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id, bucket=LENGTH_BUCKET)
     predictions += [tokenizer.decode(o.tolist()).strip() for o in outputs[:len(prompts) - start]]
   return predictions, targets
 

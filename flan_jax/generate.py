@@ -18,18 +18,9 @@ import ml_collections
 from absl import app, flags
 
 from flan_jax import checkpoint, convert, decode, metric_writer, workdirs
-from flan_jax.data import pipeline, templates
+from flan_jax.data import pipeline
 from flan_jax.data import tokenizer as tokenizer_lib
 from flan_jax.model import from_config
-
-
-def prompt_tokens(tokenizer, prompt: str, fmt: str | None):
-  """The tokens a model sees before its answer: the user turn and the assistant prefix in format `fmt`,
-  or (fmt None) the prompt as plain text after BOS."""
-  if fmt is None:
-    return tokenizer.encode_segments([(prompt, 0)])[0].tolist()
-  tokens, weights = tokenizer.encode_segments(templates.to_segments([("user", prompt), ("assistant", "")], fmt))
-  return tokens[:len(weights) - int(weights.sum())].tolist()  # drop the empty answer's end of turn and EOS
 
 
 def main(argv):
@@ -54,9 +45,9 @@ def main(argv):
     tokenizer = pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(flag.workdir))
     step, params = checkpoint.load_for_inference(fields, workdir=flag.workdir, init_from=config.train.init_from,
                                                  step=flag.step)
-  prompt = prompt_tokens(tokenizer, flag.prompt, None if flag.raw else fmt)
+  prompt = tokenizer.encode_text(flag.prompt) if flag.raw else tokenizer.generation_prompt([("user", flag.prompt)], fmt)
   [answer] = decode.generate(params, from_config(fields), [prompt], max_new_tokens=flag.max_new_tokens,
-                             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, temperature=flag.temperature,
+                             stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id, temperature=flag.temperature,
                              top_k=flag.top_k, top_p=flag.top_p, rng=jax.random.key(flag.seed))
   print(f"[step {step}] {tokenizer.decode(answer.tolist()).strip()}")
 

@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import os
 
 import pytest
@@ -33,18 +34,32 @@ def tokenizer(tmp_path_factory):
 LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
 
-def make_hf_tokenizer(directory, texts, vocab_size=400):
-  """A byte-level BPE tokenizer.json with Llama 3's special tokens (and its tokenizer_config.json), trained
-  on `texts` with the `tokenizers` library, as a pretrained model directory carries it."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+# Llama 3's chat template, as its tokenizer_config.json ships it (less the tool-calling branches).
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+
+
+def make_hf_tokenizer(directory, texts, vocab_size=400, chat_template=None):
+  """A byte-level BPE tokenizer.json with Llama 3's special tokens and its post-processor (BOS before
+  every text), and its tokenizer_config.json, trained on `texts` with the `tokenizers` library, as a
+  pretrained model directory carries it."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
   tokenizer = Tokenizer(models.BPE())
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=LLAMA3_SPECIAL,
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
   tokenizer.train_from_iterator(texts, trainer)
+  bos = "<|begin_of_text|>"
+  tokenizer.post_processor = processors.TemplateProcessing(
+      single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))])
   os.makedirs(directory, exist_ok=True)
   tokenizer.save(os.path.join(directory, "tokenizer.json"))
+  config = {"bos_token": bos, "eos_token": {"content": "<|eot_id|>"}, "pad_token": None}
+  if chat_template:
+    config["chat_template"] = chat_template
   with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-    f.write('{"bos_token": "<|begin_of_text|>", "eos_token": {"content": "<|eot_id|>"}, "pad_token": null}')
+    json.dump(config, f)
   return tokenizer.get_vocab_size()

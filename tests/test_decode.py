@@ -33,9 +33,9 @@ def test_cached_greedy_decoding_equals_recompute_and_batched_equals_one_at_a_tim
   model, params = _params(cfg)
   rng = np.random.default_rng(0)
   prompts = [rng.integers(3, 50, n).tolist() for n in (3, 9, 6)]
-  batched = decode.generate(params, model, prompts, max_new_tokens=7, eos_id=-1, pad_id=0)
+  batched = decode.generate(params, model, prompts, max_new_tokens=7, stop_ids=(), pad_id=0)
   for prompt, out in zip(prompts, batched):
-    alone = decode.generate(params, model, [prompt], max_new_tokens=7, eos_id=-1, pad_id=0)[0]
+    alone = decode.generate(params, model, [prompt], max_new_tokens=7, stop_ids=(), pad_id=0)[0]
     assert out.tolist() == alone.tolist() == greedy_by_recompute(model, params, prompt, 7)
 
 
@@ -44,7 +44,7 @@ def test_generation_stops_at_eos():
   prompt = [5, 6, 7]
   reference = greedy_by_recompute(model, params, prompt, 8)
   eos = reference[3]
-  out = decode.generate(params, model, [prompt], max_new_tokens=8, eos_id=eos, pad_id=0)[0]
+  out = decode.generate(params, model, [prompt], max_new_tokens=8, stop_ids=(eos,), pad_id=0)[0]
   assert out.tolist() == reference[:reference.index(eos)]
 
 

@@ -46,8 +46,8 @@ def test_rank_classification_picks_what_a_full_forward_pass_per_option_picks(tin
     assert targets == [f["answer"] for f in fields]
     for f, predicted in zip(fields, predictions):
       prompt = pipeline.conversation(task, f, templates[0], config.data.template)[0]
-      scores = {o: brute_force_log_likelihood(model, params, *evaluate._encode(tokenizer, [prompt, ("assistant", o)],
-                                                                               config.data.template.format))
+      scores = {o: brute_force_log_likelihood(model, params, *tokenizer.encode_conversation(
+                    [prompt, ("assistant", o)], config.data.template.format))
                 for o in task.example_options(f)}
       assert predicted == max(scores, key=scores.get)
 

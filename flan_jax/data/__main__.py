@@ -94,7 +94,8 @@ def show(config, workdir: str, count: int):
   for i in range(count):
     turns = renderer.render(records[i], np.random.default_rng([config.seed, i]))
     print(f"----- example {i}: task {records[i][0]}")
-    print(templates.to_text(turns, data.template.format) if turns else "(skipped bad record)")
+    print(templates.to_text(turns, data.template.format, chat_template=renderer.tokenizer.chat_template)
+          if turns else "(skipped bad record)")
 
 
 def print_table(r: dict):

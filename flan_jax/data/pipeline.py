@@ -139,7 +139,7 @@ class Renderer:
     turns = self.render(element, rng)
     if turns is None:
       return None
-    tokens, weights = self.tokenizer.encode_segments(templates.to_segments(turns, self.cfg.template.format))
+    tokens, weights = self.tokenizer.encode_conversation(turns, self.cfg.template.format)
     tokens, weights, truncated = packing.truncate(tokens, weights, self.cfg.seq_len + 1, self.cfg.truncation)
     self.stats.truncated += truncated
     return packing.example_features(tokens, weights)

@@ -8,12 +8,20 @@ or response (weight 1), with an end-of-sequence marker after every response.
 Substitution is a single regex pass that only looks up `{name}` in the fields:
 no attribute access, indexing or format specs, and substituted values are never
 re-read, so a field value such as "{0.__class__}" renders literally.
+
+The format `chat_template` is a pretrained tokenizer's own Jinja chat template
+(`ChatTemplate`), rendered in a sandbox as transformers renders it.
 """
 
 import dataclasses
+import datetime
+import json
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import jinja2
+from jinja2 import sandbox
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -62,6 +70,7 @@ FORMATS = {
         "assistant": ("", ""),
     },
 }
+CHAT_TEMPLATE = "chat_template"  # the format that renders with the tokenizer's own chat template
 # Markers a trained tokenizer keeps as single pieces.
 SPECIAL_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>")
 
@@ -119,10 +128,17 @@ def few_shot_prompt(query: str, exemplars: Sequence[tuple[str, str]], *, max_tok
   return query
 
 
-def to_segments(conversation: Sequence[tuple[str, str]], fmt: str) -> list[tuple[str | None, int]]:
-  """Conversation -> [(text or EOS, loss weight)] in the given output format."""
+def to_segments(conversation: Sequence[tuple[str, str]], fmt: str,
+                chat_template: "ChatTemplate | None" = None) -> list[tuple[str | None, int]]:
+  """Conversation -> [(text or EOS, loss weight)] in the given output format (`chat_template`: the
+  tokenizer's own, passed as `chat_template`)."""
+  if fmt == CHAT_TEMPLATE:
+    if chat_template is None:
+      raise ValueError("data.template.format='chat_template' needs a tokenizer that ships a chat template "
+                       "(tokenizer_config.json's chat_template or chat_template.jinja); this one has none")
+    return chat_template.segments(conversation)
   if fmt not in FORMATS:
-    raise ValueError(f"unknown output format {fmt!r}; formats are {sorted(FORMATS)}")
+    raise ValueError(f"unknown output format {fmt!r}; formats are {sorted(FORMATS)} or {CHAT_TEMPLATE!r}")
   markers = FORMATS[fmt]
   segments = []
   for role, text in _fold_into_user_turns(conversation, markers):
@@ -152,6 +168,96 @@ def _fold_into_user_turns(conversation, markers):
   return folded
 
 
-def to_text(conversation: Sequence[tuple[str, str]], fmt: str, eos: str = "</s>") -> str:
+def to_text(conversation: Sequence[tuple[str, str]], fmt: str, eos: str = "</s>",
+            chat_template: "ChatTemplate | None" = None) -> str:
   """The conversation as one string, with `eos` where the EOS token goes."""
-  return "".join(eos if t is EOS else t for t, _ in to_segments(conversation, fmt))
+  return "".join(eos if t is EOS else t for t, _ in to_segments(conversation, fmt, chat_template))
+
+
+class ChatTemplateError(ValueError):
+  """A chat template that does not render, or does not render a conversation as training needs."""
+
+
+def _raise_exception(message):
+  raise jinja2.exceptions.TemplateError(message)
+
+
+class ChatTemplate:
+  """A tokenizer's Jinja chat template, rendered as transformers' `apply_chat_template` renders it: a
+  sandboxed environment with trim_blocks and lstrip_blocks, `raise_exception`, `strftime_now`, a
+  `tojson` filter, and the tokenizer's special tokens as variables (bos_token, eos_token, ...).
+
+  `segments` cuts a rendered conversation into prompt text (weight 0) and each assistant turn's
+  content with its end-of-turn token (weight 1): the text up to an assistant turn is the
+  template's rendering of the turns before it with the generation prompt, the turn itself is
+  what rendering one more message adds. A template whose renderings are not prefixes of one
+  another (some drop earlier turns' reasoning) cannot be trained on and is an error.
+  """
+
+  def __init__(self, source: str, special_tokens: dict[str, str], end_tokens: Sequence[str], where: str):
+    self.source, self.where = source, where
+    self.variables = dict(special_tokens)
+    self.end_tokens = tuple(t for t in end_tokens if t)  # special tokens that can end a turn
+    env = sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False, sort_keys=False: json.dumps(
+        x, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    try:
+      self.template = env.from_string(source)
+    except jinja2.exceptions.TemplateError as e:
+      raise ChatTemplateError(f"{where}: the chat template does not parse: {e}") from None
+
+  def render(self, messages: Sequence[dict], add_generation_prompt: bool) -> str:
+    try:
+      return self.template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                  **self.variables)
+    except jinja2.exceptions.TemplateError as e:
+      roles = [m["role"] for m in messages]
+      raise ChatTemplateError(f"{self.where}: the chat template does not render messages with roles {roles}: "
+                              f"{e}") from None
+
+  @staticmethod
+  def messages(conversation: Sequence[tuple[str, str]]) -> list[dict]:
+    """Turns as chat messages; an `input` turn joins the user turn before it (chat templates have no such role)."""
+    out = []
+    for role, text in conversation:
+      if role == "input" and out and out[-1]["role"] == "user":
+        out[-1] = {"role": "user", "content": f"{out[-1]['content']}\n\n{text}"}
+      else:
+        out.append({"role": "user" if role == "input" else role, "content": text})
+    return out
+
+  def generation_prompt(self, conversation: Sequence[tuple[str, str]]) -> str:
+    """The text a model sees before it answers the conversation's last turn."""
+    return self.render(self.messages(conversation), add_generation_prompt=True)
+
+  def segments(self, conversation: Sequence[tuple[str, str]]) -> list[tuple[str, int]]:
+    messages = self.messages(conversation)
+    segments, done = [], ""
+    for i, message in enumerate(messages):
+      if message["role"] != "assistant":
+        continue
+      prompt = self.render(messages[:i], add_generation_prompt=True)
+      full = self.render(messages[:i + 1], add_generation_prompt=False)
+      if not prompt.startswith(done) or not full.startswith(prompt):
+        raise ChatTemplateError(f"{self.where}: the chat template does not render assistant turn {i} as an "
+                                "extension of the turns before it, so its tokens cannot be marked for training")
+      reply = full[len(prompt):]
+      content = message["content"]
+      start = reply.find(content)
+      if start < 0:
+        content = content.strip()
+        start = reply.find(content) if content else -1
+      if start < 0:
+        raise ChatTemplateError(f"{self.where}: the chat template does not render assistant turn {i}'s text as "
+                                f"given: it rendered {reply!r}")
+      end = start + len(content)
+      ends = [reply.find(t, end) + len(t) for t in self.end_tokens if reply.find(t, end) >= 0]
+      end = min(ends) if ends else len(reply)  # through the end-of-turn token
+      segments += [(prompt[len(done):], 0), (reply[:start], 0), (reply[start:end], 1), (reply[end:], 0)]
+      done = full
+    rest = self.render(messages, add_generation_prompt=False)
+    segments.append((rest[len(done):] if rest.startswith(done) else "", 0))
+    return [(t, w) for t, w in segments if t]

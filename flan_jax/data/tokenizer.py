@@ -1,5 +1,6 @@
-"""Tokenizers: load a SentencePiece `.model` or a Hugging Face `tokenizer.json`, or train a
-SentencePiece model on the mixture's text and cache it.
+"""Tokenizers: load a SentencePiece `.model` or a Hugging Face `tokenizer.json` (with its special
+tokens, BOS/EOS rules and chat template), or train a SentencePiece model on the mixture's text and
+cache it.
 
 Trained models keep text exactly (identity normalisation, no dummy prefix, no
 whitespace folding), so segments tokenized one by one concatenate to the text
@@ -20,6 +21,7 @@ import numpy as np
 import sentencepiece as spm
 import tokenizers
 
+from flan_jax.data import templates
 from flan_jax.data.templates import EOS, SPECIAL_MARKERS
 
 # Ids of a trained model; a loaded model's own ids are used unless the config overrides them.
@@ -28,32 +30,50 @@ PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 
 @dataclasses.dataclass(frozen=True)
 class Tokenizer:
-  """Token ids and text, over either backend (subclasses below). bos_id -1: the model has none (Qwen)."""
+  """Token ids and text, over either backend (subclasses below).
+
+  `prefix_ids` and `suffix_ids` are what the model's own tokenizer puts around a text (its BOS, if
+  it adds one; Qwen and SmolLM add none). A training example starts with the prefix; its EOS is the
+  response's own. Text rendered with the model's chat template carries its special tokens itself and
+  gets no prefix, as transformers' `apply_chat_template` tokenizes it. `stop_ids` end generation: the
+  EOS and any other end-of-turn id the model's generation_config.json names.
+  """
   backend: Any
   pad_id: int
   eos_id: int
-  bos_id: int
+  bos_id: int  # -1: the model has none
   path: str
+  prefix_ids: tuple[int, ...] = ()
+  suffix_ids: tuple[int, ...] = ()
+  stop_ids: tuple[int, ...] = ()
+  chat_template: templates.ChatTemplate | None = None
 
   @property
   def vocab_size(self) -> int:
     raise NotImplementedError
 
   def encode(self, text: str) -> list[int]:
+    """Text -> ids, no special tokens added (special tokens written as text become their ids)."""
     raise NotImplementedError
 
   def _decode(self, ids: list[int]) -> str:
     raise NotImplementedError
 
   def decode(self, ids: Sequence[int]) -> str:
-    special = {self.pad_id, self.eos_id, self.bos_id}
+    special = {self.pad_id, self.eos_id, self.bos_id, *self.stop_ids}
     return self._decode([int(i) for i in ids if int(i) not in special])
 
-  def encode_segments(self, segments: Sequence[tuple[str | None, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """[(text or EOS, weight)] -> (token ids with a leading BOS, per-token loss weights). An EOS right
+  def encode_text(self, text: str) -> list[int]:
+    """Text as the model's own tokenizer encodes it by default (prefix and suffix added): a raw prompt."""
+    return [*self.prefix_ids, *self.encode(text), *self.suffix_ids]
+
+  def encode_segments(self, segments: Sequence[tuple[str | None, int]], *,
+                      prefix: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """[(text or EOS, weight)] -> (token ids after the prefix, per-token loss weights). An EOS right
     after an EOS token already in the text (a chat format's end of turn, e.g. Llama 3's <|eot_id|>) is
     not repeated."""
-    tokens, weights = ([self.bos_id], [0]) if self.bos_id >= 0 else ([], [])
+    tokens = list(self.prefix_ids) if prefix else []
+    weights = [0] * len(tokens)
     for text, weight in segments:
       if text is EOS and tokens and tokens[-1] == self.eos_id:
         continue
@@ -61,6 +81,20 @@ class Tokenizer:
       tokens += ids
       weights += [weight] * len(ids)
     return np.asarray(tokens, np.int32), np.asarray(weights, np.int32)
+
+  def encode_conversation(self, conversation, fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """[(role, text)] in output format `fmt` -> (token ids, loss weights): 1 on every assistant turn
+    and its end of turn (and EOS), 0 elsewhere."""
+    segments = templates.to_segments(conversation, fmt, self.chat_template)
+    return self.encode_segments(segments, prefix=fmt != templates.CHAT_TEMPLATE)
+
+  def generation_prompt(self, conversation, fmt: str) -> list[int]:
+    """The ids a model sees before it answers the conversation (whose last turn is not the answer)."""
+    if fmt == templates.CHAT_TEMPLATE:
+      templates.to_segments([], fmt, self.chat_template)  # the error if there is no chat template
+      return self.encode(self.chat_template.generation_prompt(conversation))
+    tokens, weights = self.encode_segments(templates.to_segments([*conversation, ("assistant", "")], fmt))
+    return tokens[:len(weights) - int(weights.sum())].tolist()  # less the empty answer's end of turn and EOS
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -91,9 +125,11 @@ class HuggingFaceTokenizer(Tokenizer):
 
 def load(path: str, *, pad_id: int = -1, eos_id: int = -1, bos_id: int = -1) -> Tokenizer:
   """Loads a SentencePiece `.model` file, a Hugging Face `tokenizer.json`, or a directory holding
-  either (tokenizer.json preferred, special tokens from its tokenizer_config.json). -1 keeps the
-  model's own id. A model without a pad token pads with EOS (Hugging Face) or id 0 (SentencePiece):
-  padding is never attended to or trained on."""
+  either (tokenizer.json preferred). Beside it, `tokenizer_config.json` names the special tokens,
+  its `add_bos_token`/`add_eos_token` flags and its chat template (or `chat_template.jinja`), and
+  `generation_config.json` the ids that end generation. -1 keeps the model's own id. A model
+  without a pad token pads with EOS (Hugging Face) or id 0 (SentencePiece): padding is never
+  attended to or trained on."""
   if os.path.isdir(path):
     found = [os.path.join(path, f) for f in ("tokenizer.json", "tokenizer.model") if os.path.isfile(os.path.join(path, f))]
     if not found:
@@ -101,27 +137,65 @@ def load(path: str, *, pad_id: int = -1, eos_id: int = -1, bos_id: int = -1) -> 
     path = found[0]
   if not os.path.isfile(path):
     raise FileNotFoundError(f"tokenizer model {path!r} does not exist")
+  directory = os.path.dirname(path)
+  config = _read_json(os.path.join(directory, "tokenizer_config.json"))
   if path.endswith(".json"):
     tokenizer_cls, backend = HuggingFaceTokenizer, tokenizers.Tokenizer.from_file(path)
-    own = _hf_special_ids(backend, os.path.join(os.path.dirname(path), "tokenizer_config.json"))
+    own = _hf_special_ids(backend, config, os.path.join(directory, "tokenizer_config.json"))
+    prefix, suffix = _hf_added_around_text(backend)
+    special = [t.content for t in backend.get_added_tokens_decoder().values() if t.special]
   else:
     tokenizer_cls, backend = SentencePieceTokenizer, spm.SentencePieceProcessor(model_file=path)
     own = {"pad_id": backend.pad_id(), "eos_id": backend.eos_id(), "bos_id": backend.bos_id()}
+    prefix, suffix = [own["bos_id"]] if own["bos_id"] >= 0 else [], []  # SentencePiece's own default
+    special = [backend.id_to_piece(i) for i in range(backend.get_piece_size())
+               if backend.is_control(i) or backend.is_unknown(i)]
   overrides = {"pad_id": pad_id, "eos_id": eos_id, "bos_id": bos_id}
   resolved = {k: (overrides[k] if overrides[k] >= 0 else own[k]) for k in own}
   if resolved["eos_id"] < 0:
     raise ValueError(f"tokenizer {path}: the model defines no eos_id; set data.tokenizer.eos_id in the config")
   if resolved["pad_id"] < 0:
     resolved["pad_id"] = resolved["eos_id"] if tokenizer_cls is HuggingFaceTokenizer else 0
-  return tokenizer_cls(backend=backend, path=path, **resolved)
+  # tokenizer_config.json's flags override the default (as Llama and Gemma tokenizers in transformers do).
+  if config.get("add_bos_token") is not None:
+    prefix = [i for i in prefix if i != own["bos_id"]]
+    prefix = ([resolved["bos_id"]] if config["add_bos_token"] and resolved["bos_id"] >= 0 else []) + prefix
+  if config.get("add_eos_token") is not None:
+    suffix = [i for i in suffix if i != own["eos_id"]] + ([resolved["eos_id"]] if config["add_eos_token"] else [])
+  if bos_id >= 0:  # an explicit BOS replaces the model's
+    prefix = [bos_id] + [i for i in prefix if i != own["bos_id"]]
+  generation = _read_json(os.path.join(directory, "generation_config.json")).get("eos_token_id")
+  stop = [resolved["eos_id"], *(generation if isinstance(generation, list) else [generation] if generation else [])]
+  token_names = {f"{key}_token": config.get(f"{key}_token") for key in ("bos", "eos", "pad", "unk")}
+  token_names = {k: (v.get("content") if isinstance(v, dict) else v) or "" for k, v in token_names.items()}
+  return tokenizer_cls(backend=backend, path=path, prefix_ids=tuple(prefix), suffix_ids=tuple(suffix),
+                       stop_ids=tuple(dict.fromkeys(int(i) for i in stop)),
+                       chat_template=_chat_template(directory, config, token_names, special), **resolved)
 
 
-def _hf_special_ids(backend, config_path: str) -> dict[str, int]:
+def _read_json(path: str) -> dict:
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def _hf_added_around_text(backend) -> tuple[list[int], list[int]]:
+  """The ids the tokenizer's post-processor puts before and after a text (e.g. Llama 3's BOS)."""
+  probe = "hello"
+  plain = backend.encode(probe, add_special_tokens=False).ids
+  full = backend.encode(probe, add_special_tokens=True).ids
+  for start in range(len(full) - len(plain) + 1):
+    if full[start:start + len(plain)] == plain:
+      return full[:start], full[start + len(plain):]
+  return [], []
+
+
+def _hf_special_ids(backend, config: dict, config_path: str) -> dict[str, int]:
   """bos/eos/pad ids named in tokenizer_config.json (strings or {"content": ...}); -1 where absent."""
-  config = {}
-  if os.path.isfile(config_path):
-    with open(config_path) as f:
-      config = json.load(f)
   ids = {}
   for key in ("pad", "eos", "bos"):
     token = config.get(f"{key}_token")
@@ -130,9 +204,25 @@ def _hf_special_ids(backend, config_path: str) -> dict[str, int]:
     if token and token_id is None:
       raise ValueError(f"{config_path}: {key}_token {token!r} is not in the vocabulary")
     ids[f"{key}_id"] = -1 if token_id is None else token_id
-  if config.get("add_bos_token") is False:
-    ids["bos_id"] = -1
   return ids
+
+
+def _chat_template(directory: str, config: dict, token_names: dict, special: list[str]):
+  """The model's chat template: `chat_template.jinja` (transformers 5) or tokenizer_config.json's
+  `chat_template` (a string, or a list of named templates: the "default" one); None if it ships none."""
+  jinja_path = os.path.join(directory, "chat_template.jinja")
+  where = jinja_path
+  if os.path.isfile(jinja_path):
+    with open(jinja_path) as f:
+      source = f.read()
+  else:
+    source, where = config.get("chat_template"), os.path.join(directory, "tokenizer_config.json")
+    if isinstance(source, list):
+      named = {t.get("name"): t.get("template") for t in source if isinstance(t, dict)}
+      source = named.get("default")
+  if not source:
+    return None
+  return templates.ChatTemplate(source, token_names, special, where)
 
 
 def train(texts: Iterable[str], path: str, *, vocab_size: int) -> Tokenizer:
