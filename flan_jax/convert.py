@@ -129,7 +129,8 @@ def model_config(hf: dict, where: str) -> dict:
 def chat_format(family: str, hf_dir: str) -> str:
   """The output format: the tokenizer's own chat template if it ships one, else the family's
   (templates.FORMATS)."""
-  if tokenizer_lib.load(hf_dir).chat_template is not None:
+  has_tokenizer = any(os.path.isfile(os.path.join(hf_dir, f)) for f in ("tokenizer.json", "tokenizer.model"))
+  if has_tokenizer and tokenizer_lib.load(hf_dir).chat_template is not None:
     return templates.CHAT_TEMPLATE
   if family == "llama":
     tokenizer_json = os.path.join(hf_dir, "tokenizer.json")
@@ -310,14 +311,27 @@ def import_gguf(path: str, out: str, *, scan_layers: bool = False, devices=None)
     os.makedirs(hf_out, exist_ok=True)
     with open(os.path.join(hf_out, "config.json"), "w") as f:
       json.dump(hf_config, f, indent=2)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    tokenizer.save_pretrained(hf_out)
+    transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name).save_pretrained(hf_out)
+    _keep_gguf_special_token_flags(path, os.path.join(hf_out, "tokenizer_config.json"))
   multihost_utils.sync_global_devices("gguf config and tokenizer written")
   with open(os.path.join(hf_out, "config.json")) as f:
     hf_config = json.load(f)
   with GGUFReader(path, hf_config) as reader:
     return _import(hf_config, f"{path} (as {os.path.join(hf_out, 'config.json')})", reader, out, scan_layers,
                    devices, hf_files=hf_out)
+
+
+def _keep_gguf_special_token_flags(path: str, tokenizer_config: str):
+  """The GGUF file's add_bos_token/add_eos_token flags into tokenizer_config.json, where our tokenizer
+  reads them: llama.cpp applies them, transformers' GGUF tokenizer drops them."""
+  fields = gguf.GGUFReader(path).fields
+  with open(tokenizer_config) as f:
+    config = json.load(f)
+  for key in ("add_bos_token", "add_eos_token"):
+    if f"tokenizer.ggml.{key}" in fields:
+      config[key] = bool(fields[f"tokenizer.ggml.{key}"].contents())
+  with open(tokenizer_config, "w") as f:
+    json.dump(config, f, indent=2)
 
 
 def import_checkpoint(hf_dir: str, out: str, *, scan_layers: bool = False, devices=None) -> dict:

@@ -57,7 +57,7 @@ def make_hf_tokenizer(directory, texts, vocab_size=400, chat_template=None):
       single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))])
   os.makedirs(directory, exist_ok=True)
   tokenizer.save(os.path.join(directory, "tokenizer.json"))
-  config = {"bos_token": bos, "eos_token": {"content": "<|eot_id|>"}, "pad_token": None}
+  config = {"bos_token": bos, "eos_token": "<|eot_id|>", "pad_token": None}
   if chat_template:
     config["chat_template"] = chat_template
   with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:

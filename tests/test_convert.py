@@ -16,7 +16,7 @@ import transformers
 
 from flan_jax import checkpoint, convert, lora
 from flan_jax.model import Decoder, ModelConfig
-from tests.conftest import ROOT
+from tests.conftest import LLAMA3_CHAT_TEMPLATE, ROOT, make_hf_tokenizer
 
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              vocab_size=96, max_position_embeddings=64, rms_norm_eps=1e-5)
@@ -187,9 +187,9 @@ def test_import_finetune_with_lora_generate_and_export(tmp_path):
   prompt = "Premise: the cat sat"
   stdout = _cli("flan_jax.generate", f"--checkpoint={tmp_path / 'ckpt'}", "--raw", f"--prompt={prompt}",
                 "--max_new_tokens=6")
-  reference = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "hf" / "tokenizer.json"))
-  bos = reference.convert_tokens_to_ids("<|begin_of_text|>")
-  ids = torch.tensor([[bos] + reference.encode(prompt, add_special_tokens=False)])
+  reference = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+  ids = torch.tensor([reference(prompt).input_ids])
+  assert ids[0, 0] == reference.bos_token_id  # Llama 3's post-processor puts BOS first
   with torch.no_grad():
     expected = base.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
                              eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:]
@@ -212,3 +212,164 @@ def test_import_finetune_with_lora_generate_and_export(tmp_path):
     before, after = base(ids).logits.numpy(), tuned(ids).logits.numpy()
   assert np.isfinite(after).all() and not np.allclose(before, after, atol=1e-3)
   assert (tmp_path / "exported" / "tokenizer.json").exists()
+
+
+def write_gguf(path, model, tokenizer_dir, qtype):
+  """`model` (a transformers Llama) and its tokenizer as llama.cpp writes a GGUF file: gguf's tensor
+  names, query/key rows interleaved for its rotary kernel, matrices in `qtype` (norms stay f32), the
+  byte-level BPE vocabulary, merges and chat template as metadata."""
+  import gguf
+  cfg = model.config
+  writer = gguf.GGUFWriter(str(path), "llama")
+  writer.add_block_count(cfg.num_hidden_layers)
+  writer.add_context_length(cfg.max_position_embeddings)
+  writer.add_embedding_length(cfg.hidden_size)
+  writer.add_feed_forward_length(cfg.intermediate_size)
+  writer.add_head_count(cfg.num_attention_heads)
+  writer.add_head_count_kv(cfg.num_key_value_heads)
+  writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+  writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+  writer.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+  tokenizer_json = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+  vocab = {**tokenizer_json["model"]["vocab"], **{t["content"]: t["id"] for t in tokenizer_json["added_tokens"]}}
+  special = {t["content"] for t in tokenizer_json["added_tokens"]}
+  tokens = sorted(vocab, key=vocab.get)
+  writer.add_tokenizer_model("gpt2")
+  writer.add_tokenizer_pre("default")
+  writer.add_token_list(tokens)
+  writer.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
+  writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tokenizer_json["model"]["merges"]])
+  writer.add_bos_token_id(vocab["<|begin_of_text|>"])
+  writer.add_eos_token_id(vocab["<|eot_id|>"])
+  writer.add_add_bos_token(True)
+  writer.add_chat_template(LLAMA3_CHAT_TEMPLATE)
+  names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+  for name, tensor in model.state_dict().items():
+    if name == "lm_head.weight" and cfg.tie_word_embeddings:
+      continue
+    array = tensor.numpy()
+    if name.endswith(("q_proj.weight", "k_proj.weight")):
+      heads = cfg.num_attention_heads if "q_proj" in name else cfg.num_key_value_heads
+      array = array.reshape(heads, 2, -1, array.shape[1]).swapaxes(1, 2).reshape(array.shape)
+    gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+    if array.ndim == 2 and qtype != gguf.GGMLQuantizationType.F32:
+      writer.add_tensor(gguf_name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+    else:
+      writer.add_tensor(gguf_name, array)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
+@pytest.fixture(scope="module")
+def gguf_model(tmp_path_factory):
+  """A tiny random Llama 3-style model with its tokenizer and chat template: the HF model and directory."""
+  from flan_jax.data import pipeline
+  from tests.conftest import load_config
+  root = tmp_path_factory.mktemp("gguf")
+  data = load_config("tiny").data
+  vocab = make_hf_tokenizer(str(root / "hf"), pipeline.tokenizer_texts(data, list(data.mixture), 1000),
+                            chat_template=LLAMA3_CHAT_TEMPLATE)
+  config = transformers.LlamaConfig(**{**SHAPE, "vocab_size": vocab}, tie_word_embeddings=True)
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      p.copy_(1.0 + 0.3 * torch.randn_like(p)) if "norm" in name else p.normal_(0.0, 0.15)
+  return root, model
+
+
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
+def test_gguf_import_gives_transformers_logits_and_tokens(gguf_model, qtype, tmp_path):
+  """f32 and quantized GGUF files: our logits equal transformers' reading the same file, and the
+  tokenizer and chat template come out as transformers builds them, but for the file's add_bos_token
+  flag, which llama.cpp applies and transformers drops."""
+  import gguf
+  root, model = gguf_model
+  path = tmp_path / f"model.{qtype}.gguf"
+  write_gguf(path, model, root / "hf", gguf.GGMLQuantizationType[qtype])
+  fields = convert.import_gguf(str(path), str(tmp_path / "ckpt"))
+  info = convert.read_info(str(tmp_path / "ckpt"))
+  assert info["chat_format"] == "chat_template" and fields["dtype"] == "float32"
+  _, params = checkpoint.load_for_inference(fields, checkpoint_dir=str(tmp_path / "ckpt"))
+  reference = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name,
+                                                                dtype=torch.float32).eval()
+  tokens = np.random.default_rng(0).integers(0, fields["vocab_size"], (2, 24))
+  with torch.no_grad():
+    expected = reference(torch.tensor(tokens)).logits.numpy()
+  global TOKENS
+  saved, TOKENS = TOKENS, tokens
+  try:
+    np.testing.assert_allclose(our_logits(params, fields), expected, atol=1e-4, rtol=1e-5)
+  finally:
+    TOKENS = saved
+  if qtype != "F32":  # quantization did change the weights: the comparison is with the dequantized ones
+    with torch.no_grad():
+      assert not np.allclose(model(torch.tensor(tokens)).logits.numpy(), expected, atol=1e-3)
+
+  from flan_jax.data import tokenizer as tokenizer_lib
+  ours = tokenizer_lib.load(str(tmp_path / "ckpt" / "hf"))
+  theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+  text = "Premise: the cat sat on the mat."
+  assert ours.encode_text(text) == [ours.bos_id] + theirs(text).input_ids
+  messages = [{"role": "user", "content": "Is the cat on the mat?"}]
+  assert ours.generation_prompt([("user", "Is the cat on the mat?")], "chat_template") == theirs.apply_chat_template(
+      messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+
+
+def test_bad_gguf_files_are_errors_naming_file_and_key(gguf_model, tmp_path):
+  import gguf
+  root, model = gguf_model
+  bad_type = tmp_path / "q8_1.gguf"
+  write_gguf(bad_type, model, root / "hf", gguf.GGMLQuantizationType.F32)
+  writer = gguf.GGUFWriter(str(tmp_path / "gemma.gguf"), "gemma2")
+  writer.add_block_count(1)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  with pytest.raises(ValueError, match=r"gemma.gguf: general.architecture 'gemma2' is not supported"):
+    convert.import_gguf(str(tmp_path / "gemma.gguf"), str(tmp_path / "out"))
+  (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
+  with pytest.raises(ValueError, match=r"junk.gguf: not a readable GGUF file"):
+    convert.import_gguf(str(tmp_path / "junk.gguf"), str(tmp_path / "out"))
+  reader = convert.GGUFReader(str(bad_type), model.config.to_dict())
+  name = reader.gguf_name("model.layers.0.mlp.up_proj.weight")
+  tensor = reader.tensors[name]
+  q8_1 = gguf.GGMLQuantizationType.Q8_1
+  block, size = gguf.GGML_QUANT_SIZES[q8_1]
+  reader.tensors[name] = tensor._replace(tensor_type=q8_1, data=np.zeros((tensor.shape[1], tensor.shape[0] // block * size),
+                                                                         np.uint8))
+  with pytest.raises(ValueError, match=rf"q8_1.gguf: tensor '{name}' has type Q8_1, which the gguf package cannot"):
+    reader.slice("model.layers.0.mlp.up_proj.weight")[:]
+
+
+SMOLLM2_GGUF = os.environ.get("FLAN_JAX_SMOLLM2_GGUF")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SMOLLM2_GGUF, reason="FLAN_JAX_SMOLLM2_GGUF is unset (.ci/run fetches the real file)")
+def test_real_smollm2_gguf_generates_as_transformers_does(tmp_path):
+  """The real SmolLM2-135M-Instruct GGUF through the CLI: greedy completions, raw and in its own chat
+  template, are transformers' greedy generations from the same file, as text."""
+  _cli("flan_jax.convert", "import", f"--gguf={SMOLLM2_GGUF}", f"--out={tmp_path / 'ckpt'}")
+  directory, name = os.path.split(SMOLLM2_GGUF)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
+  model = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32).eval()
+
+  def expected(ids, new):
+    with torch.no_grad():
+      out = model.generate(torch.tensor([ids]), max_new_tokens=new, do_sample=False)[0, len(ids):]
+    return tokenizer.decode(out.tolist(), skip_special_tokens=True).strip()
+
+  for prompt in ("The capital of France is", "def fibonacci(n):"):
+    stdout = _cli("flan_jax.generate", f"--checkpoint={tmp_path / 'ckpt'}", "--raw", f"--prompt={prompt}",
+                  "--max_new_tokens=16")
+    assert stdout.strip() == f"[step 0] {expected(tokenizer(prompt).input_ids, 16)}"
+  for prompt in ("What is 2+2?", "Name a primary colour."):
+    stdout = _cli("flan_jax.generate", f"--checkpoint={tmp_path / 'ckpt'}", f"--prompt={prompt}",
+                  "--max_new_tokens=32")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        return_dict=True)["input_ids"]
+    assert stdout.strip() == f"[step 0] {expected(ids, 32)}"
