@@ -79,6 +79,7 @@ def get_config(arg: str | None = None):
 
   config.eval = ml_collections.ConfigDict()  # zero-shot evaluation (flan_jax/evaluate.py)
   config.eval.every_steps = 0  # during training; 0: only after the last step; -1: never
+  config.eval.at_start = False  # also evaluate the starting parameters (eval/0), for a before/after table
   config.eval.include_seen = True  # also the training clusters' validation splits
   config.eval.max_examples = 50  # per task, per template
   config.eval.max_templates = 0  # 0: every non-inverted template

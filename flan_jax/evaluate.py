@@ -18,7 +18,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from flan_jax import checkpoint, decode, metric_writer, metrics, sharding, workdirs
 from flan_jax import loss as losses
@@ -28,11 +28,16 @@ from flan_jax.model import Decoder, from_config
 LENGTH_BUCKET = 64  # rows are padded to a multiple of this, so few shapes compile
 
 
-def task_examples(task: tasks.Task, eval_cfg):
-  """(fields, templates) of a task's evaluation split: the first max_examples records."""
+def task_examples(task: tasks.Task, eval_cfg, held_out: bool = True):
+  """(fields, templates) of a task's evaluation split: the first max_examples records. A held-out
+  task without an evaluation split (a local file without validation rows) is evaluated on its
+  training rows, which the run never trained on. A conversational task has one "template", None:
+  its conversation as written."""
   records = task.source(task.splits[1])
+  if not len(records) and held_out:
+    records = task.source(task.splits[0])
   fields = [task.example_fields(records[i]) for i in range(min(eval_cfg.max_examples, len(records)))]
-  task_templates = [t for t in task.templates if not t.inverted]
+  task_templates = [t for t in task.templates if not t.inverted] or [None]
   if eval_cfg.max_templates:
     task_templates = task_templates[:eval_cfg.max_templates]
   return fields, task_templates
@@ -76,10 +81,10 @@ def rank_classification(params, model, tokenizer, task, fields, template, config
   log-likelihood as the response to the rendered prompt."""
   sequences, spans = [], []
   for f in fields:
-    prompt = pipeline.conversation(task, f, template, config.data.template)[0]
+    context = pipeline.conversation(task, f, template, config.data.template)[:-1]  # all before the answer
     options = task.example_options(f)
     spans.append((len(sequences), options))
-    sequences += [tokenizer.encode_conversation([prompt, ("assistant", option)], config.data.template.format)
+    sequences += [tokenizer.encode_conversation([*context, ("assistant", option)], config.data.template.format)
                   for option in options]
   scores, counts = score_sequences(params, model, sequences, batch_size=config.eval.batch_size,
                                    seq_len=config.data.seq_len, chunk_len=config.loss.chunk_len, mesh=mesh)
@@ -90,13 +95,15 @@ def rank_classification(params, model, tokenizer, task, fields, template, config
 
 
 def generation(params, model, tokenizer, task, fields, template, config):
-  """(generated answer, target) per example, by greedy decoding from the rendered prompt."""
+  """(generated answer, target) per example, by greedy decoding from the rendered prompt. The target
+  is the last assistant turn, or all of an example's references where it has several."""
   prompts, targets = [], []
   for f in fields:
     turns = pipeline.conversation(task, f, template, config.data.template)
     prompt = tokenizer.generation_prompt(turns[:-1], config.data.template.format)  # all before the last answer
     prompts.append(prompt[-(config.data.seq_len - config.eval.max_new_tokens):])
-    targets.append(turns[-1][1])
+    several = len(f.get("references") or ()) > 1 and turns[-1][1] == f["answer"]
+    targets.append(list(f["references"]) if several else turns[-1][1])
   predictions = []
   batch_size = config.eval.batch_size
   for start in range(0, len(prompts), batch_size):
@@ -108,8 +115,11 @@ def generation(params, model, tokenizer, task, fields, template, config):
   return predictions, targets
 
 
-def evaluate_task(params, model, tokenizer, task, config, mesh) -> dict:
-  fields, task_templates = task_examples(task, config.eval)
+def evaluate_task(params, model, tokenizer, task, config, mesh, held_out: bool = True) -> dict | None:
+  """A task's scores per template, their mean and best; None if it has no evaluation examples."""
+  fields, task_templates = task_examples(task, config.eval, held_out)
+  if not fields:
+    return None
   per_template = []
   for template in task_templates:
     if task.is_classification:
@@ -135,10 +145,15 @@ def evaluate(params, model, tokenizer, config, mesh, *, seen: bool) -> dict:
   """Scores of every held-out task (and of the training tasks' validation splits if `seen`)."""
   mix = pipeline.resolve_mixture(config.data)
   groups = {"held_out": mix.evaluation, **({"seen": mix.train} if seen else {})}
-  results = {"tasks": {}, "clusters": {}}
+  results = {"tasks": {}, "clusters": {}, "unscored": {}}
   for group, group_tasks in groups.items():
     for task in group_tasks:
-      results["tasks"][task.name] = {"group": group, **evaluate_task(params, model, tokenizer, task, config, mesh)}
+      scores = evaluate_task(params, model, tokenizer, task, config, mesh, held_out=group == "held_out")
+      if scores is None:
+        logging.warning("task %s has no evaluation examples (no validation split): not scored", task.name)
+        results["unscored"][task.name] = "no evaluation examples (give a validation split)"
+      else:
+        results["tasks"][task.name] = {"group": group, **scores}
   for name, r in results["tasks"].items():
     cluster = results["clusters"].setdefault(r["cluster"], {"group": r["group"], "tasks": []})
     cluster["tasks"].append(name)
@@ -176,6 +191,9 @@ def write_results(results: dict, workdir: str, step: int) -> str:
                    f"| {t['best'][t['metric']]:.1f} | {chance} |")
     lines.append(f"| **{cluster_name}** | {cluster['group']} | *cluster mean* | | **{cluster['mean']:.1f}** "
                  f"| {cluster['best']:.1f} | |")
+  lines += [f"\nNot scored: {name}: {why}" for name, why in sorted(results.get("unscored", {}).items())]
+  if results.get("data"):
+    lines.append("\nData: " + ", ".join(f"{k} {v}" for k, v in results["data"].items()))
   with open(os.path.join(directory, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   return directory

@@ -57,7 +57,10 @@ def f1(predictions, targets) -> dict:
 
 
 def bleu(predictions, targets) -> dict:
-  return {"bleu": sacrebleu.corpus_bleu(list(predictions), [list(targets)]).score}
+  """Corpus BLEU; a target may be a list of references (sacrebleu takes one stream per reference)."""
+  references = [t if isinstance(t, list) else [t] for t in targets]
+  streams = [[r[i] if i < len(r) else r[0] for r in references] for i in range(max(len(r) for r in references))]
+  return {"bleu": sacrebleu.corpus_bleu(list(predictions), streams).score}
 
 
 ROUGE_KINDS = ("rouge1", "rouge2", "rougeL")
@@ -78,12 +81,27 @@ METRICS = {"accuracy": accuracy, "macro_f1": macro_f1, "exact_match": exact_matc
            "rouge": rouge}
 
 
-def compute(names, predictions, targets) -> dict:
-  """All of a task's metrics as {name: score}; the first one is the task's headline score."""
+def check(names, where: str = "metrics"):
   unknown = [n for n in names if n not in METRICS]
   if unknown:
-    raise ValueError(f"unknown metrics {unknown}; known: {', '.join(METRICS)}")
+    raise ValueError(f"{where}: unknown metrics {unknown}; known: {', '.join(METRICS)}")
+
+
+def compute(names, predictions, targets) -> dict:
+  """All of a task's metrics as {name: score}; the first one is the task's headline score. A target
+  may be a list of references: each example is scored against the one that suits it best (its
+  best headline score), and BLEU against them all."""
+  check(names)
+  references = [t if isinstance(t, list) else [t] for t in targets]
+  if all(len(r) == 1 for r in references):
+    chosen = [r[0] for r in references]
+  else:
+    headline = METRICS[names[0]]
+    chosen = [max(r, key=lambda ref: next(iter(headline([p], [ref]).values()))) for p, r in zip(predictions, references)]
   scores = {}
   for name in names:
-    scores.update(METRICS[name](predictions, targets))
+    if name == "bleu":
+      scores.update(bleu(predictions, references))
+    else:
+      scores.update(METRICS[name](predictions, chosen))
   return scores

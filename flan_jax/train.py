@@ -204,17 +204,24 @@ def main(argv):
       print(f"training steps {first_step}..{config.train.steps} in {workdir} on mesh {dict(mesh.shape)}", flush=True)
     writer = metric_writer.Writer(workdir, config.train.steps, first_step)
 
+    def data_counts():  # this process's, since the run started
+      return {"skipped_records": len(mix.skipped_rows) + sum(stats.skipped.values()), "truncated": stats.truncated}
+
     def run_evaluation(state, step):
-      results = evaluate.evaluate(lora.combine(state.params, state.frozen), model, tokenizer, config, mesh, seen=config.eval.include_seen)
+      results = evaluate.evaluate(lora.combine(state.params, state.frozen), model, tokenizer, config, mesh,
+                                  seen=config.eval.include_seen)
+      results["data"] = data_counts()
       if jax.process_index() == 0:
         evaluate.write_results(results, workdir, step)
       writer.write_eval(step, evaluate.summary(results))
 
-    train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, run_evaluation)
+    if config.eval.at_start and first_step == 0:  # the starting parameters (an imported model), as eval/0
+      run_evaluation(state, 0)
+    train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, run_evaluation, data_counts)
   writer.close()
 
 
-def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, run_evaluation):
+def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, run_evaluation, data_counts):
   """Steps to config.train.steps, logging, checkpointing, evaluating, and stopping cleanly on SIGTERM or NaN."""
   preempted = []
   signal.signal(signal.SIGTERM, lambda signum, frame: preempted.append(signum))
@@ -240,7 +247,7 @@ def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh,
       rate = tokens_per_step * (done - last_log_step) / seconds
       writer.write(done, {**{k: v.item() for k, v in step_metrics.items()},
                           "tokens_per_s": rate, "mfu": rate / tokens_per_step * flops_per_step / peak,
-                          "examples_seen": int(state.examples_seen)})
+                          "examples_seen": int(state.examples_seen), **data_counts()})
       last_log_time, last_log_step = time.time(), done
     if preempted or checkpoints.reached_preemption(done):
       checkpoint.save(checkpoints, done, state, data_iterator, config.data.shards)

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from flan_jax.data import local_files, pipeline, tasks
+from tests.conftest import load_config
 
 
 def _write(path, rows):
@@ -32,18 +33,120 @@ def test_alpaca_dolly_and_messages(tmp_path):
   assert [r for r, _ in chat.source("train")[0]["messages"]] == ["system", "user", "assistant", "user", "assistant"]
 
 
-def test_field_map_and_cluster_column(tmp_path):
+def test_field_map_and_free_cluster_names_from_a_column(tmp_path):
   rows = [{"q": "Capital of France?", "a": "Paris", "kind": "open_qa"},
           {"q": "Is 2 even?", "a": "yes", "kind": "classification"},
-          {"q": "Summarise: x", "a": "x", "kind": "summarization"}]
+          {"q": "Write to Bob about the invoice.", "a": "Dear Bob, ...", "kind": "business email"}]
   registered, _ = _register(tmp_path, rows, "lf_mapped", cluster="", cluster_field="kind",
                             field_map={"instruction": "q", "output": "a"},
-                            cluster_map={"open_qa": "closed_book_qa", "classification": "misc"})
+                            cluster_map={"open_qa": "closed_book_qa"})
   assert {t.name: t.cluster for t in registered} == {
-      "lf_mapped_closed_book_qa": "closed_book_qa", "lf_mapped_misc": "misc", "lf_mapped_summarization": "summarization"}
-  with pytest.raises(tasks.BadRecordError, match=r"lf_badcluster.jsonl:1: 'kind' value 'poetry' is not a FLAN cluster"):
-    _register(tmp_path, [{"instruction": "a", "output": "b", "kind": "poetry"}], "lf_badcluster", cluster="",
-              cluster_field="kind")
+      "lf_mapped_closed_book_qa": "closed_book_qa", "lf_mapped_classification": "classification",
+      "lf_mapped_business email": "business email"}
+  # Self-Instruct's is_classification flag as the cluster: non-string values are named through cluster_map.
+  flagged = [{"instruction": "a", "output": "b", "is_classification": True},
+             {"instruction": "c", "output": "d", "is_classification": False}]
+  registered, _ = _register(tmp_path, flagged, "lf_flag", cluster="", cluster_field="is_classification",
+                            cluster_map={"true": "classification", "false": "generation"})
+  assert sorted(t.cluster for t in registered) == ["classification", "generation"]
+  with pytest.raises(tasks.BadRecordError, match=r"lf_flag2.jsonl:1: cluster field 'is_classification' has value "
+                                                 r"True, not a non-empty string; name it in cluster_map \(keyed by 'true'\)"):
+    _register(tmp_path, flagged, "lf_flag2", cluster="", cluster_field="is_classification")
+  with pytest.raises(tasks.BadRecordError, match=r"lf_nocluster.jsonl:1: missing cluster field 'kind'"):
+    _register(tmp_path, [{"instruction": "a", "output": "b"}], "lf_nocluster", cluster="", cluster_field="kind")
+
+
+def test_prompt_completion_instances_and_several_references(tmp_path):
+  (t0,), _ = _register(tmp_path, [{"prompt": "Review: great film.\nSentiment?\n", "completion": "positive<|endoftext|>"}],
+                       "lf_t0", format="prompt_completion", response_suffix="<|endoftext|>")
+  assert t0.source("train")[0]["messages"] == [("user", "Review: great film.\nSentiment?\n"), ("assistant", "positive")]
+  seed = {"id": "seed_task_0", "instruction": "Give the opposite.", "is_classification": False,
+          "instances": [{"input": "hot", "output": "cold"}, {"input": "up", "output": ["down", "below"]}]}
+  (inst,), _ = _register(tmp_path, [seed], "lf_inst", format="instances")
+  examples = inst.source("train")
+  assert [e["messages"] for e in examples] == [
+      [("user", "Give the opposite."), ("input", "hot"), ("assistant", "cold")],
+      [("user", "Give the opposite."), ("input", "up"), ("assistant", "down")]]  # the first reference is trained on
+  assert examples[1]["references"] == ["down", "below"]
+  with pytest.raises(tasks.BadRecordError, match=r"lf_inst2.jsonl:1 instance 1: field 'output' must be a string or"):
+    _register(tmp_path, [{"instruction": "x", "instances": [{"output": "a"}, {"output": 3}]}], "lf_inst2",
+              format="instances")
+
+
+@pytest.mark.parametrize("suffix", ["json", "csv", "parquet"])
+def test_json_csv_and_parquet_files(tmp_path, suffix):
+  rows = [{"instruction": "Add 2 and 3.", "output": "5", "topic": "maths"},
+          {"instruction": "Name a colour.", "output": "red", "topic": "words"}]
+  path = tmp_path / f"rows.{suffix}"
+  if suffix == "json":
+    path.write_text(json.dumps(rows))
+  elif suffix == "csv":
+    path.write_text("instruction,output,topic\n" + "".join(f'"{r["instruction"]}",{r["output"]},{r["topic"]}\n' for r in rows))
+  else:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pylist(rows), path)
+  registered, _ = local_files.register({"name": f"lf_file_{suffix}", "path": str(path), "format": "alpaca",
+                                        "cluster_field": "topic"}, False)
+  assert {t.cluster: t.source("train")[0]["answer"] for t in registered} == {"maths": "5", "words": "red"}
+  bad = tmp_path / f"bad.{suffix}"
+  if suffix == "csv":
+    bad.write_text("instruction,output\nfine,ok\nno answer,\n")
+    with pytest.raises(tasks.BadRecordError, match=r"bad.csv:3: empty response"):
+      local_files.register({"name": "lf_badcsv", "path": str(bad), "format": "alpaca", "cluster": "x"}, False)
+
+
+def test_classification_from_an_options_column_or_a_fixed_list(tmp_path):
+  rows = [{"instruction": "Is the sky green?", "output": "no", "choices": ["yes", "no"]},
+          {"instruction": "Best pet?", "target_scores": {"cat": 1, "rock": 0}}]
+  (listed,), _ = _register(tmp_path, rows[:1], "lf_opts", options_field="choices")
+  assert listed.is_classification and listed.example_options(listed.source("train")[0]) == ("yes", "no")
+  assert listed.metrics == ("accuracy", "macro_f1")
+  (scored,), _ = _register(tmp_path, [{"instruction": "Best pet?", "output": "?", "target_scores": {"cat": 1, "rock": 0}}],
+                           "lf_scores", options_field="target_scores")
+  example = scored.source("train")[0]
+  assert example["answer"] == "cat" and example["messages"][-1] == ("assistant", "cat")  # BIG-bench style
+  (fixed,), _ = _register(tmp_path, [{"instruction": "2 + 2 = 4?", "output": "true"}], "lf_fixed",
+                          options=["true", "false"])
+  assert fixed.example_options(fixed.source("train")[0]) == ("true", "false")
+  with pytest.raises(tasks.BadRecordError, match=r"lf_outside.jsonl:1: the answer 'maybe' is not one of the options"):
+    _register(tmp_path, [{"instruction": "q", "output": "maybe", "choices": ["yes", "no"]}], "lf_outside",
+              options_field="choices")
+  with pytest.raises(tasks.BadRecordError, match=r"lf_noopts.jsonl:1: options_field 'choices' must hold a list"):
+    _register(tmp_path, [{"instruction": "q", "output": "yes"}], "lf_noopts", options_field="choices")
+
+
+def test_templated_local_task(tmp_path, tokenizer):
+  rows = [{"review": f"Film {i} was {'great' if i % 2 else 'dull'}.", "label": "positive" if i % 2 else "negative",
+           "instruction": "unused"} for i in range(6)]
+  spec = dict(format="alpaca", field_map={"output": "label"}, options=["positive", "negative"],
+              templates=[["{review}\nIs this review positive or negative?{options_}", "{answer}"],
+                         {"prompt": "Review: {review}\nSentiment:{options_}"}])
+  (task,), _ = _register(tmp_path, rows, "lf_tmpl", **spec)
+  assert len(task.templates) == 2 and not task.conversational
+  fields = task.example_fields(task.source("train")[1])
+  turns = pipeline.conversation(task, fields, task.templates[0], load_config("tiny").data.template)
+  assert turns == [("user", "Film 1 was great.\nIs this review positive or negative?\n\nOPTIONS:\n- positive\n- negative"),
+                   ("assistant", "positive")]
+  with pytest.raises(KeyError, match=r"local task 'lf_broken' \(.*lf_broken.jsonl\), template 0: field 'stars' is not"):
+    _register(tmp_path, rows, "lf_broken", format="alpaca", field_map={"output": "label"},
+              templates=[["{review} {stars}", "{answer}"]])
+  with pytest.raises(ValueError, match=r"template 0 must be \[prompt, response\]"):
+    _register(tmp_path, rows, "lf_badtmpl", format="alpaca", field_map={"output": "label"}, templates=["{review}"])
+
+
+def test_specs_from_a_json_file_or_inline(tmp_path):
+  path = _write(tmp_path / "d.jsonl", [{"instruction": "a", "output": "b"}])
+  spec = {"name": "lf_json_spec", "path": path, "format": "alpaca", "cluster": "mine"}
+  (tmp_path / "one.json").write_text(json.dumps(spec))
+  (tmp_path / "many.json").write_text(json.dumps([spec, {**spec, "name": "lf_json_spec2"}]))
+  assert local_files.specs([str(tmp_path / "one.json")]) == [spec]
+  assert [s["name"] for s in local_files.specs([str(tmp_path / "many.json")])] == ["lf_json_spec", "lf_json_spec2"]
+  assert local_files.specs([json.dumps(spec), spec]) == [spec, spec]
+  with pytest.raises(FileNotFoundError, match=r"'nope.json' is neither a file nor JSON; expected a dict such as"):
+    local_files.specs(["nope.json"])
+  with pytest.raises(ValueError, match=r"data.local_tasks:1: invalid JSON .*expected a dict such as"):
+    local_files.specs(["{name: x}"])
 
 
 @pytest.mark.parametrize("bad_row, message", [
@@ -51,7 +154,7 @@ def test_field_map_and_cluster_column(tmp_path):
     ({"instruction": "a"}, r"lf_bad.jsonl:2: missing field 'output'"),
     (b'{"instruction": "caf\xe9", "output": "b"}', r"lf_bad.jsonl:2: not valid UTF-8"),
     ({"instruction": "a", "output": "  "}, r"lf_bad.jsonl:2: empty response"),
-    ({"instruction": "a", "output": 3}, r"lf_bad.jsonl:2: field 'output' is not a string"),
+    ({"instruction": "a", "output": 3}, r"lf_bad.jsonl:2: field 'output' must be a string or a list of strings"),
     ([1, 2], r"lf_bad.jsonl:2: expected a JSON object"),
 ])
 def test_bad_rows_name_file_and_line(tmp_path, bad_row, message):
@@ -80,6 +183,11 @@ def test_bad_specs(tmp_path):
     local_files.register({"name": "lf_s1", "path": path, "format": "alpaca", "cluster": "misc", "colour": 1}, False)
   with pytest.raises(ValueError, match="unknown format 'csv'"):
     local_files.register({"name": "lf_s2", "path": path, "format": "csv", "cluster": "misc"}, False)
+  with pytest.raises(ValueError, match="'cluster' must be a string, not 3"):
+    local_files.register({"name": "lf_s4", "path": path, "format": "alpaca", "cluster": 3}, False)
+  with pytest.raises(ValueError, match="local task 'lf_s5': unknown metrics \\['bleurt'\\]"):
+    local_files.register({"name": "lf_s5", "path": path, "format": "alpaca", "cluster": "x", "metrics": ["bleurt"]},
+                         False)
   with pytest.raises(FileNotFoundError, match="nope.jsonl"):
     local_files.register({"name": "lf_s3", "path": str(tmp_path / "nope.jsonl"), "format": "alpaca",
                           "cluster": "misc"}, False)

@@ -10,7 +10,7 @@ def test_lookup_by_name_and_cluster():
   assert {t.name for t in tasks.by_cluster("coreference")} >= {"mini_pronoun_gender", "mini_winograd_size", "winogrande"}
   with pytest.raises(KeyError, match="unknown task 'mini_arithmetc'.*mini_arithmetic"):
     tasks.get("mini_arithmetc")
-  with pytest.raises(ValueError, match="unknown cluster"):
+  with pytest.raises(ValueError, match="no task is in cluster 'poetry'"):
     tasks.by_cluster("poetry")
 
 
@@ -20,14 +20,16 @@ def test_flan_mutual_exclusions():
   assert tasks.excluded_clusters(["reading_comprehension_commonsense"]) == {
       "reading_comprehension_commonsense", "reading_comprehension", "commonsense"}
   assert tasks.excluded_clusters(["sentiment"]) == {"sentiment"}
+  assert tasks.excluded_clusters(["write a business email"]) == {"write a business email"}  # users' own names
 
 
 def test_task_validation():
   common = dict(source=lambda split: [], preprocess=dict, metrics=("accuracy",))
   with pytest.raises(ValueError, match="lacks {options_}"):
     tasks.Task(name="x", cluster="misc", templates=(Template("{q}"),), options=("a", "b"), **common)
-  with pytest.raises(ValueError, match="unknown cluster"):
-    tasks.Task(name="x", cluster="astrology", templates=(Template("{q}"),), **common)
+  assert tasks.Task(name="x", cluster="business emails", templates=(Template("{q}"),), **common).cluster  # free names
+  with pytest.raises(ValueError, match="the cluster must be a non-empty string"):
+    tasks.Task(name="x", cluster=3, templates=(Template("{q}"),), **common)
   t = tasks.Task(name="x", cluster="misc", templates=(Template("{q}{options_}"),), options=("a", "b"), **common)
   with pytest.raises(tasks.BadRecordError, match="task x: answer 'c' is not one of the options"):
     t.example_fields({"q": "?", "answer": "c"})

@@ -1,43 +1,111 @@
-"""Local JSONL/JSON instruction data: Alpaca, Dolly and OpenAI-style `messages` rows.
+"""Local instruction data: JSONL, JSON, CSV or Parquet files in the forms people have.
 
 A local task is declared in config (`data.local_tasks`), for example
-  dict(name="my_alpaca", path="data/train.jsonl", format="alpaca", cluster="misc")
-with optional keys `validation_path`, `field_map` (our field -> column name, e.g.
-{"output": "answer"}), and `cluster_field` plus `cluster_map` to take each row's
-cluster from a column (Dolly's `category`): one task is registered per cluster,
-named `<name>_<cluster>`.
+  dict(name="my_alpaca", path="data/train.jsonl", format="alpaca", cluster="emails")
+or, on the command line, as a JSON file holding one such spec or a list of them
+(`--config.data.local_tasks=tasks.json`) or as inline JSON.
 
-Rows are read and checked when the task is registered. A bad row is an error
-naming the file and line, or, with `skip_bad_records`, a counted skip.
+Formats (the columns each reads; `field_map` renames them, e.g. {"output": "answer"}):
+  alpaca             instruction, input (optional), output
+  dolly              instruction, context (optional), response
+  prompt_completion  prompt, completion (T0/P3 and many exports)
+  instances          instruction, instances: [{input, output}] (Self-Instruct, Super-NaturalInstructions);
+                     one example per instance
+  messages           messages: [{role, content}] (OpenAI style; every assistant turn is trained on)
+A response may be a list of strings: several references, the first trained on, the best one
+scored. `response_suffix` is a marker every response of the file may end with (T0's
+"<|endoftext|>"), removed where present.
+
+Clusters are free names: `cluster` for the whole file, or `cluster_field`, a column whose values
+(optionally renamed by `cluster_map`) name each row's cluster; one task is registered per cluster,
+named `<name>_<cluster>`. `validation_path` is a file of evaluation rows in the same form.
+
+Classification: `options` (a fixed list) or `options_field` (a column holding each row's list of
+options, or a dict option -> score as BIG-bench's `target_scores`, the highest-scoring option being
+the answer) makes a task that evaluation scores by rank classification; an answer outside its
+options is an error. Generation tasks are scored by `metrics` (default ROUGE).
+
+Templates: `templates`, a list of [prompt, response] patterns over the row's own columns and
+`{instruction}`, `{input}`, `{answer}` and `{options_}` (the same `{field}` syntax and safety as
+the registered tasks), renders each row through several instructions like any FLAN task.
+
+Rows are read and checked when the task is registered. A bad row is an error naming the file
+and line (or row), or, with `skip_bad_records`, a counted skip.
 """
 
+import csv
 import functools
 import json
 import os
 
-from flan_jax.data import tasks
+from flan_jax import metrics as metrics_lib
+from flan_jax.data import tasks, templates
 
 FORMATS = {
     "alpaca": {"instruction": "instruction", "input": "input", "output": "output"},
     "dolly": {"instruction": "instruction", "input": "context", "output": "response"},
+    "prompt_completion": {"instruction": "prompt", "output": "completion"},
+    "instances": {"instruction": "instruction", "instances": "instances", "input": "input", "output": "output"},
     "messages": {"messages": "messages"},
 }
 OPTIONAL_FIELDS = ("input",)
-SPEC_KEYS = ("name", "path", "format", "cluster", "validation_path", "field_map", "cluster_field", "cluster_map")
+SPEC_KEYS = ("name", "path", "format", "cluster", "validation_path", "field_map", "cluster_field", "cluster_map",
+             "options", "options_field", "templates", "metrics", "response_suffix")
 MESSAGE_ROLES = ("system", "user", "assistant")
+FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet")
+SPEC_FORM = ('a dict such as {"name": "mine", "path": "train.jsonl", "format": "alpaca", "cluster": "misc"}, '
+             "a JSON file holding one or a list of them, or that JSON inline")
+
+
+def specs(entries) -> list[dict]:
+  """data.local_tasks -> spec dicts. An entry is a dict, a path to a JSON file of one spec or a list
+  of specs, or such JSON inline (as `--config.data.local_tasks=tasks.json` gives it)."""
+  out = []
+  for entry in entries:
+    if isinstance(entry, str):
+      text, where = entry, "data.local_tasks"
+      if not entry.lstrip().startswith(("{", "[")):
+        if not os.path.isfile(entry):
+          raise FileNotFoundError(f"data.local_tasks entry {entry!r} is neither a file nor JSON; expected {SPEC_FORM}")
+        with open(entry) as f:
+          text, where = f.read(), entry
+      try:
+        loaded = json.loads(text)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{where}:{e.lineno}: invalid JSON ({e.msg}); expected {SPEC_FORM}") from None
+      entry = loaded
+    entries_here = entry if isinstance(entry, list) else [entry]
+    for spec in entries_here:
+      if not hasattr(spec, "keys"):
+        raise ValueError(f"data.local_tasks: {spec!r} is not a task spec; expected {SPEC_FORM}")
+      out.append(dict(spec))
+  return out
 
 
 def read_rows(path: str):
-  """Yields (place, parsed row or BadRecordError), the place being `path:line` or `path record i`."""
+  """Yields (place, parsed row or BadRecordError), the place being `path:line` or `path row i`."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"local task file {path!r} does not exist")
+  if not path.endswith(FILE_TYPES):
+    raise ValueError(f"local task file {path!r}: unknown file type; use one of {', '.join(FILE_TYPES)}")
+  if path.endswith(".parquet"):
+    import pyarrow.parquet  # noqa: PLC0415 -- only for Parquet files
+    yield from ((f"{path} row {i}", row) for i, row in enumerate(pyarrow.parquet.read_table(path).to_pylist()))
+    return
   with open(path, "rb") as f:
     raw = f.read()
-  if path.endswith(".json"):
+  if path.endswith((".json", ".csv")):
     try:
-      rows = json.loads(raw.decode("utf-8"))
+      text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
       raise tasks.BadRecordError(f"{path}: not valid UTF-8 at byte {e.start}") from None
+    if path.endswith(".csv"):
+      reader = csv.DictReader(text.splitlines(keepends=True))
+      for row in reader:
+        yield f"{path}:{reader.line_num}", row
+      return
+    try:
+      rows = json.loads(text)
     except json.JSONDecodeError as e:
       raise tasks.BadRecordError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     if not isinstance(rows, list):
@@ -56,24 +124,38 @@ def read_rows(path: str):
       yield place, tasks.BadRecordError(f"{place}: invalid JSON ({e.msg})")
 
 
-def to_conversation(row, fmt: str, field_map: dict[str, str], where: str) -> list[tuple[str, str]]:
-  """One parsed row -> [(role, text)]; raises BadRecordError naming `where`."""
+def _text(row: dict, column: str, where: str, optional: bool = False) -> str:
+  if column not in row or row[column] is None:
+    if optional:
+      return ""
+    raise tasks.BadRecordError(f"{where}: missing field {column!r}")
+  if not isinstance(row[column], str):
+    raise tasks.BadRecordError(f"{where}: field {column!r} is not a string")
+  return row[column]
+
+
+def _references(row: dict, column: str, suffix: str, where: str) -> list[str]:
+  """A response column: a string or a non-empty list of strings, less the file's response suffix."""
+  value = row.get(column)
+  if column not in row:
+    raise tasks.BadRecordError(f"{where}: missing field {column!r}")
+  values = value if isinstance(value, list) else [value]
+  if not values or not all(isinstance(v, str) for v in values):
+    raise tasks.BadRecordError(f"{where}: field {column!r} must be a string or a list of strings")
+  values = [v.removesuffix(suffix) if suffix else v for v in values]
+  if not all(v.strip() for v in values):
+    raise tasks.BadRecordError(f"{where}: empty response")
+  return values
+
+
+def to_examples(row, fmt: str, field_map: dict[str, str], where: str, suffix: str = "") -> list[dict]:
+  """One parsed row -> examples: {"messages": [(role, text)], "answer", "references", "instruction",
+  "input"} (the last three for templates); raises BadRecordError naming `where`."""
   if isinstance(row, tasks.BadRecordError):
     raise row
   if not isinstance(row, dict):
     raise tasks.BadRecordError(f"{where}: expected a JSON object, got {type(row).__name__}")
   columns = {**FORMATS[fmt], **field_map}
-
-  def text(field):
-    column = columns[field]
-    if column not in row:
-      if field in OPTIONAL_FIELDS:
-        return ""
-      raise tasks.BadRecordError(f"{where}: missing field {column!r}")
-    if not isinstance(row[column], str):
-      raise tasks.BadRecordError(f"{where}: field {column!r} is not a string")
-    return row[column]
-
   if fmt == "messages":
     messages = row.get(columns["messages"])
     if not isinstance(messages, list) or not messages:
@@ -85,70 +167,165 @@ def to_conversation(row, fmt: str, field_map: dict[str, str], where: str) -> lis
       turns.append((m["role"], m["content"]))
     if turns[-1][0] != "assistant":
       raise tasks.BadRecordError(f"{where}: the last message must be the assistant's")
-  else:
-    turns = [("user", text("instruction"))]
-    if text("input").strip():
-      turns.append(("input", text("input")))
-    turns.append(("assistant", text("output")))
-  for role, content in turns:
-    if role == "assistant" and not content.strip():
+    if any(role == "assistant" and not text.strip() for role, text in turns):
       raise tasks.BadRecordError(f"{where}: empty response")
-  if not turns[0][1].strip():
-    raise tasks.BadRecordError(f"{where}: empty {turns[0][0]} text")
-  return turns
+    if not turns[0][1].strip():
+      raise tasks.BadRecordError(f"{where}: empty {turns[0][0]} text")
+    return [{"messages": turns, "answer": turns[-1][1], "references": [turns[-1][1]]}]
+  instruction = _text(row, columns["instruction"], where)
+  if not instruction.strip():
+    raise tasks.BadRecordError(f"{where}: empty {columns['instruction']!r}")
+  if fmt == "instances":
+    instances = row.get(columns["instances"])
+    if not isinstance(instances, list) or not instances:
+      raise tasks.BadRecordError(f"{where}: missing or empty field {columns['instances']!r}")
+    parts = [(f"{where} instance {i}", instance) for i, instance in enumerate(instances)]
+  else:
+    parts = [(where, row)]
+  examples = []
+  for place, part in parts:
+    if not isinstance(part, dict):
+      raise tasks.BadRecordError(f"{place}: expected an object, got {type(part).__name__}")
+    text_input = _text(part, columns["input"], place, optional=True) if "input" in columns else ""
+    references = _references(part, columns["output"], suffix, place)
+    turns = [("user", instruction)] + ([("input", text_input)] if text_input.strip() else [])
+    examples.append({"messages": [*turns, ("assistant", references[0])], "answer": references[0],
+                     "references": references, "instruction": instruction, "input": text_input})
+  return examples
+
+
+def _options(spec: dict, row: dict, example: dict, where: str):
+  """The example's options and answer for a classification spec; the answer must be among them."""
+  if spec.get("options"):
+    options = [str(o) for o in spec["options"]]
+  else:
+    column = spec["options_field"]
+    value = row.get(column) if isinstance(row, dict) else None
+    if isinstance(value, str) and value.lstrip().startswith(("[", "{")):  # CSV cells hold JSON
+      try:
+        value = json.loads(value)
+      except json.JSONDecodeError:
+        pass
+    if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+      options = list(value)
+      example["answer"] = max(value, key=lambda k: value[k])  # BIG-bench target_scores
+      example["references"] = [example["answer"]]
+      example["messages"] = [*example["messages"][:-1], ("assistant", example["answer"])]
+    elif isinstance(value, list) and value and all(isinstance(o, str) for o in value):
+      options = value
+    else:
+      raise tasks.BadRecordError(f"{where}: options_field {column!r} must hold a list of strings or a dict "
+                                 f"option -> score, not {value!r}")
+  if example["answer"] not in options:
+    raise tasks.BadRecordError(f"{where}: the answer {example['answer']!r} is not one of the options {options}")
+  return options
+
+
+def _cluster(spec: dict, row, where: str) -> str:
+  if not spec.get("cluster_field"):
+    return spec["cluster"]
+  column = spec["cluster_field"]
+  if not isinstance(row, dict) or column not in row:
+    raise tasks.BadRecordError(f"{where}: missing cluster field {column!r}")
+  value = row[column]
+  cluster_map = spec.get("cluster_map") or {}
+  key = value if isinstance(value, str) else json.dumps(value)
+  cluster = cluster_map.get(key, value)
+  if not isinstance(cluster, str) or not cluster.strip():
+    raise tasks.BadRecordError(f"{where}: cluster field {column!r} has value {value!r}, not a non-empty string; "
+                               f"name it in cluster_map (keyed by {key!r})")
+  return cluster
 
 
 def load(spec: dict, path: str, skip_bad_records: bool) -> tuple[dict[str, list], list[str]]:
-  """Rows of one file grouped by cluster, and the messages of skipped rows."""
-  fmt = spec["format"]
-  field_map, cluster_map = dict(spec.get("field_map") or {}), dict(spec.get("cluster_map") or {})
+  """Examples of one file grouped by cluster, and the messages of skipped rows."""
+  fmt, suffix = spec["format"], spec.get("response_suffix") or ""
+  field_map = dict(spec.get("field_map") or {})
+  classification = bool(spec.get("options") or spec.get("options_field"))
   by_cluster, skipped = {}, []
   for where, row in read_rows(path):
     try:
-      conversation = to_conversation(row, fmt, field_map, where)
-      cluster = spec.get("cluster") or ""
-      if spec.get("cluster_field"):
-        value = row.get(spec["cluster_field"])
-        cluster = cluster_map.get(value, value)
-        if cluster not in tasks.CLUSTERS:
-          raise tasks.BadRecordError(
-              f"{where}: {spec['cluster_field']!r} value {value!r} is not a FLAN cluster; map it in cluster_map")
+      examples = to_examples(row, fmt, field_map, where, suffix)
+      cluster = _cluster(spec, row, where)
+      for example in examples:
+        if classification:
+          example["options"] = _options(spec, row, example, where)
+        if spec.get("templates"):
+          example.update({k: v for k, v in row.items() if isinstance(v, str) and k not in example})
     except tasks.BadRecordError as e:
       if not skip_bad_records:
         raise
       skipped.append(str(e))
       continue
-    by_cluster.setdefault(cluster, []).append({"messages": conversation, "answer": conversation[-1][1]})
+    by_cluster.setdefault(cluster, []).extend(examples)
   return by_cluster, skipped
+
+
+def _check_spec(spec: dict):
+  name = spec.get("name")
+  unknown = sorted(set(spec) - set(SPEC_KEYS))
+  if unknown:
+    raise KeyError(f"local task {name!r}: unknown key(s) {unknown}; keys are {SPEC_KEYS}")
+  for key in ("name", "path", "format"):
+    if not spec.get(key):
+      raise KeyError(f"local task {name!r}: missing {key!r}")
+  if spec["format"] not in FORMATS:
+    raise ValueError(f"local task {name!r}: unknown format {spec['format']!r}; formats are {sorted(FORMATS)}")
+  if not spec.get("cluster") and not spec.get("cluster_field"):
+    raise KeyError(f"local task {name!r}: set 'cluster' or 'cluster_field'")
+  if spec.get("cluster") is not None and not isinstance(spec["cluster"], str):
+    raise ValueError(f"local task {name!r}: 'cluster' must be a string, not {spec['cluster']!r}")
+  if spec.get("options") and spec.get("options_field"):
+    raise KeyError(f"local task {name!r}: set one of 'options' and 'options_field'")
+  if spec.get("templates") and spec["format"] == "messages":
+    raise ValueError(f"local task {name!r}: 'templates' need a format with columns, not 'messages'")
+  metrics_lib.check(spec.get("metrics") or (), where=f"local task {name!r}")
+
+
+def _templates(spec: dict) -> tuple[templates.Template, ...]:
+  out = []
+  for i, pattern in enumerate(spec.get("templates") or ()):
+    pair = (pattern.get("prompt"), pattern.get("response", "{answer}")) if isinstance(pattern, dict) else pattern
+    if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) and p for p in pair)):
+      raise ValueError(f"local task {spec['name']!r}: template {i} must be [prompt, response] or "
+                       f"{{'prompt': ..., 'response': ...}}, not {pattern!r}")
+    out.append(templates.Template(prompt=pair[0], response=pair[1]))
+  return tuple(out)
 
 
 @functools.cache
 def _register(spec_json: str, skip_bad_records: bool) -> tuple[tuple[tasks.Task, ...], tuple[str, ...]]:
   spec = json.loads(spec_json)
-  unknown = sorted(set(spec) - set(SPEC_KEYS))
-  if unknown:
-    raise KeyError(f"local task {spec.get('name')!r}: unknown key(s) {unknown}; keys are {SPEC_KEYS}")
-  for key in ("name", "path", "format"):
-    if not spec.get(key):
-      raise KeyError(f"local task {spec.get('name')!r}: missing {key!r}")
-  if spec["format"] not in FORMATS:
-    raise ValueError(f"local task {spec['name']!r}: unknown format {spec['format']!r}; formats are {sorted(FORMATS)}")
-  if not spec.get("cluster") and not spec.get("cluster_field"):
-    raise KeyError(f"local task {spec['name']!r}: set 'cluster' or 'cluster_field'")
+  _check_spec(spec)
   train, skipped = load(spec, spec["path"], skip_bad_records)
   validation = {}
   if spec.get("validation_path"):
     validation, more = load(spec, spec["validation_path"], skip_bad_records)
     skipped += more
+  task_templates = _templates(spec)
+  classification = bool(spec.get("options") or spec.get("options_field"))
+  metrics = tuple(spec.get("metrics") or (("accuracy", "macro_f1") if classification else ("rouge",)))
   per_cluster = bool(spec.get("cluster_field"))
   registered = []
   for cluster in sorted(set(train) | set(validation)):
     name = f"{spec['name']}_{cluster}" if per_cluster else spec["name"]
     splits = {"train": train.get(cluster, []), "validation": validation.get(cluster, [])}
-    registered.append(tasks.register(tasks.Task(
-        name=name, cluster=cluster, source=splits.__getitem__, preprocess=dict, templates=(),
-        metrics=("rouge",), conversational=True)))
+    task = tasks.Task(name=name, cluster=cluster, source=splits.__getitem__, preprocess=dict,
+                      templates=task_templates, metrics=metrics, per_example_options=classification,
+                      conversational=not task_templates)
+    _check_templates(task, splits, spec)
+    registered.append(tasks.register(task))
   return tuple(registered), tuple(skipped)
+
+
+def _check_templates(task: tasks.Task, splits: dict, spec: dict):
+  """Renders the first example through every template, so a broken one fails here, naming the task."""
+  first = (splits["train"] or splits["validation"])[:1]
+  for example in first:
+    for i, template in enumerate(task.templates):
+      options = task.example_options(example) if task.is_classification else None
+      templates.render_pair(template, example, options=options, show_options=True, chain_of_thought=False,
+                            where=f"local task {spec['name']!r} ({spec['path']}), template {i}")
 
 
 def register(spec: dict, skip_bad_records: bool) -> tuple[tuple[tasks.Task, ...], tuple[str, ...]]:

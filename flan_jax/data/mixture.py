@@ -77,7 +77,8 @@ def split_by_held_out(names: Sequence[str], held_out_clusters: Sequence[str]):
   evaluation = [t for t in all_tasks if t.cluster in held_out_clusters]
   missing = [c for c in held_out_clusters if not any(t.cluster == c for t in all_tasks)]
   if missing:
-    raise ValueError(f"held-out cluster(s) {missing} have no task in the mixture {list(names)}")
+    raise ValueError(f"held-out cluster(s) {missing} have no task in the mixture {list(names)}; its clusters are "
+                     f"{sorted({t.cluster for t in all_tasks})}")
   if not train:
     raise ValueError(f"holding out {sorted(excluded)} leaves no training task in {list(names)}")
   return train, evaluation

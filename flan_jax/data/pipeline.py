@@ -52,8 +52,8 @@ class Mixture:
 def resolve_mixture(data_cfg) -> Mixture:
   names = list(data_cfg.mixture)
   skipped_rows = []
-  for spec in data_cfg.local_tasks:
-    registered, skipped = local_files.register(dict(spec), data_cfg.skip_bad_records)
+  for spec in local_files.specs(data_cfg.local_tasks):
+    registered, skipped = local_files.register(spec, data_cfg.skip_bad_records)
     names += [t.name for t in registered]
     skipped_rows += skipped
   if not names:
@@ -232,8 +232,8 @@ def get_tokenizer(data_cfg, cache_dir: str) -> Tokenizer:
   cfg = data_cfg.tokenizer
   if cfg.model:
     return tokenizer_lib.load(cfg.model, pad_id=cfg.pad_id, eos_id=cfg.eos_id, bos_id=cfg.bos_id)
-  names = list(data_cfg.mixture) + [t.name for spec in data_cfg.local_tasks
-                                    for t in local_files.register(dict(spec), data_cfg.skip_bad_records)[0]]
+  names = list(data_cfg.mixture) + [t.name for spec in local_files.specs(data_cfg.local_tasks)
+                                    for t in local_files.register(spec, data_cfg.skip_bad_records)[0]]
   spec = {"mixture": names, "vocab_size": cfg.vocab_size, "num_texts": cfg.num_texts,
           "format": data_cfg.template.format, "version": 1}
   path = tokenizer_lib.cache_path(cache_dir, spec)
