@@ -1,31 +1,41 @@
-# python -m flan_jax.train --config configs/flan2021.py:held_out=nli,model=llama3_2_1b
-"""FLAN 2021: the TFDS mixture with one cluster held out, at a real model size.
+# python -m flan_jax.train --config configs/flan2021.py:checkpoint=/ckpts/llama3_2_1b,held_out=nli
+"""FLAN 2021 (Wei et al. 2021): instruction tuning of a pretrained model on the TFDS mixture, one
+cluster held out.
 
-The TFDS datasets must already be prepared in TFDS's data directory (nothing is
-downloaded at run time). Sizes follow the FLAN paper where it states them:
-examples capped at 3,000 per task, Adafactor at a constant 3e-5, packed rows.
+As the paper does it: a pretrained checkpoint (imported with `python -m flan_jax.convert import`)
+with its own tokenizer, vocabulary and positions; Adafactor at a constant 3e-5; examples capped at
+3,000 per task; packed rows of 8,192 tokens a batch by default (the paper: 8,192 tokens, input 1,024
+and target 256 per example). `checkpoint=` empty trains the `model=` preset from random initialisation
+with a SentencePiece tokenizer trained on the mixture: the recipe alone, for systems work, not FLAN.
+
+The TFDS datasets must already be prepared in TFDS's data directory (nothing is downloaded at run
+time). Arguments: checkpoint=DIR, held_out=CLUSTER, model=PRESET (without a checkpoint).
 """
 
-from configs import common, models, tiny
+from configs import common, finetune, models, tiny
 
 
 def get_config(arg: str | None = None):
-  arg = common.parse_arg(arg, held_out="nli", model="llama3_2_1b")
-  config = tiny.get_config()
+  arg = common.parse_arg(arg, checkpoint="", held_out="nli", model="llama3_2_1b")
+  if arg["checkpoint"]:
+    config = finetune.get_config(f"checkpoint={arg['checkpoint']},held_out={arg['held_out']}")
+    config.data.template.format = "flan"  # FLAN's instruction templates, with the model's BOS/EOS
+  else:
+    config = tiny.get_config()
+    config.data.tokenizer.vocab_size = 32_000
+    config.data.tokenizer.num_texts = 200_000
+    with config.unlocked():
+      config.model = models.get(arg["model"], vocab_size=config.data.tokenizer.get_ref("vocab_size"))
 
   config.data.mixture = ("flan2021",)
   config.data.held_out_clusters = (arg["held_out"],)
-  config.data.seq_len = 2048
-  config.data.batch_size = 64
-  config.data.packing_bins = 256
+  config.data.seq_len = 1024
+  config.data.batch_size = 8  # 8,192 tokens
+  config.data.packing_bins = 64
   config.data.template.max_templates = 10
-  config.data.tokenizer.vocab_size = 32_000
-  config.data.tokenizer.num_texts = 200_000
 
-  with config.unlocked():
-    config.model = models.get(arg["model"], vocab_size=config.data.tokenizer.get_ref("vocab_size"))
   config.model.remat = "full"
-  config.model.scan_layers = True
+  config.model.scan_layers = not arg["checkpoint"]  # imports are stored layer by layer (convert --scan_layers)
 
   config.mesh.data, config.mesh.fsdp = 1, -1
   config.loss.chunk_len = 256

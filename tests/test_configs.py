@@ -42,3 +42,28 @@ def test_finetune_config_reads_an_imported_checkpoint(tmp_path):
   with pytest.raises(FileNotFoundError, match="model.json does not exist"):
     load_config("finetune", f"checkpoint={tmp_path / 'missing'}")
   assert workdirs.default("configs/finetune.py:checkpoint=/ckpts/q,lora=8") == "workdirs/finetune_checkpoint=_ckpts_q,lora=8"
+
+
+def _fake_import(directory, chat_format="chat_template"):
+  import json
+  fields = dict(vocab_size=96, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128)
+  (directory / "model.json").write_text(json.dumps({"model": fields, "family": "llama", "chat_format": chat_format}))
+
+
+def test_flan2021_fine_tunes_an_imported_checkpoint_with_its_tokenizer(tmp_path):
+  _fake_import(tmp_path)
+  config = load_config("flan2021", f"checkpoint={tmp_path},held_out=sentiment")
+  assert config.train.init_from == str(tmp_path) and config.data.tokenizer.model == str(tmp_path / "hf")
+  assert config.model.vocab_size == 96 and not config.model.scan_layers  # the checkpoint's, not a preset's
+  assert config.optim.name == "adafactor" and config.optim.learning_rate == 3e-5 and config.optim.schedule == "constant"
+  assert config.data.batch_size * config.data.seq_len == 8192 and config.data.held_out_clusters == ("sentiment",)
+  assert config.data.template.format == "flan"
+
+
+def test_t0_config_has_one_task_per_dataset_in_t0_clusters(tmp_path):
+  _fake_import(tmp_path)
+  config = load_config("t0", f"checkpoint={tmp_path},data=/t0,held_out=sentiment+summarization")
+  specs = {s["name"]: s for s in config.data.local_tasks}
+  assert specs["t0_imdb"]["path"] == "/t0/imdb_*.jsonl" and specs["t0_imdb"]["cluster"] == "sentiment"
+  assert specs["t0_xsum"]["metrics"] == ("rouge",) and config.data.held_out_clusters == ("sentiment", "summarization")
+  assert config.data.template.format == "chat_template" and config.eval.at_start and config.model.lora_rank == 16

@@ -88,3 +88,109 @@ def test_family_chat_formats(fmt):
   response = "".join(t for t, w in segments if w and t is not templates.EOS)
   assert response == CHAT_EXPECTED[fmt][CHAT_EXPECTED[fmt].rindex("chat"):]  # the answer and its end of turn
   assert segments[-1] == (templates.EOS, 1)
+
+
+# Chat templates as the families' tokenizer_config.json ship them.
+FAMILY_CHAT_TEMPLATES = {
+    "llama3": (
+        "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+        "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+        "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+        "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"),
+    "chatml": (
+        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n"
+        "You are a helpful assistant.<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + "
+        "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+        "{{ '<|im_start|>assistant\\n' }}{% endif %}"),
+    "gemma": (
+        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+        "{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}"),
+    "mistral": (
+        "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+        "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% else %}"
+        "{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"),
+}
+FAMILY_TOKENS = {  # bos, eos, the end of an assistant turn
+    "llama3": ("<|begin_of_text|>", "<|eot_id|>", "<|eot_id|>"),
+    "chatml": (None, "<|im_end|>", "<|im_end|>"),
+    "gemma": ("<bos>", "<eos>", "<end_of_turn>"),
+    "mistral": ("<s>", "</s>", "</s>"),
+}
+SPECIALS = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|im_start|>", "<|im_end|>",
+            "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<s>", "</s>"]
+
+
+def family_tokenizer(directory, family):
+  """A byte-level BPE tokenizer with the family's special tokens, BOS rule and chat template."""
+  import json
+
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+  tokenizer = Tokenizer(models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  texts = ["The cat sat on the mat. Is the cat on the mat? Yes. Then where is the dog?"] * 10
+  tokenizer.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIALS,
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  bos, eos, _ = FAMILY_TOKENS[family]
+  if bos:
+    tokenizer.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[
+        (bos, tokenizer.token_to_id(bos))])
+  directory.mkdir(parents=True, exist_ok=True)
+  tokenizer.save(str(directory / "tokenizer.json"))
+  (directory / "tokenizer_config.json").write_text(json.dumps(
+      {"bos_token": bos, "eos_token": eos, "chat_template": FAMILY_CHAT_TEMPLATES[family]}))
+
+
+CONVERSATION = [("user", "Is the cat on the mat?"), ("assistant", "Yes."), ("user", "Then where is the dog?"),
+                ("assistant", " The dog sat on the mat. ")]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CHAT_TEMPLATES))
+def test_chat_template_loss_weights_and_tokens_match_transformers(family, tmp_path):
+  """Every assistant turn and its end of turn (and nothing else) carries weight 1, and the tokens are
+  transformers' apply_chat_template's for the same conversation."""
+  import transformers
+
+  from flan_jax.data import tokenizer as tokenizer_lib
+  family_tokenizer(tmp_path, family)
+  tokenizer = tokenizer_lib.load(str(tmp_path))
+  tokens, weights = tokenizer.encode_conversation(CONVERSATION, templates.CHAT_TEMPLATE)
+  reference = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  messages = [{"role": role, "content": text} for role, text in CONVERSATION]
+  assert tokens.tolist() == reference.apply_chat_template(messages, return_dict=True)["input_ids"]
+  end = FAMILY_TOKENS[family][2]
+  trained = tokenizer._decode([int(t) for t, w in zip(tokens, weights) if w])
+  answers = ["Yes.", " The dog sat on the mat. "]
+  if family in ("llama3", "gemma"):  # their templates trim the content
+    answers = [a.strip() for a in answers]
+  assert trained == "".join(a + end for a in answers)
+  prompt = tokenizer.generation_prompt(CONVERSATION[:1], templates.CHAT_TEMPLATE)
+  assert prompt == reference.apply_chat_template(messages[:1], add_generation_prompt=True, return_dict=True)["input_ids"]
+  assert tokens[:len(prompt)].tolist() == prompt and weights[len(prompt)] == 1 and not weights[:len(prompt)].any()
+
+
+def test_chat_template_errors_name_the_template():
+  where = "hf/tokenizer_config.json"
+  with pytest.raises(templates.ChatTemplateError, match=f"{where}: the chat template does not parse"):
+    templates.ChatTemplate("{% for m in messages %}", {}, [], where)
+  gemma = templates.ChatTemplate(FAMILY_CHAT_TEMPLATES["gemma"], {"bos_token": "<bos>"}, ["<end_of_turn>"], where)
+  with pytest.raises(templates.ChatTemplateError, match=r"does not render messages with roles \['system', 'user'\]: "
+                                                        "System role not supported"):
+    gemma.segments([("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello")])
+  forgetful = templates.ChatTemplate(  # renders only the last exchange, as templates that drop old reasoning do
+      "{% for m in messages[-2:] %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+      "{% if add_generation_prompt %}<assistant>{% endif %}", {}, ["</s>"], where)
+  assert forgetful.segments(CONVERSATION[:2]) == [("<user>Is the cat on the mat?</s><assistant>", 0), ("Yes.</s>", 1)]
+  with pytest.raises(templates.ChatTemplateError, match="does not render assistant turn 3 as an extension"):
+    forgetful.segments(CONVERSATION)
+  with pytest.raises(ValueError, match="needs a tokenizer that ships a chat template"):
+    templates.to_segments(CONVERSATION, templates.CHAT_TEMPLATE, None)
+  sandboxed = templates.ChatTemplate("{{ messages.__class__.__mro__ }}", {}, [], where)
+  with pytest.raises(Exception, match="unsafe|not safely|access"):
+    sandboxed.render([], add_generation_prompt=False)

@@ -65,3 +65,50 @@ def test_hugging_face_tokenizer_json_with_special_tokens(tmp_path):
   assert tokenizer.decode(tokens[weights == 1]) == "chat"  # the answer and its end of turn (EOS) are trained on
   with pytest.raises(FileNotFoundError, match="neither tokenizer.json nor tokenizer.model"):
     tokenizer_lib.load(str(tmp_path / "empty") if (tmp_path / "empty").mkdir() is None else "")
+
+
+def test_bos_and_eos_follow_each_tokenizer_kind(tmp_path, tokenizer):
+  """What a raw text gets around it: Llama 3's post-processor BOS; none for ChatML models (Qwen, SmolLM);
+  tokenizer_config.json's add_bos_token/add_eos_token over the post-processor; SentencePiece's BOS.
+  transformers' own tokenizer is the reference where it honours the same rule."""
+  import json
+
+  from transformers import AutoTokenizer
+
+  from tests.test_templates import family_tokenizer
+  text = "Is the cat on the mat?"
+  for family, bos in (("llama3", "<|begin_of_text|>"), ("chatml", None), ("gemma", "<bos>")):
+    family_tokenizer(tmp_path / family, family)
+    ours = tokenizer_lib.load(str(tmp_path / family))
+    assert ours.encode_text(text) == AutoTokenizer.from_pretrained(str(tmp_path / family))(text).input_ids
+    assert ours.prefix_ids == ((ours.backend.token_to_id(bos),) if bos else ()) and ours.suffix_ids == ()
+    tokens, weights = ours.encode_conversation([("user", text), ("assistant", "Yes.")], "flan")
+    assert tokens.tolist() == [*ours.prefix_ids, *ours.encode(text + "\n\n"), *ours.encode("Yes."), ours.eos_id]
+    assert weights.tolist()[-2:] == [1, 1] and not weights[:len(ours.prefix_ids)].any()
+  config_path = tmp_path / "llama3" / "tokenizer_config.json"
+  config = json.loads(config_path.read_text())
+  config_path.write_text(json.dumps({**config, "add_bos_token": False, "add_eos_token": True}))
+  flagged = tokenizer_lib.load(str(tmp_path / "llama3"))
+  assert flagged.prefix_ids == () and flagged.suffix_ids == (flagged.eos_id,)
+  assert flagged.encode_text(text) == [*flagged.encode(text), flagged.eos_id]
+  assert tokenizer.prefix_ids == (tokenizer.bos_id,) and tokenizer.encode_text("a")[0] == tokenizer.bos_id
+
+
+def test_stop_ids_and_special_token_errors(tmp_path):
+  import json
+
+  from tests.test_templates import family_tokenizer
+  family_tokenizer(tmp_path, "gemma")
+  (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 9]}))
+  loaded = tokenizer_lib.load(str(tmp_path))
+  assert loaded.stop_ids == (loaded.eos_id, 1, 9)  # <eos> and the ids generation_config.json names
+  config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|not_there|>"}))
+  with pytest.raises(ValueError, match=r"tokenizer_config.json: eos_token '<\|not_there\|>' is not in the vocabulary"):
+    tokenizer_lib.load(str(tmp_path))
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": None}))
+  with pytest.raises(ValueError, match=r"tokenizer.json: the model defines no eos_id; set data.tokenizer.eos_id"):
+    tokenizer_lib.load(str(tmp_path))
+  (tmp_path / "tokenizer_config.json").write_text('{"eos_token": ')
+  with pytest.raises(ValueError, match=r"tokenizer_config.json:1: invalid JSON"):
+    tokenizer_lib.load(str(tmp_path))

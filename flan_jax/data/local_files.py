@@ -18,7 +18,9 @@ scored. `response_suffix` is a marker every response of the file may end with (T
 
 Clusters are free names: `cluster` for the whole file, or `cluster_field`, a column whose values
 (optionally renamed by `cluster_map`) name each row's cluster; one task is registered per cluster,
-named `<name>_<cluster>`. `validation_path` is a file of evaluation rows in the same form.
+named `<name>_<cluster>`. `path` may be a glob pattern (`t0/imdb_*.jsonl`: every file of one
+dataset, one per template, as one task). `validation_path` is a file of evaluation rows in the
+same form; `validation_rows: N` instead keeps the file's last N rows (per cluster) for evaluation.
 
 Classification: `options` (a fixed list) or `options_field` (a column holding each row's list of
 options, or a dict option -> score as BIG-bench's `target_scores`, the highest-scoring option being
@@ -35,6 +37,7 @@ and line (or row), or, with `skip_bad_records`, a counted skip.
 
 import csv
 import functools
+import glob
 import json
 import os
 
@@ -49,8 +52,8 @@ FORMATS = {
     "messages": {"messages": "messages"},
 }
 OPTIONAL_FIELDS = ("input",)
-SPEC_KEYS = ("name", "path", "format", "cluster", "validation_path", "field_map", "cluster_field", "cluster_map",
-             "options", "options_field", "templates", "metrics", "response_suffix")
+SPEC_KEYS = ("name", "path", "format", "cluster", "validation_path", "validation_rows", "field_map", "cluster_field",
+             "cluster_map", "options", "options_field", "templates", "metrics", "response_suffix")
 MESSAGE_ROLES = ("system", "user", "assistant")
 FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet")
 SPEC_FORM = ('a dict such as {"name": "mine", "path": "train.jsonl", "format": "alpaca", "cluster": "misc"}, '
@@ -82,8 +85,17 @@ def specs(entries) -> list[dict]:
   return out
 
 
-def read_rows(path: str):
-  """Yields (place, parsed row or BadRecordError), the place being `path:line` or `path row i`."""
+def read_rows(pattern: str):
+  """Yields (place, parsed row or BadRecordError) of a file or of every file a glob pattern matches,
+  the place being `path:line` or `path row i`."""
+  paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+  if not paths:
+    raise FileNotFoundError(f"local task pattern {pattern!r} matches no file")
+  for path in paths:
+    yield from _read_file(path)
+
+
+def _read_file(path: str):
   if not os.path.isfile(path):
     raise FileNotFoundError(f"local task file {path!r} does not exist")
   if not path.endswith(FILE_TYPES):
@@ -275,6 +287,8 @@ def _check_spec(spec: dict):
     raise KeyError(f"local task {name!r}: set 'cluster' or 'cluster_field'")
   if spec.get("cluster") is not None and not isinstance(spec["cluster"], str):
     raise ValueError(f"local task {name!r}: 'cluster' must be a string, not {spec['cluster']!r}")
+  if spec.get("validation_path") and spec.get("validation_rows"):
+    raise KeyError(f"local task {name!r}: set one of 'validation_path' and 'validation_rows'")
   if spec.get("options") and spec.get("options_field"):
     raise KeyError(f"local task {name!r}: set one of 'options' and 'options_field'")
   if spec.get("templates") and spec["format"] == "messages":
@@ -302,6 +316,13 @@ def _register(spec_json: str, skip_bad_records: bool) -> tuple[tuple[tasks.Task,
   if spec.get("validation_path"):
     validation, more = load(spec, spec["validation_path"], skip_bad_records)
     skipped += more
+  elif spec.get("validation_rows"):
+    keep = int(spec["validation_rows"])
+    validation = {cluster: rows[-keep:] for cluster, rows in train.items()}
+    train = {cluster: rows[:-keep] for cluster, rows in train.items()}
+  if not train and not validation:
+    raise ValueError(f"local task {spec['name']!r}: no usable row in {spec['path']!r} ({len(skipped)} skipped, "
+                     f"e.g. {skipped[0] if skipped else 'none'})")
   task_templates = _templates(spec)
   classification = bool(spec.get("options") or spec.get("options_field"))
   metrics = tuple(spec.get("metrics") or (("accuracy", "macro_f1") if classification else ("rouge",)))

@@ -133,10 +133,7 @@ def to_segments(conversation: Sequence[tuple[str, str]], fmt: str,
   """Conversation -> [(text or EOS, loss weight)] in the given output format (`chat_template`: the
   tokenizer's own, passed as `chat_template`)."""
   if fmt == CHAT_TEMPLATE:
-    if chat_template is None:
-      raise ValueError("data.template.format='chat_template' needs a tokenizer that ships a chat template "
-                       "(tokenizer_config.json's chat_template or chat_template.jinja); this one has none")
-    return chat_template.segments(conversation)
+    return require(chat_template).segments(conversation)
   if fmt not in FORMATS:
     raise ValueError(f"unknown output format {fmt!r}; formats are {sorted(FORMATS)} or {CHAT_TEMPLATE!r}")
   markers = FORMATS[fmt]
@@ -150,6 +147,13 @@ def to_segments(conversation: Sequence[tuple[str, str]], fmt: str,
     else:
       segments.append((prefix + text + suffix, 0))
   return [(t, w) for t, w in segments if t != ""]
+
+
+def require(chat_template: "ChatTemplate | None") -> "ChatTemplate":
+  if chat_template is None:
+    raise ValueError("data.template.format='chat_template' needs a tokenizer that ships a chat template "
+                     "(tokenizer_config.json's chat_template or chat_template.jinja); this one has none")
+  return chat_template
 
 
 def _fold_into_user_turns(conversation, markers):

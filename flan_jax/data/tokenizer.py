@@ -91,8 +91,7 @@ class Tokenizer:
   def generation_prompt(self, conversation, fmt: str) -> list[int]:
     """The ids a model sees before it answers the conversation (whose last turn is not the answer)."""
     if fmt == templates.CHAT_TEMPLATE:
-      templates.to_segments([], fmt, self.chat_template)  # the error if there is no chat template
-      return self.encode(self.chat_template.generation_prompt(conversation))
+      return self.encode(templates.require(self.chat_template).generation_prompt(conversation))
     tokens, weights = self.encode_segments(templates.to_segments([*conversation, ("assistant", "")], fmt))
     return tokens[:len(weights) - int(weights.sum())].tolist()  # less the empty answer's end of turn and EOS
 
