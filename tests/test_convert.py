@@ -360,7 +360,8 @@ def test_real_smollm2_gguf_generates_as_transformers_does(tmp_path):
 
   def expected(ids, new):
     with torch.no_grad():
-      out = model.generate(torch.tensor([ids]), max_new_tokens=new, do_sample=False)[0, len(ids):]
+      prompt = torch.tensor([ids])
+      out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, do_sample=False)[0, len(ids):]
     return tokenizer.decode(out.tolist(), skip_special_tokens=True).strip()
 
   for prompt in ("The capital of France is", "def fibonacci(n):"):
@@ -373,3 +374,44 @@ def test_real_smollm2_gguf_generates_as_transformers_does(tmp_path):
     ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                         return_dict=True)["input_ids"]
     assert stdout.strip() == f"[step 0] {expected(ids, 32)}"
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_family_completes_text_as_transformers_does(family, tmp_path):
+  """Text in, text out: a random model of each family with a tokenizer of its family's kind (its BOS
+  rule, special tokens and chat template), imported; greedy completions of a raw prompt and of a
+  chat prompt are transformers' own, as text."""
+  from flan_jax import decode
+  from flan_jax.data import templates
+  from flan_jax.data import tokenizer as tokenizer_lib
+  from tests.test_templates import family_tokenizer
+  style = {"llama": "llama3", "mistral": "mistral", "qwen2": "chatml", "gemma": "gemma"}[family]
+  family_tokenizer(tmp_path / "hf", style)
+  reference = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+  config = FAMILIES[family]()
+  config.vocab_size = len(reference)
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.normal_(0.0, 0.3) if p.ndim > 1 else None
+  model.save_pretrained(tmp_path / "hf")
+  fields = convert.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
+  assert convert.read_info(str(tmp_path / "ckpt"))["chat_format"] == templates.CHAT_TEMPLATE
+  _, params = checkpoint.load_for_inference(fields, checkpoint_dir=str(tmp_path / "ckpt"))
+  ours = tokenizer_lib.load(str(tmp_path / "ckpt" / "hf"))
+  cfg = ModelConfig(**{**fields, "dtype": "float32"})
+  conversation = [("user", "Is the cat on the mat?")]
+  cases = [(ours.encode_text("The cat sat on"), reference("The cat sat on").input_ids),
+           (ours.generation_prompt(conversation, templates.CHAT_TEMPLATE),
+            reference.apply_chat_template([{"role": "user", "content": conversation[0][1]}], add_generation_prompt=True,
+                                          return_dict=True)["input_ids"])]
+  for ids, expected_ids in cases:
+    assert ids == expected_ids
+    [generated] = decode.generate(params, Decoder(cfg), [ids], max_new_tokens=8, stop_ids=ours.stop_ids, pad_id=0)
+    with torch.no_grad():
+      prompt = torch.tensor([ids])
+      out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False,
+                           eos_token_id=list(ours.stop_ids), pad_token_id=ours.pad_id)[0, len(ids):].tolist()
+    out = out[:next((i for i, t in enumerate(out) if t in ours.stop_ids), len(out))]
+    assert ours.decode(generated.tolist()) == reference.decode(out, skip_special_tokens=True)

@@ -69,3 +69,49 @@ def test_evaluate_reports_every_held_out_task_and_cluster_and_writes_results(tin
   assert json.load(open(os.path.join(directory, "results.json")))["step"] == 7
   assert "| nli | held_out | mini_nli_quantity | accuracy |" in open(os.path.join(directory, "results.md")).read()
   assert evaluate.summary(results)["eval/held_out"] == results["held_out"]
+
+
+def test_local_tasks_are_scored_on_their_last_turn_options_and_references(tiny_config, tokenizer, tmp_path,
+                                                                          monkeypatch):
+  """User data: a multi-turn conversation is scored on its last assistant turn given everything before
+  it; an options column makes rank classification; several references score the best one; a held-out
+  file without validation rows is evaluated on its rows; a seen one without them is listed unscored."""
+  from flan_jax import decode
+  rows = {
+      "chat": [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                             {"role": "user", "content": f"Say {i}"}, {"role": "assistant", "content": f"{i}"}]}
+               for i in range(3)],
+      "pick": [{"instruction": f"Is {i} even?", "output": "yes" if i % 2 == 0 else "no", "choices": ["yes", "no"]}
+               for i in range(4)],
+      "refs": [{"instruction": "Opposite of up?", "instances": [{"output": ["down", "below"]}]}],
+      "seen": [{"instruction": f"Repeat {i}.", "output": f"{i}"} for i in range(8)],
+  }
+  specs = []
+  for name, content in rows.items():
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in content))
+    specs.append({"name": f"ev_{name}", "path": str(path), "cluster": "my skills" if name != "seen" else "repeat",
+                  "format": {"chat": "messages", "refs": "instances"}.get(name, "alpaca"),
+                  **({"options_field": "choices"} if name == "pick" else {})})
+  config = eval_config(tiny_config)
+  config.data.mixture = ()
+  config.data.local_tasks = tuple(specs)
+  config.data.held_out_clusters = ("my skills",)
+  seen_prompts = []
+  real_generate = decode.generate
+
+  def generate(params, model, prompts, **kwargs):
+    seen_prompts.extend(prompts)
+    return real_generate(params, model, prompts, **kwargs)
+
+  monkeypatch.setattr(decode, "generate", generate)
+  model, params = small_model(tokenizer.vocab_size)
+  results = evaluate.evaluate(params, model, tokenizer, config, one_device_mesh(), seen=True)
+  assert set(results["tasks"]) == {"ev_chat", "ev_pick", "ev_refs"} and results["clusters"]["my skills"]["group"] == "held_out"
+  assert results["unscored"] == {"ev_seen": "no evaluation examples (give a validation split)"}
+  assert results["tasks"]["ev_pick"]["metric"] == "accuracy" and results["tasks"]["ev_pick"]["examples"] == 4
+  context = [("user", "Hi"), ("assistant", "Hello"), ("user", "Say 0")]
+  assert tokenizer.generation_prompt(context, config.data.template.format) in seen_prompts
+  task = tasks.get("ev_refs")
+  fields, _ = evaluate.task_examples(task, config.eval)
+  assert evaluate.generation(params, model, tokenizer, task, fields, None, config)[1] == [["down", "below"]]

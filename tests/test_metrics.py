@@ -33,3 +33,10 @@ def test_compute_merges_metrics_in_order_and_rejects_unknown_names():
   assert list(scores) == ["exact_match", "f1"] and scores["f1"] == 100.0
   with pytest.raises(ValueError, match="unknown metrics \\['meteor'\\]"):
     metrics.compute(("meteor",), ["a"], ["a"])
+
+
+def test_several_references_score_the_best_one():
+  assert metrics.compute(["exact_match", "rouge"], ["below", "up"], [["down", "below"], "up"])["exact_match"] == 100.0
+  single = metrics.compute(["bleu"], ["the cat sat on the mat"], ["the cat sat on a mat"])["bleu"]
+  several = metrics.compute(["bleu"], ["the cat sat on the mat"], [["the cat sat on a mat", "the cat sat on the mat"]])
+  assert several["bleu"] == pytest.approx(100.0) and single < 60

@@ -164,3 +164,38 @@ def test_evaluate_and_generate_commands_read_a_runs_checkpoints(uninterrupted):
                               cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert generation.returncode == 0, generation.stderr[-3000:]
   assert generation.stdout.startswith("[step 12] ")
+
+
+@pytest.mark.slow
+def test_a_run_on_local_files_with_a_held_out_free_named_cluster(tmp_path):
+  """A user's own data: Alpaca and prompt/completion files in clusters of their own naming, one held
+  out, the spec given as a JSON file on the command line; eval/0 (the start) and the last step score
+  every local task, and the data counts are logged."""
+  emails = [{"instruction": f"Write an email to {n} about the {t}.", "output": f"Dear {n}, the {t} is ready. Best."}
+            for n in ("Ann", "Bob", "Cy", "Di") for t in ("invoice", "report", "meeting")]
+  sums = [{"prompt": f"Add {a} and {b}.\n", "completion": f"{a + b}<|endoftext|>"} for a in range(12) for b in range(6)]
+  words = [{"instruction": f"Spell {w} backwards.", "output": w[::-1]} for w in ("cat", "dog", "bird", "fish") * 8]
+  (tmp_path / "emails.jsonl").write_text("\n".join(json.dumps(r) for r in emails))
+  (tmp_path / "sums.jsonl").write_text("\n".join(json.dumps(r) for r in sums) + "\n{broken\n")
+  (tmp_path / "words.jsonl").write_text("\n".join(json.dumps(r) for r in words))
+  specs = [
+      {"name": "emails", "path": str(tmp_path / "emails.jsonl"), "format": "alpaca", "cluster": "business email"},
+      {"name": "sums", "path": str(tmp_path / "sums.jsonl"), "format": "prompt_completion", "cluster": "arithmetic",
+       "response_suffix": "<|endoftext|>", "validation_rows": 4, "metrics": ["exact_match"]},
+      {"name": "words", "path": str(tmp_path / "words.jsonl"), "format": "alpaca", "cluster": "spelling",
+       "validation_rows": 4}]
+  (tmp_path / "tasks.json").write_text(json.dumps(specs))
+  workdir = tmp_path / "run"
+  run(str(workdir), f"--config.data.local_tasks={tmp_path / 'tasks.json'}", "--config.data.mixture=()",
+      "--config.data.held_out_clusters=('business email',)", "--config.data.skip_bad_records=True",
+      "--config.eval.include_seen=True", "--config.eval.at_start=True", "--config.train.steps=6",
+      "--config.data.tokenizer.num_texts=300")
+  for step in (0, 6):
+    results = json.load(open(workdir / "eval" / str(step) / "results.json"))
+    assert set(results["tasks"]) == {"emails", "sums", "words"} and not results["unscored"]
+    assert results["clusters"]["business email"]["group"] == "held_out" and results["held_out"] is not None
+    assert results["tasks"]["sums"]["metric"] == "exact_match" and results["data"]["skipped_records"] == 1
+  records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  steps = [r for r in records if "loss" in r]
+  assert steps[-1]["skipped_records"] == 1 and "truncated" in steps[-1]
+  assert [r["step"] for r in records if "eval/held_out" in r] == [0, 6]
