@@ -22,7 +22,7 @@ from absl import app, flags, logging
 
 from flan_jax import checkpoint, decode, metric_writer, metrics, sharding, workdirs
 from flan_jax import loss as losses
-from flan_jax.data import packing, pipeline, tasks, templates
+from flan_jax.data import packing, pipeline, tasks
 from flan_jax.model import Decoder, from_config
 
 LENGTH_BUCKET = 64  # rows are padded to a multiple of this, so few shapes compile
