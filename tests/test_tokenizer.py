@@ -112,3 +112,8 @@ def test_stop_ids_and_special_token_errors(tmp_path):
   (tmp_path / "tokenizer_config.json").write_text('{"eos_token": ')
   with pytest.raises(ValueError, match=r"tokenizer_config.json:1: invalid JSON"):
     tokenizer_lib.load(str(tmp_path))
+
+
+def test_a_vocabulary_too_large_for_the_text_is_an_error_naming_the_key(tmp_path):
+  with pytest.raises(ValueError, match=r"data.tokenizer.vocab_size=5000: SentencePiece cannot train on this mixture"):
+    tokenizer_lib.train(["a small text", "another one"] * 3, str(tmp_path / "t.model"), vocab_size=5000)

@@ -227,14 +227,18 @@ def _chat_template(directory: str, config: dict, token_names: dict, special: lis
 def train(texts: Iterable[str], path: str, *, vocab_size: int) -> Tokenizer:
   """Trains a model on `texts` and writes it to `path`."""
   model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="unigram",
-      character_coverage=0.9995, byte_fallback=True, split_digits=True,
-      normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
-      allow_whitespace_only_pieces=True, split_by_whitespace=True,
-      user_defined_symbols=["\n", *SPECIAL_MARKERS], max_sentence_length=1 << 16,
-      pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID, minloglevel=2,
-      num_threads=os.cpu_count() or 1)
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="unigram",
+        character_coverage=0.9995, byte_fallback=True, split_digits=True,
+        normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True, split_by_whitespace=True,
+        user_defined_symbols=["\n", *SPECIAL_MARKERS], max_sentence_length=1 << 16,
+        pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID, minloglevel=2,
+        num_threads=os.cpu_count() or 1)
+  except RuntimeError as e:  # e.g. a vocabulary larger than a small data set can fill
+    raise ValueError(f"data.tokenizer.vocab_size={vocab_size}: SentencePiece cannot train on this mixture's text "
+                     f"({str(e).split('] ')[-1]}); change the vocabulary size or set data.tokenizer.model") from None
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "wb") as f:
