@@ -6,8 +6,9 @@ r"""Ask a trained or imported model something.
 
 The prompt is rendered as a user turn in the run's instruction format
 (data.template.format), or for an imported checkpoint (flan_jax.convert) in its
-family's chat format; with --raw it is completed as plain text. Decoding is
-greedy unless --temperature is set, with the KV cache.
+own chat template (its family's format if it ships none); with --raw it is
+completed as plain text, with the BOS/EOS its tokenizer adds. Decoding is greedy
+unless --temperature is set, with the KV cache, and stops at the tokenizer's stop ids.
 """
 
 import json
