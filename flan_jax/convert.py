@@ -30,7 +30,6 @@ It gathers the parameters on one host.
 """
 
 import contextlib
-import functools
 import json
 import math
 import os
@@ -244,10 +243,10 @@ class GGUFReader(contextlib.ExitStack):
   time. llama.cpp stores a llama model's query and key rows interleaved for its rotary kernel; they
   are put back in Hugging Face's order."""
 
-  def __init__(self, path: str, hf_config: dict):
+  def __init__(self, path: str, file: gguf.GGUFReader, hf_config: dict):
     super().__init__()
     self.path, self.hf_dir = path, path
-    self.gguf = gguf.GGUFReader(path)
+    self.gguf = file
     self.arch = str(self.gguf.fields["general.architecture"].contents())
     arch = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}[self.arch]
     self.name_map = gguf.get_tensor_name_map(arch, hf_config["num_hidden_layers"])
@@ -255,6 +254,7 @@ class GGUFReader(contextlib.ExitStack):
     self.heads = (hf_config["num_attention_heads"], hf_config.get("num_key_value_heads") or
                   hf_config["num_attention_heads"])
     self.files, self.used = {}, set()
+    self._last = (None, None)  # (name, array): the tensor every shard of one parameter reads from
 
   def gguf_name(self, name: str) -> str | None:
     found = self.name_map.get_name(name, try_suffixes=(".weight", ".bias"))
@@ -268,8 +268,9 @@ class GGUFReader(contextlib.ExitStack):
     self.used.add(found)
     return _Dequantized(self, found)
 
-  @functools.lru_cache(maxsize=2)
   def dequantized(self, gguf_name: str) -> np.ndarray:
+    if self._last[0] == gguf_name:
+      return self._last[1]
     tensor = self.tensors[gguf_name]
     try:
       array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
@@ -280,6 +281,7 @@ class GGUFReader(contextlib.ExitStack):
     if self.arch == "llama" and (".attn_q." in gguf_name or ".attn_k." in gguf_name):
       heads = self.heads[0] if ".attn_q." in gguf_name else self.heads[1]
       array = array.reshape(heads, -1, 2, *array.shape[1:]).swapaxes(1, 2).reshape(array.shape)
+    self._last = (gguf_name, array)
     return array
 
   def unused(self) -> list[str]:
@@ -296,7 +298,8 @@ def import_gguf(path: str, out: str, *, scan_layers: bool = False, devices=None)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} does not exist: --gguf must be a GGUF file")
   try:
-    arch = str(gguf.GGUFReader(path).fields["general.architecture"].contents())
+    file = gguf.GGUFReader(path)
+    arch = str(file.fields["general.architecture"].contents())
   except (ValueError, KeyError, OSError) as e:
     raise ValueError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
   if arch not in GGUF_ARCHITECTURES:
@@ -312,19 +315,18 @@ def import_gguf(path: str, out: str, *, scan_layers: bool = False, devices=None)
     with open(os.path.join(hf_out, "config.json"), "w") as f:
       json.dump(hf_config, f, indent=2)
     transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name).save_pretrained(hf_out)
-    _keep_gguf_special_token_flags(path, os.path.join(hf_out, "tokenizer_config.json"))
+    _keep_gguf_special_token_flags(file.fields, os.path.join(hf_out, "tokenizer_config.json"))
   multihost_utils.sync_global_devices("gguf config and tokenizer written")
   with open(os.path.join(hf_out, "config.json")) as f:
     hf_config = json.load(f)
-  with GGUFReader(path, hf_config) as reader:
+  with GGUFReader(path, file, hf_config) as reader:
     return _import(hf_config, f"{path} (as {os.path.join(hf_out, 'config.json')})", reader, out, scan_layers,
                    devices, hf_files=hf_out)
 
 
-def _keep_gguf_special_token_flags(path: str, tokenizer_config: str):
+def _keep_gguf_special_token_flags(fields, tokenizer_config: str):
   """The GGUF file's add_bos_token/add_eos_token flags into tokenizer_config.json, where our tokenizer
   reads them: llama.cpp applies them, transformers' GGUF tokenizer drops them."""
-  fields = gguf.GGUFReader(path).fields
   with open(tokenizer_config) as f:
     config = json.load(f)
   for key in ("add_bos_token", "add_eos_token"):

@@ -334,7 +334,7 @@ def test_bad_gguf_files_are_errors_naming_file_and_key(gguf_model, tmp_path):
   (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
   with pytest.raises(ValueError, match=r"junk.gguf: not a readable GGUF file"):
     convert.import_gguf(str(tmp_path / "junk.gguf"), str(tmp_path / "out"))
-  reader = convert.GGUFReader(str(bad_type), model.config.to_dict())
+  reader = convert.GGUFReader(str(bad_type), gguf.GGUFReader(str(bad_type)), model.config.to_dict())
   name = reader.gguf_name("model.layers.0.mlp.up_proj.weight")
   tensor = reader.tensors[name]
   q8_1 = gguf.GGMLQuantizationType.Q8_1
