@@ -9,7 +9,8 @@ import optax
 
 OPTIMIZERS = ("adamw", "adafactor")
 SCHEDULES = ("constant", "cosine", "linear")
-NO_DECAY = ("scale", "bias")  # RMSNorm scales and biases: parameter names that weight decay skips
+# Parameter names that weight decay skips: RMSNorm scales and biases (Qwen's query/key/value biases too).
+NO_DECAY = ("scale", "bias", "bq", "bk", "bv")
 
 
 def schedule(cfg, total_steps: int):

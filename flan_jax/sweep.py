@@ -5,8 +5,9 @@ r"""Runs (or launches) one training run per entry of a config's `get_sweep()`.
 
 Each entry is a dict of config overrides (and optionally "name", the run's
 directory name); its run goes to `DIR/<name>` (DIR defaults to
-workdirs/<config name>; the name defaults to one made from the overrides). A run whose final checkpoint exists is
-finished and skipped, so rerunning a sweep resumes it. `local` runs the entries
+workdirs/<config name>; the name defaults to one made from the overrides). A run whose final checkpoint
+exists, and its final evaluation when it evaluates, is finished and skipped, so rerunning a sweep resumes it
+(a run whose evaluation died is rerun: it resumes from its final checkpoint and evaluates). `local` runs the entries
 one after another on this machine; `tpu` and `slurm` start each through
 launch/tpu_pod.sh or `sbatch launch/slurm.sbatch` and return.
 """
@@ -55,8 +56,9 @@ def train_command(config_path: str, workdir: str, overrides: dict) -> list[str]:
           *override_flags(overrides)]
 
 
-def finished(workdir: str, steps: int) -> bool:
-  return os.path.isdir(os.path.join(workdir, "checkpoints", str(steps)))
+def finished(workdir: str, steps: int, evaluates: bool) -> bool:
+  done = os.path.isdir(os.path.join(workdir, "checkpoints", str(steps)))
+  return done and (not evaluates or os.path.isfile(os.path.join(workdir, "eval", str(steps), "results.json")))
 
 
 def launch_command(launcher: str, command: list[str], tpu: str, zone: str) -> list[str]:
@@ -81,9 +83,10 @@ def main(argv):
     overrides = {k: v for k, v in entry.items() if k != "name"}
     workdir = os.path.join(root, entry.get("name") or run_name(overrides))
     steps = overrides.get("train.steps", base.train.steps)
+    evaluates = overrides.get("eval.every_steps", base.eval.every_steps) >= 0
     command = launch_command(launcher, train_command(config_path, workdir, overrides), flags.FLAGS.tpu,
                              flags.FLAGS.zone)
-    if finished(workdir, steps):
+    if finished(workdir, steps, evaluates):
       print(f"[sweep] finished, skipped: {workdir}", flush=True)
       continue
     print(("[sweep] would run: " if flags.FLAGS.dry_run else "[sweep] running: ") + shlex.join(command), flush=True)

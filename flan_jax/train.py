@@ -217,6 +217,9 @@ def main(argv):
 
     if config.eval.at_start and first_step == 0:  # the starting parameters (an imported model), as eval/0
       run_evaluation(state, 0)
+    final_results = os.path.join(workdir, "eval", str(config.train.steps), "results.json")
+    if first_step == config.train.steps and config.eval.every_steps >= 0 and not os.path.exists(final_results):
+      run_evaluation(state, first_step)  # a finished run whose final evaluation did not complete
     train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, run_evaluation, data_counts)
   writer.close()
 

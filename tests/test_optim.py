@@ -23,10 +23,12 @@ def test_schedule_warms_up_linearly_then_decays_to_the_final_fraction(kind, end)
     assert float(lr(60)) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5))
 
 
-def test_weight_decay_skips_norm_scales_even_when_layers_are_stacked():
+def test_weight_decay_skips_norm_scales_and_biases_even_when_layers_are_stacked():
   params = {"embedding": jnp.ones((4, 2)), "blocks": {"attention_norm": {"scale": jnp.ones((3, 2))},
+                                                      "attention": {"bq": jnp.ones((3, 2, 2))},
                                                       "mlp": {"w_up": jnp.ones((3, 2, 2))}}}
   assert optim.decay_mask(params) == {"embedding": True, "blocks": {"attention_norm": {"scale": False},
+                                                                     "attention": {"bq": False},
                                                                      "mlp": {"w_up": True}}}
   zeros = jax.tree.map(jnp.zeros_like, params)
   optimizer, _ = optim.make(optim_config(learning_rate=1.0, schedule="constant", warmup_steps=0, weight_decay=0.5,

@@ -69,3 +69,12 @@ def test_a_sweep_runs_each_entry_once_and_the_report_gathers_them(tmp_path):
   assert "| held_out_clusters=nli | 3 | nli |" in table and "| held_out_clusters=sentiment_steps=2 | 2 | sentiment |" in table
   assert os.path.getsize(os.path.join(root, "held_out_by_cluster.png")) > 1000
   assert open(os.path.join(root, "report.csv")).readline().startswith("run,step,held_out_clusters")
+
+
+def test_a_run_is_finished_when_its_final_checkpoint_and_evaluation_exist(tmp_path):
+  os.makedirs(tmp_path / "checkpoints" / "5")
+  assert sweep.finished(str(tmp_path), 5, evaluates=False)
+  assert not sweep.finished(str(tmp_path), 5, evaluates=True)  # its evaluation died: not finished
+  os.makedirs(tmp_path / "eval" / "5")
+  (tmp_path / "eval" / "5" / "results.json").write_text("{}")
+  assert sweep.finished(str(tmp_path), 5, evaluates=True) and not sweep.finished(str(tmp_path), 6, evaluates=False)

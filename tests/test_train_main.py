@@ -199,3 +199,14 @@ def test_a_run_on_local_files_with_a_held_out_free_named_cluster(tmp_path):
   steps = [r for r in records if "loss" in r]
   assert steps[-1]["skipped_records"] == 1 and "truncated" in steps[-1]
   assert [r["step"] for r in records if "eval/held_out" in r] == [0, 6]
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_run_whose_evaluation_died_evaluates_it(uninterrupted, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(uninterrupted, workdir)
+  shutil.rmtree(os.path.join(workdir, "eval", "12"))
+  run(workdir)
+  results = json.load(open(os.path.join(workdir, "eval", "12", "results.json")))
+  assert results["step"] == 12 and set(results["clusters"]) == {"nli"}
+  assert losses(workdir) == losses(uninterrupted)  # no step trained again
