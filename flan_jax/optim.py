@@ -34,6 +34,14 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key not in NO_DECAY, params)
 
 
+def applied_updates(opt_state, default):
+  """How many updates the optimiser has applied: its schedule's own count, which updates dropped by
+  train.skip_nonfinite do not advance (the train step's count does); `default` without a schedule."""
+  counts = [count for path, count in optax.tree_utils.tree_get_all_with_path(opt_state, "count")
+            if getattr(path[-1], "tuple_name", "") == "ScaleByScheduleState"]
+  return counts[0] if counts else default
+
+
 def make(cfg, total_steps: int):
   """(optax optimizer, learning-rate schedule) for config.optim."""
   lr = schedule(cfg, total_steps)

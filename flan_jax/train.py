@@ -121,7 +121,7 @@ def train_step(state: TrainState, batch, *, model, optimizer, schedule, loss_con
       "loss": loss,
       "nll": nll,
       "grad_norm": grad_norm,
-      "learning_rate": schedule(state.step),
+      "learning_rate": schedule(optim.applied_updates(state.opt_state, state.step)),  # the rate this update used
       "target_tokens": jnp.sum(batch["loss_weights"]),
       "skipped": skip.astype(jnp.int32),
   }

@@ -187,3 +187,24 @@ def test_lora_trains_only_the_adapters_with_optimizer_state_for_them_alone():
   assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
   moments = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim)
   assert moments == 2 * sum(x.size for x in jax.tree.leaves(adapters))  # Adam's mu and nu, adapters only
+
+
+def test_the_logged_learning_rate_is_the_applied_one_after_a_skipped_update():
+  config = small_config(skip_nonfinite=True)
+  config.optim.update(dict(schedule="linear", warmup_steps=0, learning_rate=1.0, final_lr_fraction=0.0))
+  batch = packed_batch()
+  poisoned = dict(batch, loss_weights=batch["loss_weights"] * np.float32("nan"))
+  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+  rules = sharding.rules(config.sharding_rules)
+  model = model_lib.from_config(config.model)
+  optimizer, schedule = optim.make(config.optim, total_steps=10)
+  with sharding.context(mesh, rules):
+    _, shardings = train.state_shapes(model, optimizer, mesh, rules)
+    state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
+    step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
+    rates = []
+    for b in (batch, poisoned, batch):
+      state, metrics = step(state, b)
+      rates.append(float(metrics["learning_rate"]))
+  # The skipped update did not advance the schedule: the third step applies the second step's rate.
+  assert rates == pytest.approx([float(schedule(0)), float(schedule(1)), float(schedule(1))]) and rates[0] > rates[1]
