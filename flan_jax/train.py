@@ -172,10 +172,11 @@ def main(argv):
 
   # Data: this process's rows of every batch.
   mix = pipeline.resolve_mixture(config.data)
-  if jax.process_index() == 0:  # trains and caches the tokenizer if needed; the others then load it
-    pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
+  if jax.process_index() == 0:  # trains and caches the tokenizer if needed, and records it; the others then load it
+    workdirs.check_tokenizer(workdir, pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir)), write=True)
   multihost_utils.sync_global_devices("tokenizer ready")
   tokenizer = pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
+  workdirs.check_tokenizer(workdir, tokenizer, write=False)
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
                      f"{tokenizer.vocab_size}")
