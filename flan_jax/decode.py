@@ -12,6 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from flan_jax.model import Decoder, matmul
 
@@ -90,8 +91,10 @@ def generate(params, model: Decoder, prompts, *, max_new_tokens: int, stop_ids, 
   Prompts are padded to a multiple of `bucket` tokens, so that few prompt lengths compile."""
   tokens, positions, segment_ids = left_pad(prompts, pad_id, bucket)
   rng = jax.random.key(0) if rng is None else rng
-  generated = np.asarray(_generate(params, tokens, positions, segment_ids, rng, model=model,
-                                   max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p))
+  # All of the output on every process, however it is sharded (the parameters may span processes).
+  generated = multihost_utils.process_allgather(
+      _generate(params, tokens, positions, segment_ids, rng, model=model, max_new_tokens=max_new_tokens,
+                temperature=temperature, top_k=top_k, top_p=top_p), tiled=True)
   out = []
   for row in generated:
     stop = np.flatnonzero(np.isin(row, stop_ids))

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 
 from flan_jax import checkpoint, decode, metric_writer, metrics, sharding, workdirs
 from flan_jax import loss as losses
@@ -60,10 +61,13 @@ def score_sequences(params, model: Decoder, sequences, *, batch_size: int, seq_l
         batch[key][row, :n] = f[key]
       batch["segment_ids"][row, :n] = 1
       batch["positions"][row, :n] = np.arange(n)
-    batch = jax.device_put(batch, sharding.batch_sharding(mesh))
-    ll, count = _log_likelihoods(params, batch, model=model, chunk_len=chunk_len)
-    log_likelihoods += jax.device_get(ll)[:len(chunk)].tolist()
-    counts += jax.device_get(count)[:len(chunk)].tolist()
+    # Every process builds the same batch and gives its devices their rows; every process gets all scores.
+    batch = {k: jax.make_array_from_callback(v.shape, sharding.batch_sharding(mesh), lambda index, v=v: v[index])
+             for k, v in batch.items()}
+    ll, count = multihost_utils.process_allgather(
+        _log_likelihoods(params, batch, model=model, chunk_len=chunk_len), tiled=True)
+    log_likelihoods += ll[:len(chunk)].tolist()
+    counts += count[:len(chunk)].tolist()
   return np.asarray(log_likelihoods), np.asarray(counts)
 
 
