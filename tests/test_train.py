@@ -43,15 +43,16 @@ def packed_batch(rows=8, length=32, vocab=64, seed=0):
   return batch
 
 
-def run_steps(config, mesh_config, optimizer, batches, devices=None):
-  """Params (as numpy) and metrics after one train step per batch on the given mesh."""
+def run_steps(config, mesh_config, optimizer, batches, devices=None, schedule=optax.constant_schedule(0.0)):
+  """Params (as numpy) and metrics after one train step per batch on the given mesh (`schedule` is the
+  learning rate the metrics report)."""
   mesh = sharding.make_mesh(mesh_config, devices)
   rules = sharding.rules(config.sharding_rules)
   model = model_lib.from_config(config.model)
   with sharding.context(mesh, rules):
     _, shardings = train.state_shapes(model, optimizer, mesh, rules)
     state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
-    step = train.jit_train_step(model, optimizer, optax.constant_schedule(0.0), config, mesh, shardings)
+    step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
     metrics = []
     for batch in batches:
       state, m = step(state, batch)
@@ -194,17 +195,9 @@ def test_the_logged_learning_rate_is_the_applied_one_after_a_skipped_update():
   config.optim.update(dict(schedule="linear", warmup_steps=0, learning_rate=1.0, final_lr_fraction=0.0))
   batch = packed_batch()
   poisoned = dict(batch, loss_weights=batch["loss_weights"] * np.float32("nan"))
-  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
-  rules = sharding.rules(config.sharding_rules)
-  model = model_lib.from_config(config.model)
   optimizer, schedule = optim.make(config.optim, total_steps=10)
-  with sharding.context(mesh, rules):
-    _, shardings = train.state_shapes(model, optimizer, mesh, rules)
-    state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
-    step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
-    rates = []
-    for b in (batch, poisoned, batch):
-      state, metrics = step(state, b)
-      rates.append(float(metrics["learning_rate"]))
+  _, metrics = run_steps(config, dict(data=-1, fsdp=1, tensor=1), optimizer, [batch, poisoned, batch],
+                         schedule=schedule)
+  rates = [float(m["learning_rate"]) for m in metrics]
   # The skipped update did not advance the schedule: the third step applies the second step's rate.
   assert rates == pytest.approx([float(schedule(0)), float(schedule(1)), float(schedule(1))]) and rates[0] > rates[1]
