@@ -262,6 +262,7 @@ class ChatTemplate:
       end = min(ends) if ends else len(reply)  # through the end-of-turn token
       segments += [(prompt[len(done):], 0), (reply[:start], 0), (reply[start:end], 1), (reply[end:], 0)]
       done = full
-    rest = self.render(messages, add_generation_prompt=False)
-    segments.append((rest[len(done):] if rest.startswith(done) else "", 0))
+    if not messages or messages[-1]["role"] != "assistant":  # turns after the last answer (else `done` is all)
+      rest = self.render(messages, add_generation_prompt=False)
+      segments.append((rest[len(done):] if rest.startswith(done) else "", 0))
     return [(t, w) for t, w in segments if t]
