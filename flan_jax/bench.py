@@ -275,7 +275,7 @@ def checkpoints(results):
       if name == "d512":
         gigabytes = sum(x.nbytes for x in jax.tree.leaves(state)) / 1e9
         start = time.perf_counter()
-        checkpoint.save(manager, 1, state, data, data_shards=1)
+        checkpoint.save(manager, 1, state, data.get_state(), data_shards=1)
         manager.wait_until_finished()
         out["checkpoint_save_s_per_gb"] = (time.perf_counter() - start) / gigabytes
         start = time.perf_counter()
@@ -296,7 +296,7 @@ def checkpoints(results):
       for with_save in (False, True) * 3:
         start = time.perf_counter()
         if with_save:
-          checkpoint.save(manager, int(state.step), state, data, data_shards=1)
+          checkpoint.save(manager, int(state.step), state, data.get_state(), data_shards=1)
         state = steps(state)
         timings.append((with_save, time.perf_counter() - start))
         manager.wait_until_finished()

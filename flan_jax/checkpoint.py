@@ -9,16 +9,21 @@ looks like a checkpoint. A complete but unreadable one (truncated or corrupted
 files) is skipped with a warning in favour of the one before it, and moved to
 `<workdir>/checkpoints_unreadable/` (kept for inspection, out of the way of the
 run's next save of that step).
+
+With several processes every decision is taken together: process 0's list of
+steps is the list, a step is restored only if every process read it, and one
+is moved aside only when all have tried it. A checkpoint whose arrays do not
+match the config's shapes is a configuration error, never "unreadable".
+Paths go through `etils.epath`, so a workdir may be a bucket (`gs://...`).
 """
 
 import dataclasses
 import json
-import os
-import shutil
 import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -28,8 +33,10 @@ from flan_jax import lora, sharding
 from flan_jax.model import from_config
 
 
-def directory(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+def directory(workdir: str) -> epath.Path:
+  """`<workdir>/checkpoints`; a local workdir made absolute (Orbax needs it), a URL left as it is."""
+  path = epath.Path(workdir)
+  return (path if "://" in str(workdir) else path.absolute()) / "checkpoints"
 
 
 class DataHandler:
@@ -37,7 +44,7 @@ class DataHandler:
   file per shard (`shard_<i>.json`), so that any process count can take the shards back."""
 
   def save(self, directory: epath.Path, args: "DataSave"):
-    for offset, state in enumerate(args.iterator.get_state()["parents"]):
+    for offset, state in enumerate(args.state["parents"]):
       (directory / f"shard_{args.first_shard + offset}.json").write_text(json.dumps(state))
 
   def restore(self, directory: epath.Path, args: "DataRestore"):
@@ -69,7 +76,7 @@ class DataHandler:
 @ocp.args.register_with_handler(DataHandler, for_save=True)
 @dataclasses.dataclass
 class DataSave(ocp.args.CheckpointArgs):
-  iterator: Any
+  state: dict  # the iterator's get_state() after the batch of the saved step
   first_shard: int  # the shard index of the iterator's first part
 
 
@@ -87,13 +94,14 @@ def first_shard(data_shards: int) -> int:
 
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(directory(workdir), options=options)
+  return ocp.CheckpointManager(directory(workdir), options=options,
+                               item_handlers={"state": ocp.StandardCheckpointHandler(), "data": DataHandler()})
 
 
-def save(checkpoints: ocp.CheckpointManager, step: int, state, data_iterator, data_shards: int):
-  """Starts an asynchronous save of `state` (less its frozen LoRA base) and the iterator's position
-  after `step` updates."""
-  data = DataSave(data_iterator, first_shard(data_shards))
+def save(checkpoints: ocp.CheckpointManager, step: int, state, data_state: dict, data_shards: int):
+  """Starts an asynchronous save of `state` (less its frozen LoRA base) and the data iterator's
+  position after `step` updates (its get_state() then: the loop reads ahead, so not its state now)."""
+  data = DataSave(data_state, first_shard(data_shards))
   checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state.replace(frozen={})), data=data),
                    force=True)
 
@@ -103,39 +111,90 @@ def abstract(state_shapes, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_shapes, shardings)
 
 
+def _all_processes(ok: bool) -> bool:
+  """True where `ok` holds on every process."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _steps_of_process_0(checkpoints: ocp.CheckpointManager) -> list[int]:
+  steps = np.asarray(sorted(checkpoints.all_steps(), reverse=True), np.int64)
+  if jax.process_count() == 1:
+    return steps.tolist()
+  count = int(multihost_utils.broadcast_one_to_all(np.int64(len(steps))))
+  padded = np.zeros(count, np.int64)
+  padded[:min(count, len(steps))] = steps[:count]
+  return multihost_utils.broadcast_one_to_all(padded).tolist()
+
+
+def _leaf_name(path) -> str:
+  """Orbax's name of a leaf: its keys joined by dots (`params.block_0.attention.wq`)."""
+  return ".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+class ConfigMismatchError(ValueError):
+  """A checkpoint written under another config."""
+
+
+def check_structure(checkpoints: ocp.CheckpointManager, step: int, target):
+  """Raises ConfigMismatchError if checkpoint `step`'s arrays are not the target's names and shapes: the
+  config changed under the workdir (model size, LoRA, optimiser), which falling back cannot fix."""
+  stored = {leaf.name: tuple(leaf.shape) for leaf in jax.tree.leaves(checkpoints.item_metadata(step)["state"])}
+  wanted = {_leaf_name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(target)}
+  problems = [f"{name}: {stored[name]} in the checkpoint, {shape} in the config" for name, shape in wanted.items()
+              if name in stored and stored[name] != shape]
+  problems += [f"{name}: only in the config" for name in wanted.keys() - stored.keys()]
+  problems += [f"{name}: only in the checkpoint" for name in stored.keys() - wanted.keys()]
+  problems.sort(key=lambda problem: (not problem.startswith("params."), problem))  # parameters first
+  if problems:
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    raise ConfigMismatchError(f"{checkpoints.directory / str(step)} was written under another config (model, LoRA "
+                              f"or optimiser settings differ): {'; '.join(problems[:5])}{more}. Train with "
+                              "the run's config, or in a new workdir")
+
+
 def restore_latest(checkpoints: ocp.CheckpointManager, target, data_iterator, data_shards: int):
-  """The newest readable checkpoint's state (placed like `target`; `frozen` left empty), with
-  `data_iterator` moved to its position; None if there is no checkpoint. Unreadable checkpoints are
-  skipped with a warning."""
+  """The newest checkpoint every process can read (state placed like `target`, `frozen` left
+  empty), with `data_iterator` moved to its position; None if there is no checkpoint. Unreadable
+  checkpoints are skipped with a warning and, once one restores, moved aside."""
   target = target.replace(frozen={})
   failures = []
-  for step in sorted(checkpoints.all_steps(), reverse=True):
+  for step in _steps_of_process_0(checkpoints):
+    path, error = checkpoints.directory / str(step), None
     try:
+      check_structure(checkpoints, step, target)
       restored = checkpoints.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), data=DataRestore(data_iterator, first_shard(data_shards))))
-    except Exception as error:  # noqa: BLE001 -- any failure to read means: fall back to the previous one
-      path = os.path.join(checkpoints.directory, str(step))
-      logging.warning("checkpoint %s is unreadable (%s: %s); trying the one before it", path,
+    except ConfigMismatchError:
+      raise
+    except Exception as restore_error:  # noqa: BLE001 -- any failure to read means: fall back
+      error = restore_error
+    if error is not None:
+      logging.warning("checkpoint %s is unreadable on process %d (%s: %s)", path, jax.process_index(),
                       type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+    if not _all_processes(error is None):
+      logging.warning("checkpoint %s is unreadable; trying the one before it", path)
       failures.append(path)
       continue
     if failures:
-      logging.warning("resuming from step %d; unreadable newer checkpoints: %s", step, ", ".join(failures))
+      logging.warning("resuming from step %d; unreadable newer checkpoints: %s", step, ", ".join(map(str, failures)))
       _move_aside(checkpoints, failures)
     return restored.state
   if failures:
-    raise RuntimeError(f"no readable checkpoint in {checkpoints.directory}: {', '.join(failures)} all failed; "
-                       "move them aside to start afresh")
+    raise RuntimeError(f"no readable checkpoint in {checkpoints.directory}: {', '.join(map(str, failures))} all "
+                       "failed; move them aside to start afresh")
   return None
 
 
 def _move_aside(checkpoints: ocp.CheckpointManager, paths):
+  """Moves checkpoints every process failed to read to `checkpoints_unreadable/<step>-<time>`."""
   if jax.process_index() == 0:
-    aside = os.path.join(os.path.dirname(str(checkpoints.directory)), "checkpoints_unreadable")
-    os.makedirs(aside, exist_ok=True)
+    aside = epath.Path(checkpoints.directory).parent / "checkpoints_unreadable"
+    aside.mkdir(parents=True, exist_ok=True)
     for path in paths:
-      target = os.path.join(aside, f"{os.path.basename(path)}-{int(time.time())}")
-      shutil.move(path, target)
+      target = aside / f"{path.name}-{int(time.time())}"
+      path.rename(target)
       logging.warning("moved unreadable checkpoint %s to %s", path, target)
   multihost_utils.sync_global_devices("checkpoint: unreadable moved aside")
   checkpoints.reload()
@@ -145,7 +204,7 @@ def restore_params(path: str, target_params, step: int | None = None):
   """(step, parameters) from a checkpoint directory (a run's `checkpoints/`, or one written by
   flan_jax.convert): the newest step unless `step` is given, placed like `target_params`
   (ShapeDtypeStructs with shardings). The optimiser state is not read."""
-  steps = ocp.utils.checkpoint_steps(path) if os.path.isdir(path) else []
+  steps = ocp.utils.checkpoint_steps(path) if epath.Path(path).is_dir() else []
   if not steps:
     raise FileNotFoundError(f"{path!r}: no checkpoint steps in this directory")
   if step is None:
@@ -153,7 +212,7 @@ def restore_params(path: str, target_params, step: int | None = None):
   elif step not in steps:
     raise FileNotFoundError(f"{path!r} has no step {step}; it has {sorted(steps)}")
   target = {"params": target_params}
-  restored = ocp.PyTreeCheckpointer().restore(os.path.join(path, str(step), "state"), args=ocp.args.PyTreeRestore(
+  restored = ocp.PyTreeCheckpointer().restore(epath.Path(path) / str(step) / "state", args=ocp.args.PyTreeRestore(
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
   return step, restored["params"]
 

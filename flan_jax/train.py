@@ -222,46 +222,103 @@ def main(argv):
     if first_step == config.train.steps and config.eval.every_steps >= 0 and not os.path.exists(final_results):
       run_evaluation(state, first_step)  # a finished run whose final evaluation did not complete
     train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, run_evaluation, data_counts)
+  data_iterator.close()
   writer.close()
 
 
-def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, run_evaluation, data_counts):
-  """Steps to config.train.steps, logging, checkpointing, evaluating, and stopping cleanly on SIGTERM or NaN."""
-  preempted = []
-  signal.signal(signal.SIGTERM, lambda signum, frame: preempted.append(signum))
+class Preemption:
+  """Whether to save and stop after a step, decided at the same step by every process.
+
+  Under jax.distributed, JAX's preemption service catches SIGTERM (on any one process) and agrees
+  on a step with the others; a Python handler would replace its own. A lone process catches
+  SIGTERM here.
+  """
+
+  def __init__(self, checkpoints):
+    self.checkpoints, self.signalled = checkpoints, []
+    if not jax.distributed.is_initialized():
+      signal.signal(signal.SIGTERM, lambda signum, frame: self.signalled.append(signum))
+
+  def __call__(self, step: int) -> bool:
+    return bool(self.signalled) or self.checkpoints.reached_preemption(step)
+
+
+def device_batches(data_iterator, mesh):
+  """Yields (the global batch on device, the data position after it) for each of the iterator's
+  process-local batches; the position is what a checkpoint of that step records."""
   batch_sharding = sharding.batch_sharding(mesh)
+  for local in data_iterator:
+    yield ({k: jax.make_array_from_process_local_data(batch_sharding, local[k]) for k in packing.BATCH_KEYS},
+           data_iterator.get_state())
+
+
+@jax.jit
+def _tally(tally, metrics, step):
+  """Device-side counts between host checks: the first step whose loss or gradient norm was not
+  finite (0: none), and how many updates were skipped."""
+  bad = jnp.logical_not(jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]))
+  return {"first_nonfinite": jnp.where((tally["first_nonfinite"] == 0) & bad, step, tally["first_nonfinite"]),
+          "skipped": tally["skipped"] + metrics["skipped"]}
+
+
+def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, run_evaluation, data_counts):
+  """Steps to config.train.steps, logging, checkpointing, evaluating, and stopping cleanly on SIGTERM or NaN.
+
+  The host never waits for the device in between: the next batch is built and sent while a step
+  runs, and metrics are fetched only where the host must decide (log, checkpoint, evaluation and
+  preemption steps). A NaN is therefore reported as having happened between two such steps.
+  """
+  preempted = Preemption(checkpoints)
   tokens_per_step = config.data.batch_size * config.data.seq_len
   flops_per_step = tokens_per_step * train_flops_per_token(ModelConfig(**config.model), config.data.seq_len)
   peak = metric_writer.matmul_peak_flops(jnp.dtype(config.model.dtype)) * jax.device_count()
-  last_log_time, last_log_step = time.time(), int(state.step)
+
+  fresh_tally = jax.jit(lambda: {"first_nonfinite": jnp.int32(0), "skipped": jnp.int32(0)},
+                        out_shardings=sharding.replicated(mesh))
+  batches = device_batches(data_iterator, mesh)
+
+  checked_step = int(state.step)
+  last_log_time, last_log_step = time.time(), checked_step
+  tally = fresh_tally()
+  batch, data_state = next(batches)
   for step in range(int(state.step), config.train.steps):
-    local = next(data_iterator)
-    batch = {k: jax.make_array_from_process_local_data(batch_sharding, local[k]) for k in packing.BATCH_KEYS}
-    state, step_metrics = step_fn(state, batch)
-    step_metrics = jax.device_get(step_metrics)
-    diverged = not (np.isfinite(step_metrics["loss"]) and np.isfinite(step_metrics["grad_norm"]))
-    if diverged and not config.train.skip_nonfinite:
-      checkpoints.wait_until_finished()
-      raise FloatingPointError(f"loss is {step_metrics['loss']} (gradient norm {step_metrics['grad_norm']}) at step "
-                               f"{step + 1}; the last good checkpoint is kept in {checkpoints.directory} "
-                               "(train.skip_nonfinite=True skips such updates instead)")
     done = step + 1
-    if done % config.train.log_every == 0 or done == config.train.steps:
+    state, step_metrics = step_fn(state, batch)
+    tally = _tally(tally, step_metrics, state.step)
+    batch_data_state = data_state
+    if done < config.train.steps:
+      batch, data_state = next(batches)  # while the step runs
+    every = config.eval.every_steps
+    log = done % config.train.log_every == 0 or done == config.train.steps
+    save = done % config.train.checkpoint_every == 0 or done == config.train.steps
+    evaluate_now = every >= 0 and ((every and done % every == 0) or done == config.train.steps)
+    stop = preempted(done)
+    if not (log or save or evaluate_now or stop):
+      continue
+    # A host sync point: nothing is saved, logged or evaluated past a non-finite step.
+    step_metrics, counts = jax.device_get((step_metrics, tally))
+    if counts["first_nonfinite"] and not config.train.skip_nonfinite:
+      checkpoints.wait_until_finished()
+      raise FloatingPointError(f"the loss or gradient norm became NaN or infinite between steps {checked_step} and "
+                               f"{done} (first at step {counts['first_nonfinite']}); the last good checkpoint is kept "
+                               f"in {checkpoints.directory} (train.skip_nonfinite=True skips such updates instead)")
+    checked_step = done
+    if log:
       seconds = time.time() - last_log_time
       rate = tokens_per_step * (done - last_log_step) / seconds
-      writer.write(done, {**{k: v.item() for k, v in step_metrics.items()},
+      writer.write(done, {**{k: v.item() for k, v in step_metrics.items()}, "skipped": int(counts["skipped"]),
                           "tokens_per_s": rate, "mfu": rate / tokens_per_step * flops_per_step / peak,
                           "examples_seen": int(state.examples_seen), **data_counts()})
       last_log_time, last_log_step = time.time(), done
-    if preempted or checkpoints.reached_preemption(done):
-      checkpoint.save(checkpoints, done, state, data_iterator, config.data.shards)
+      tally = fresh_tally()
+    if stop:
+      checkpoint.save(checkpoints, done, state, batch_data_state, config.data.shards)
       checkpoints.wait_until_finished()
       logging.warning("preempted: saved step %d, exiting", done)
       return
-    if done % config.train.checkpoint_every == 0 or done == config.train.steps:
-      checkpoint.save(checkpoints, done, state, data_iterator, config.data.shards)
-    every = config.eval.every_steps
-    if every >= 0 and ((every and done % every == 0) or done == config.train.steps):
+    if save:
+      checkpoint.save(checkpoints, done, state, batch_data_state, config.data.shards)
+    if evaluate_now:
       run_evaluation(state, done)
   checkpoints.wait_until_finished()
 

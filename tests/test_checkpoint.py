@@ -36,7 +36,7 @@ def test_restores_onto_a_different_mesh_with_the_data_position(tmp_path):
   data = shard_streams()
   consumed = [next(data) for _ in range(3)]
   manager = checkpoint.manager(str(tmp_path), keep=2)
-  checkpoint.save(manager, 3, state, data, data_shards=2)
+  checkpoint.save(manager, 3, state, data.get_state(), data_shards=2)
   manager.wait_until_finished()
   assert {"shard_0.json", "shard_1.json"} <= set(os.listdir(tmp_path / "checkpoints" / "3" / "data"))
 
@@ -56,3 +56,17 @@ def test_no_checkpoint_gives_none_and_init_from_an_empty_directory_is_an_error(t
   assert checkpoint.restore_latest(checkpoint.manager(str(tmp_path), keep=1), target, shard_streams(), 2) is None
   with pytest.raises(FileNotFoundError, match="checkpoints.*no checkpoint steps"):
     checkpoint.restore_params(str(tmp_path / "checkpoints"), target.params)
+
+
+def test_a_checkpoint_of_another_model_size_is_a_config_error_not_unreadable(tmp_path):
+  config = small_config()
+  state, _ = make_state(dict(data=-1, fsdp=1, tensor=1), "dp", config)
+  manager = checkpoint.manager(str(tmp_path), keep=2)
+  checkpoint.save(manager, 2, state, shard_streams().get_state(), data_shards=2)
+  manager.wait_until_finished()
+  config.model.mlp_dim *= 2
+  _, target = make_state(dict(data=-1, fsdp=1, tensor=1), "dp", config)
+  with pytest.raises(checkpoint.ConfigMismatchError, match=r"checkpoints/2 was written under another config.*"
+                     r"params\.block_0\.mlp\.w_down: \(\d+, \d+\) in the checkpoint"):
+    checkpoint.restore_latest(checkpoint.manager(str(tmp_path), keep=2), target, shard_streams(), 2)
+  assert os.listdir(tmp_path / "checkpoints") == ["2"]  # nothing moved aside

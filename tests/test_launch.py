@@ -2,11 +2,14 @@
 
 import json
 import os
+import re
 import shutil
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -92,3 +95,62 @@ def test_two_processes_train_and_evaluate_like_one_and_their_checkpoint_restores
   resumed = losses(two)
   np.testing.assert_allclose([resumed[7], resumed[8]], [reference[7], reference[8]], rtol=1e-3)
   assert scores(two, 8).keys() == scores(one, 8).keys()
+
+
+def start_two_processes(workdir, *overrides):
+  return subprocess.Popen(["bash", "launch/local_multiprocess.sh", "2", "4", *TRAIN, f"--workdir={workdir}", *SMALL,
+                           *overrides], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "PORT": str(free_port())})
+
+
+def run_two_processes(workdir, *overrides):
+  process = start_two_processes(workdir, *overrides)
+  _, stderr = process.communicate(timeout=600)
+  assert process.returncode == 0, stderr[-3000:]
+  return stderr
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+  """12 uninterrupted steps on two processes (checkpoints at 4, 8 and 12), without evaluation."""
+  workdir = str(tmp_path_factory.mktemp("two_processes"))
+  run_two_processes(workdir, "--config.eval.every_steps=-1")
+  return workdir
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_saves_one_step_on_both_and_the_rerun_is_bitwise_identical(
+    two_process_run, tmp_path):
+  workdir = str(tmp_path)
+  copy_tokenizer(two_process_run, workdir)
+  launcher = start_two_processes(workdir, "--config.eval.every_steps=-1")
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  while launcher.poll() is None and not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 5):
+    time.sleep(0.05)
+  # Only process 1 is told; JAX's preemption service tells process 0.
+  assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+  found = subprocess.run(["pgrep", "-f", f"workdir={workdir} .*process_id=1"], capture_output=True, text=True)
+  [pid] = found.stdout.split()
+  os.kill(int(pid), signal.SIGTERM)
+  _, stderr = launcher.communicate(timeout=300)
+  assert launcher.returncode == 0, stderr[-3000:]
+  saved = [int(step) for step in re.findall(r"preempted: saved step (\d+), exiting", stderr)]
+  assert len(saved) == 2 and saved[0] == saved[1] and saved[0] not in (4, 8, 12), stderr[-3000:]
+  assert max(int(step) for step in os.listdir(os.path.join(workdir, "checkpoints"))) == saved[0]
+  run_two_processes(workdir, "--config.eval.every_steps=-1")
+  assert losses(workdir) == losses(two_process_run)  # every step, bit for bit
+
+
+@pytest.mark.slow
+def test_two_processes_fall_back_together_from_a_corrupt_checkpoint(two_process_run, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(two_process_run, workdir)
+  for directory, _, files in os.walk(os.path.join(workdir, "checkpoints", "12", "state")):
+    for name in files:
+      path = os.path.join(directory, name)
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+  stderr = run_two_processes(workdir, "--config.eval.every_steps=-1")
+  assert stderr.count("resuming from step 8") == 2, stderr[-3000:]  # both processes, the same step
+  assert losses(workdir) == losses(two_process_run)  # steps 9-12 trained again, identically
+  assert os.listdir(os.path.join(workdir, "checkpoints_unreadable"))[0].startswith("12-")

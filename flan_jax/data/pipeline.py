@@ -25,6 +25,7 @@ from flan_jax.data import tokenizer as tokenizer_lib
 del flan_mini, tfds_tasks  # imported for their task and mixture registrations
 
 MIX_SHUFFLE_WINDOW = 10_000
+PREFETCH_BATCHES = 2
 
 
 @dataclasses.dataclass
@@ -204,8 +205,11 @@ def batches(data_cfg, mix: Mixture, tokenizer: Tokenizer, stats: Stats, *, seed:
                   shard_count=shards).to_iter_dataset(grain.ReadOptions(num_threads=0))
     rows = packing.pack(ds, data_cfg.seq_len, packer=data_cfg.packer, num_bins=data_cfg.packing_bins, seed=seed)
     streams.append(rows.batch(batch_size // shards, drop_remainder=True))
-  return grain_experimental.ZipIterDataset(streams).map(
+  zipped = grain_experimental.ZipIterDataset(streams).map(
       lambda parts: {key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
+  # Built in a thread, PREFETCH_BATCHES ahead of the train step; its get_state() is the position
+  # after the batches taken, not the ones built. Close the iterator when done with it.
+  return grain_experimental.ThreadPrefetchIterDataset(zipped, prefetch_buffer_size=PREFETCH_BATCHES)
 
 
 def tokenizer_texts(data_cfg, names: Sequence[str], count: int) -> list[str]:
