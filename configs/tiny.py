@@ -45,9 +45,13 @@ def get_config(arg: str | None = None):
 
   config.model = models.get("tiny", vocab_size=data.tokenizer.get_ref("vocab_size"))
 
-  # Multi-process runs: an explicit coordinator, or "" to detect SLURM / TPU pods (flan_jax/distributed.py).
+  # Multi-process runs: an explicit coordinator, or "" for what JAX detects (SLURM, MPI, GKE, TPU VMs; distributed.py).
   config.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0))
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: the remaining devices
+  # Multi-slice TPU (or multi-host GPU): of each axis, how many groups talk over the slower data-centre
+  # network (slices; hosts where devices have no slice). mesh.data and mesh.fsdp stay the whole sizes.
+  config.mesh.dcn_data = 1
+  config.mesh.dcn_fsdp = 1
   config.sharding_rules = "fsdp_tp"  # dp | fsdp | tp | fsdp_tp (flan_jax/sharding.py)
 
   config.loss = ml_collections.ConfigDict()

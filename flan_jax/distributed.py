@@ -1,20 +1,15 @@
 """Joining JAX's multi-process runtime, before anything touches a device.
 
 An explicit coordinator (config.distributed, as launch/local_multiprocess.sh sets
-it) wins; otherwise a SLURM job step with several tasks or a multi-host TPU VM is
-detected from its environment and JAX finds the rest itself. One process alone
-needs nothing.
+it) wins. Otherwise `jax.distributed.initialize()` looks for a cluster itself:
+SLURM, Open MPI, Kubernetes (GKE), Cloud TPU VMs, or JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES and JAX_PROCESS_ID in the environment. Where it finds none, the
+run is one process.
 """
-
-import os
 
 import jax
 
-
-def in_cluster() -> bool:
-  slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1"))
-  tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  return slurm_tasks > 1 or "," in tpu_hosts
+_NO_CLUSTER = "coordinator_address should be defined"  # what jax.distributed.initialize() says when it finds none
 
 
 def initialize(cfg):
@@ -23,5 +18,9 @@ def initialize(cfg):
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if cfg.coordinator_address:
     jax.distributed.initialize(cfg.coordinator_address, num_processes=cfg.num_processes, process_id=cfg.process_id)
-  elif in_cluster():
+    return
+  try:
     jax.distributed.initialize()
+  except ValueError as error:
+    if _NO_CLUSTER not in str(error):
+      raise

@@ -22,6 +22,7 @@ from flan_jax.model import BATCH, EMBED, HEADS, KV_HEADS, MLP, VOCAB
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+DCN_AXES = ("data", "fsdp")  # the axes a mesh may split across slices
 
 _BATCH_RULE = ((BATCH, BATCH_AXES),)
 _FSDP_RULES = ((EMBED, "fsdp"),)
@@ -35,7 +36,12 @@ RULES = {
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:
-  """A Mesh of `devices` (default: all) with sizes from `mesh_config` {data, fsdp, tensor}; one may be -1."""
+  """A Mesh of `devices` (default: all) with sizes from `mesh_config` {data, fsdp, tensor}; one may be -1.
+
+  With `dcn_data` / `dcn_fsdp` > 1 (default 1) those axes span that many slices (TPU) or processes
+  (devices all of one slice), the rest of each axis inside one: jax's hybrid mesh, whose collectives
+  cross the slower network only on those axes.
+  """
   devices = list(jax.devices() if devices is None else devices)
   sizes = {axis: int(mesh_config[axis]) for axis in MESH_AXES}
   described = ", ".join(f"mesh.{axis}={size}" for axis, size in sizes.items())
@@ -51,9 +57,23 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
     raise ValueError(f"{described} needs {math.prod(sizes.values())} devices, but there are {len(devices)} "
                      f"({devices[0].platform}); make the product match or set one axis to -1")
   shape = tuple(sizes[axis] for axis in MESH_AXES)
-  # Hardware-aware order on TPU and GPU (neighbouring devices share the innermost axis).
-  device_grid = mesh_utils.create_device_mesh(shape, devices)
-  return Mesh(device_grid, MESH_AXES)
+  dcn = {axis: int(mesh_config.get(f"dcn_{axis}", 1)) for axis in DCN_AXES}
+  if math.prod(dcn.values()) == 1:
+    # Hardware-aware order on TPU and GPU (neighbouring devices share the innermost axis).
+    return Mesh(mesh_utils.create_device_mesh(shape, devices), MESH_AXES)
+  slices = len({getattr(d, "slice_index", None) for d in devices})
+  by_process = slices == 1  # one slice (or none reported): hosts are the groups, as on GPU clusters
+  groups = len({d.process_index for d in devices}) if by_process else slices
+  for axis, parts in dcn.items():
+    if parts < 1 or sizes[axis] % parts:
+      raise ValueError(f"mesh.dcn_{axis}={parts} must be positive and divide mesh.{axis}={sizes[axis]}")
+  if math.prod(dcn.values()) != groups:
+    raise ValueError(f"mesh.dcn_data={dcn['data']} x mesh.dcn_fsdp={dcn['fsdp']} must equal the number of "
+                     f"{'processes' if by_process else 'slices'} the devices belong to ({groups})")
+  dcn_shape = tuple(dcn.get(axis, 1) for axis in MESH_AXES)
+  inner = tuple(size // parts for size, parts in zip(shape, dcn_shape))
+  return Mesh(mesh_utils.create_hybrid_device_mesh(inner, dcn_shape, devices, process_is_granule=by_process),
+              MESH_AXES)
 
 
 def rules(name: str):
@@ -100,6 +120,22 @@ def check_batch(batch_size: int, microbatches: int, mesh: Mesh):
   if batch_size % (microbatches * shards):
     raise ValueError(f"data.batch_size={batch_size} must divide into train.microbatches={microbatches} "
                      f"microbatches of whole rows for each of the {shards} data x fsdp shards")
+
+
+def check_process_rows(mesh: Mesh, batch_size: int, process_of=lambda device: device.process_index):
+  """Raises unless each process's devices hold one contiguous block of batch_size / processes rows,
+  no two processes the same rows: the input pipeline builds each process's own rows. (It fails when,
+  say, the tensor axis spans hosts, so that two processes would have to feed identical rows.)"""
+  rows = {}
+  for device, index in batch_sharding(mesh).devices_indices_map((batch_size,)).items():
+    rows.setdefault(process_of(device), set()).update(range(*index[0].indices(batch_size)))
+  per_process = batch_size // len(rows)
+  overlap = len(set().union(*rows.values())) < batch_size
+  for process, held in sorted(rows.items()):
+    if overlap or len(held) != per_process or max(held) - min(held) + 1 != len(held):
+      raise ValueError(f"mesh {dict(mesh.shape)}: process {process}'s devices hold rows {sorted(held)} of each batch "
+                       f"of data.batch_size={batch_size}; each of the {len(rows)} processes needs its own contiguous "
+                       f"{per_process} rows (split data/fsdp across hosts, keep tensor within one)")
 
 
 def param_shardings(boxed_params, mesh: Mesh, logical_rules):

@@ -166,6 +166,7 @@ def main(argv):
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules(config.sharding_rules)
   sharding.check_batch(config.data.batch_size, config.train.microbatches, mesh)
+  sharding.check_process_rows(mesh, config.data.batch_size)
   if config.model.lora_rank and not config.train.init_from:
     raise ValueError("model.lora_rank > 0 trains adapters over a pretrained base: set train.init_from to its "
                      "checkpoint (python -m flan_jax.convert import ...)")

@@ -98,8 +98,9 @@ def test_two_processes_train_and_evaluate_like_one_and_their_checkpoint_restores
 
 
 def start_two_processes(workdir, *overrides):
+  """Two processes of four devices each, on a hybrid mesh whose data axis spans them as two slices."""
   return subprocess.Popen(["bash", "launch/local_multiprocess.sh", "2", "4", *TRAIN, f"--workdir={workdir}", *SMALL,
-                           *overrides], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           "--config.mesh.dcn_data=2", *overrides], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env={**os.environ, "PORT": str(free_port())})
 
 
@@ -125,9 +126,10 @@ def test_sigterm_to_one_of_two_processes_saves_one_step_on_both_and_the_rerun_is
   copy_tokenizer(two_process_run, workdir)
   launcher = start_two_processes(workdir, "--config.eval.every_steps=-1")
   metrics = os.path.join(workdir, "metrics.jsonl")
-  while launcher.poll() is None and not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 5):
+  while launcher.poll() is None and not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 2):
     time.sleep(0.05)
-  # Only process 1 is told; JAX's preemption service tells process 0.
+  # Only process 1 is told; JAX's preemption service tells process 0, and they agree on a step a few
+  # steps on (so the signal comes early: a run that ends first just finishes).
   assert launcher.poll() is None, launcher.communicate()[1][-3000:]
   found = subprocess.run(["pgrep", "-f", f"workdir={workdir} .*process_id=1"], capture_output=True, text=True)
   [pid] = found.stdout.split()
@@ -135,7 +137,7 @@ def test_sigterm_to_one_of_two_processes_saves_one_step_on_both_and_the_rerun_is
   _, stderr = launcher.communicate(timeout=300)
   assert launcher.returncode == 0, stderr[-3000:]
   saved = [int(step) for step in re.findall(r"preempted: saved step (\d+), exiting", stderr)]
-  assert len(saved) == 2 and saved[0] == saved[1] and saved[0] not in (4, 8, 12), stderr[-3000:]
+  assert len(saved) == 2 and saved[0] == saved[1] < 12, stderr[-3000:]
   assert max(int(step) for step in os.listdir(os.path.join(workdir, "checkpoints"))) == saved[0]
   run_two_processes(workdir, "--config.eval.every_steps=-1")
   assert losses(workdir) == losses(two_process_run)  # every step, bit for bit
