@@ -1,6 +1,6 @@
 r"""Speed, memory and efficiency, each figure a ratio taken inside one run.
 
-  python -m flan_jax.bench [--json] [--write] [--only peak,train,loss,sharding,decode,packing,...]
+  python -m flan_jax.bench [--json] [--write] [--only peak,train,loss,sharding,decode,packing,stall,...]
 
 peak      bf16 x bf16 -> f32 and f32 matmul throughput: the denominator of MFU.
 train     train-step tokens/s and MFU for the tiny config and a d_model-512 one, one device.
@@ -13,6 +13,8 @@ decode    greedy decoding of 64 tokens with the KV cache versus recomputing the 
 packing   best-fit / first-fit / one-example-per-row efficiency, lognormal lengths (median 200, length 2,048)
           and flan_mini's lengths.
 pipeline  tokens/s the tiny config's input pipeline produces, over what its train step consumes.
+stall     input_stall_fraction: the tiny config's train loop fed by its real pipeline over the same loop fed
+          pre-built batches, minus 1 (the share of time the device waits for input).
 checkpoint  save and restore seconds per GB; the slowdown of training steps while an async save runs.
 scale     per-device memory of flan2021's train step compiled (not run) for Llama-3-8B on 64 simulated
           devices (FSDP) and Llama-3.2-1B on 8, against TPU v5p (95 GiB) and v5e (16 GiB) HBM.
@@ -251,9 +253,44 @@ def input_pipeline(results):
   start, count = time.perf_counter(), 40
   for _ in range(count):
     next(batches)
+  batches.close()
   produced = count * data.batch_size * data.seq_len / (time.perf_counter() - start)
   consumed = results.get("train_tokens_per_s_tiny") or measure_train_step(config, repeats=3)["tokens_per_s"]
   return {"pipeline_tokens_per_s": produced, "pipeline_to_train_ratio": produced / consumed}
+
+
+def input_stall(results):
+  """The share of the tiny config's train-loop time spent waiting for input, one process on one device:
+  (steps fed by the real pipeline, read ahead in its thread) / (steps fed with batches built before) - 1.
+  Both go through train.device_batches, as the train loop does; the rounds alternate, 10 steps each."""
+  del results
+  config = tiny.get_config()
+  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  rules = sharding.rules(config.sharding_rules)
+  model = from_config(config.model)
+  optimizer, schedule = optim.make(config.optim, config.train.steps)
+  data = config.data
+  real = iter(pipeline.batches(data, pipeline.resolve_mixture(data), _tokenizer(config), pipeline.Stats(), seed=0))
+  prebuilt = iter(grain.MapDataset.source([next(real) for _ in range(10)]).repeat().to_iter_dataset())
+  with sharding.context(mesh, rules):
+    _, shardings = train.state_shapes(model, optimizer, mesh, rules)
+    state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
+    step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
+    feeds = {"real": train.device_batches(real, mesh), "prebuilt": train.device_batches(prebuilt, mesh)}
+    state, _ = step(state, next(feeds["prebuilt"])[0])  # compile
+    seconds = {"real": 0.0, "prebuilt": 0.0}
+    for name in ("prebuilt", "real") * 3:
+      batch, _ = next(feeds[name])
+      jax.block_until_ready(state)
+      start = time.perf_counter()
+      for _ in range(10):  # as train.train_loop: the next batch is fetched while the step runs
+        state, _ = step(state, batch)
+        batch, _ = next(feeds[name])
+      jax.block_until_ready(state)
+      seconds[name] += time.perf_counter() - start
+  real.close()
+  return {"input_stall_fraction": seconds["real"] / seconds["prebuilt"] - 1,
+          "input_stall_step_s_real": seconds["real"] / 30, "input_stall_step_s_prebuilt": seconds["prebuilt"] / 30}
 
 
 def checkpoints(results):
@@ -364,7 +401,7 @@ def lora_memory(results):
 
 
 SECTIONS = {"peak": peak, "train": train_steps, "loss": fused_loss, "sharding": fsdp_memory,
-            "decode": kv_cache_decoding, "packing": packing_efficiency, "pipeline": input_pipeline,
+            "decode": kv_cache_decoding, "packing": packing_efficiency, "pipeline": input_pipeline, "stall": input_stall,
             "checkpoint": checkpoints, "scale": scale_on_paper, "lora": lora_memory}
 INTERNAL_SECTIONS = {"compile_at_scale": compile_at_scale}  # run by `scale` in a 64-device subprocess
 

@@ -13,12 +13,12 @@ Results go to `DIR/eval/<step>/results.json` and `results.md`.
 
 import functools
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 from flan_jax import checkpoint, decode, metric_writer, metrics, sharding, workdirs
@@ -177,11 +177,10 @@ def summary(results: dict) -> dict:
   return {**scores, **{f"eval/{name}": c["mean"] for name, c in sorted(results["clusters"].items())}}
 
 
-def write_results(results: dict, workdir: str, step: int) -> str:
-  directory = os.path.join(workdir, "eval", str(step))
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, "results.json"), "w") as f:
-    json.dump({"step": step, **results}, f, indent=1)
+def write_results(results: dict, workdir: str, step: int) -> epath.Path:
+  directory = epath.Path(workdir) / "eval" / str(step)
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "results.json").write_text(json.dumps({"step": step, **results}, indent=1))
   lines = [f"# Zero-shot evaluation, step {step}", "",
            f"Held-out clusters: **{results['held_out']:.1f}**" if results["held_out"] is not None else "",
            f"Seen clusters: **{results['seen']:.1f}**" if results.get("seen") is not None else "", "",
@@ -198,8 +197,7 @@ def write_results(results: dict, workdir: str, step: int) -> str:
   lines += [f"\nNot scored: {name}: {why}" for name, why in sorted(results.get("unscored", {}).items())]
   if results.get("data"):
     lines.append("\nData: " + ", ".join(f"{k} {v}" for k, v in results["data"].items()))
-  with open(os.path.join(directory, "results.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  (directory / "results.md").write_text("\n".join(lines) + "\n")
   return directory
 
 
@@ -218,7 +216,7 @@ def main(argv):
     step, params = checkpoint.restore_run_params(workdir, config.train.init_from, target, step=flags.FLAGS.step)
     results = evaluate(params, model, tokenizer, config, mesh, seen=flags.FLAGS.seen)
   directory = write_results(results, workdir, step)
-  print(open(os.path.join(directory, "results.md")).read())
+  print((directory / "results.md").read_text())
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ unless --temperature is set, with the KV cache, and stops at the tokenizer's sto
 """
 
 import json
-import os
 
 import jax
 import ml_collections
 from absl import app, flags
+from etils import epath
 
 from flan_jax import checkpoint, convert, decode, metric_writer, workdirs
 from flan_jax.data import pipeline
@@ -34,14 +34,13 @@ def main(argv):
   if flag.checkpoint:
     info = convert.read_info(flag.checkpoint)
     fields, fmt = info["model"], info["chat_format"]
-    tokenizer = tokenizer_lib.load(os.path.join(flag.checkpoint, "hf"))
+    tokenizer = tokenizer_lib.load(str(epath.Path(flag.checkpoint) / "hf"))
     step, params = checkpoint.load_for_inference(fields, checkpoint_dir=flag.checkpoint, step=flag.step)
   else:
-    config_path = os.path.join(flag.workdir, "config.json")
-    if not os.path.exists(config_path):
+    config_path = epath.Path(flag.workdir) / "config.json"
+    if not config_path.exists():
       raise FileNotFoundError(f"{config_path} does not exist: --workdir must be a training run's workdir")
-    with open(config_path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     fields, fmt = config.model.to_dict(), config.data.template.format
     tokenizer = pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(flag.workdir))
     step, params = checkpoint.load_for_inference(fields, workdir=flag.workdir, init_from=config.train.init_from,

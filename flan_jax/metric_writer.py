@@ -1,16 +1,25 @@
 """Where training metrics go: `metrics.jsonl`, TensorBoard event files and a console line.
 
 Only process 0 writes. On resume, `metrics.jsonl` is cut back to the restored
-step, so the file always reads as one uninterrupted run.
+step, so the file always reads as one uninterrupted run. Every file goes through
+`etils.epath` and is rewritten whole at each record (object stores such as gs://
+cannot append; a rewritten object is visible at once). Records come only at log
+and evaluation steps, so the files stay small. TensorBoard reads the event file
+(`tensorboard/events.out.tfevents.<time>.<host>.<id>`, one per start of the run).
 """
 
+import io
 import json
-import os
+import socket
 import time
+import uuid
 
 import jax
 import jax.numpy as jnp
 from absl import flags, logging
+from etils import epath
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 
 def quiet_absl_logging():
@@ -33,6 +42,24 @@ def matmul_peak_flops(dtype=jnp.bfloat16, size: int = 2048, repeats: int = 3) ->
   return 2 * size ** 3 / best
 
 
+class EventFile:
+  """A TensorBoard event file of scalars, rewritten whole through epath after each step's records."""
+
+  def __init__(self, directory: epath.Path):
+    directory.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    self.path = directory / f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
+    self.buffer = io.BytesIO()
+    self.records = RecordWriter(self.buffer)
+    self.records.write(event_pb2.Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
+
+  def scalars(self, step: int, values: dict):
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+                                         for tag, value in values.items()])
+    self.records.write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary).SerializeToString())
+    self.path.write_bytes(self.buffer.getvalue())
+
+
 class Writer:
   """Appends one JSON object per logged step to `<workdir>/metrics.jsonl`, mirrors it to TensorBoard
   (`<workdir>/tensorboard`), and prints a progress line."""
@@ -40,23 +67,19 @@ class Writer:
   def __init__(self, workdir: str, total_steps: int, resumed_step: int):
     self.enabled = jax.process_index() == 0
     self.total_steps = total_steps
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = epath.Path(workdir) / "metrics.jsonl"
     self.start_time, self.start_step = time.time(), resumed_step
     if not self.enabled:
       return
-    _truncate_after(self.path, resumed_step)
-    from flax.metrics import tensorboard  # imports TensorFlow: only on the writing process
-    self.tensorboard = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self.lines = _lines_until(self.path, resumed_step)
+    self.path.write_text("".join(self.lines))
+    self.tensorboard = EventFile(epath.Path(workdir) / "tensorboard")
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:
       return
-    record = {"step": step, **metrics, "wall_time": time.time()}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-    for key, value in metrics.items():
-      self.tensorboard.scalar(f"train/{key}", value, step)
-    self.tensorboard.flush()
+    self._append({"step": step, **metrics, "wall_time": time.time()})
+    self.tensorboard.scalars(step, {f"train/{key}": value for key, value in metrics.items()})
     elapsed = time.time() - self.start_time
     done = step - self.start_step
     eta = elapsed / done * (self.total_steps - step) if done else 0.0
@@ -68,24 +91,18 @@ class Writer:
     """Evaluation scores ({"eval/<cluster>": score, ...}) as their own record."""
     if not self.enabled:
       return
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, **scores, "wall_time": time.time()}) + "\n")
-    for key, value in scores.items():
-      self.tensorboard.scalar(key, value, step)
-    self.tensorboard.flush()
+    self._append({"step": step, **scores, "wall_time": time.time()})
+    self.tensorboard.scalars(step, scores)
     print(f"step {step} evaluation: " + "  ".join(f"{k.removeprefix('eval/')} {v:.1f}" for k, v in scores.items()),
           flush=True)
 
-  def close(self):
-    if self.enabled:
-      self.tensorboard.close()
+  def _append(self, record: dict):
+    self.lines.append(json.dumps(record) + "\n")
+    self.path.write_text("".join(self.lines))
 
 
-def _truncate_after(path: str, step: int):
-  """Drops records of steps after `step`: ones logged by a run that died before its next checkpoint."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    records = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-  with open(path, "w") as f:
-    f.writelines(records)
+def _lines_until(path: epath.Path, step: int) -> list[str]:
+  """The records of steps up to `step`: later ones were logged by a run that died before its next checkpoint."""
+  if not path.exists():
+    return []
+  return [line + "\n" for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]

@@ -9,11 +9,11 @@ runs train on different numbers of clusters, `held_out_vs_training_clusters.png`
 
 import csv
 import json
-import os
 
 import matplotlib
 import ml_collections
 from absl import app
+from etils import epath
 
 from flan_jax.data import pipeline
 
@@ -24,19 +24,16 @@ from matplotlib import pyplot as plt  # noqa: E402
 def gather(sweep_dir: str) -> list[dict]:
   """One row per run with evaluation results: its held-out clusters, training clusters and scores."""
   rows = []
-  for name in sorted(os.listdir(sweep_dir)):
-    run = os.path.join(sweep_dir, name)
-    eval_dir = os.path.join(run, "eval")
-    if not (os.path.isdir(eval_dir) and os.path.exists(os.path.join(run, "config.json"))):
+  for run in sorted(epath.Path(sweep_dir).iterdir()):
+    eval_dir = run / "eval"
+    if not (eval_dir.is_dir() and (run / "config.json").exists()):
       continue
-    step = max(int(s) for s in os.listdir(eval_dir))
-    with open(os.path.join(eval_dir, str(step), "results.json")) as f:
-      results = json.load(f)
-    with open(os.path.join(run, "config.json")) as f:
-      data_config = ml_collections.ConfigDict(json.load(f)["data"])
+    step = max(int(s.name) for s in eval_dir.iterdir())
+    results = json.loads((eval_dir / str(step) / "results.json").read_text())
+    data_config = ml_collections.ConfigDict(json.loads((run / "config.json").read_text())["data"])
     training_clusters = sorted({t.cluster for t in pipeline.resolve_mixture(data_config).train})
     rows.append({
-        "run": name, "step": step,
+        "run": run.name, "step": step,
         "held_out_clusters": ",".join(data_config.held_out_clusters),
         "training_clusters": len(training_clusters),
         "held_out": results["held_out"], "seen": results.get("seen"),
@@ -48,16 +45,16 @@ def gather(sweep_dir: str) -> list[dict]:
 
 
 def write_report(rows: list[dict], out_dir: str) -> list[str]:
+  out_dir = epath.Path(out_dir)
   columns = list(dict.fromkeys(k for row in rows for k in row))
-  with open(os.path.join(out_dir, "report.csv"), "w", newline="") as f:
+  with (out_dir / "report.csv").open("w") as f:
     writer = csv.DictWriter(f, columns)
     writer.writeheader()
     writer.writerows(rows)
   fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else ("" if v is None else str(v))
   lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
-  with open(os.path.join(out_dir, "report.md"), "w") as f:
-    f.write(f"# Sweep report: {os.path.basename(os.path.abspath(out_dir))}\n\n" + "\n".join(lines) + "\n")
+  (out_dir / "report.md").write_text(f"# Sweep report: {out_dir.name}\n\n" + "\n".join(lines) + "\n")
   written = ["report.md", "report.csv"]
 
   fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(rows)), 3.5))
@@ -66,7 +63,8 @@ def write_report(rows: list[dict], out_dir: str) -> list[str]:
   ax.set_xlabel("held-out cluster")
   ax.tick_params(axis="x", rotation=45)
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "held_out_by_cluster.png"), dpi=120)
+  with (out_dir / "held_out_by_cluster.png").open("wb") as f:
+    fig.savefig(f, format="png", dpi=120)
   plt.close(fig)
   written.append("held_out_by_cluster.png")
 
@@ -77,7 +75,8 @@ def write_report(rows: list[dict], out_dir: str) -> list[str]:
     ax.set_xlabel("number of training clusters")
     ax.set_ylabel("held-out score")
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "held_out_vs_training_clusters.png"), dpi=120)
+    with (out_dir / "held_out_vs_training_clusters.png").open("wb") as f:
+      fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     written.append("held_out_vs_training_clusters.png")
   return written
@@ -87,8 +86,8 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: python -m flan_jax.report SWEEP_DIR")
   written = write_report(gather(argv[1]), argv[1])
-  print(open(os.path.join(argv[1], "report.md")).read())
-  print("wrote " + ", ".join(os.path.join(argv[1], name) for name in written))
+  print((epath.Path(argv[1]) / "report.md").read_text())
+  print("wrote " + ", ".join(str(epath.Path(argv[1]) / name) for name in written))
 
 
 if __name__ == "__main__":

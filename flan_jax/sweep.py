@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 from absl import app, flags
+from etils import epath
 
 from flan_jax import workdirs
 
@@ -57,8 +58,8 @@ def train_command(config_path: str, workdir: str, overrides: dict) -> list[str]:
 
 
 def finished(workdir: str, steps: int, evaluates: bool) -> bool:
-  done = os.path.isdir(os.path.join(workdir, "checkpoints", str(steps)))
-  return done and (not evaluates or os.path.isfile(os.path.join(workdir, "eval", str(steps), "results.json")))
+  done = (epath.Path(workdir) / "checkpoints" / str(steps)).is_dir()
+  return done and (not evaluates or (epath.Path(workdir) / "eval" / str(steps) / "results.json").exists())
 
 
 def launch_command(launcher: str, command: list[str], tpu: str, zone: str) -> list[str]:
@@ -81,7 +82,7 @@ def main(argv):
   failed = []
   for entry in sweep:
     overrides = {k: v for k, v in entry.items() if k != "name"}
-    workdir = os.path.join(root, entry.get("name") or run_name(overrides))
+    workdir = str(epath.Path(root) / (entry.get("name") or run_name(overrides)))
     steps = overrides.get("train.steps", base.train.steps)
     evaluates = overrides.get("eval.every_steps", base.eval.every_steps) >= 0
     command = launch_command(launcher, train_command(config_path, workdir, overrides), flags.FLAGS.tpu,

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags, logging
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
@@ -145,10 +146,9 @@ def prepare_workdir(config, config_arg: str, workdir: str | None) -> str:
   """Creates the workdir (an error naming it if that fails) and writes the config used into it."""
   workdir = workdir or workdirs.default(config_arg)
   try:
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+      (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   except OSError as error:
     raise SystemExit(f"workdir {workdir!r} is not writable: {error}") from error
   return workdir
@@ -219,12 +219,11 @@ def main(argv):
 
     if config.eval.at_start and first_step == 0:  # the starting parameters (an imported model), as eval/0
       run_evaluation(state, 0)
-    final_results = os.path.join(workdir, "eval", str(config.train.steps), "results.json")
-    if first_step == config.train.steps and config.eval.every_steps >= 0 and not os.path.exists(final_results):
+    final_results = epath.Path(workdir) / "eval" / str(config.train.steps) / "results.json"
+    if first_step == config.train.steps and config.eval.every_steps >= 0 and not final_results.exists():
       run_evaluation(state, first_step)  # a finished run whose final evaluation did not complete
     train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, run_evaluation, data_counts)
   data_iterator.close()
-  writer.close()
 
 
 class Preemption:

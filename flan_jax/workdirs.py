@@ -1,7 +1,13 @@
-"""Where a run keeps its outputs: `workdirs/<config name>[_<arg>]` unless --workdir says otherwise."""
+"""Where a run keeps its outputs: `workdirs/<config name>[_<arg>]` unless --workdir says otherwise.
+
+A workdir may be any path `etils.epath` reads and writes: a local directory, or a bucket
+(`gs://...`, `s3://...`) that every process of a multi-host run sees.
+"""
 
 import hashlib
 import os
+
+from etils import epath
 
 
 def default(config_arg: str) -> str:
@@ -13,26 +19,22 @@ def default(config_arg: str) -> str:
 
 
 def tokenizer_dir(workdir: str) -> str:
-  return os.path.join(workdir, "tokenizer")
+  return str(epath.Path(workdir) / "tokenizer")
 
 
 def check_tokenizer(workdir: str, tokenizer, write: bool) -> str:
   """Ties a run to its tokenizer: the first run records a checksum of the tokenizer file and chat
   template in `<workdir>/tokenizer.sha256`; a rerun with another tokenizer is an error, since its
   token ids would silently differ from the ones the checkpoints were trained on."""
-  digest = hashlib.sha256()
-  with open(tokenizer.path, "rb") as f:
-    digest.update(f.read())
+  digest = hashlib.sha256(epath.Path(tokenizer.path).read_bytes())
   if tokenizer.chat_template is not None:
     digest.update(tokenizer.chat_template.source.encode())
-  checksum, record = digest.hexdigest(), os.path.join(workdir, "tokenizer.sha256")
-  if os.path.exists(record):
-    with open(record) as f:
-      recorded = f.read().split()[0]
+  checksum, record = digest.hexdigest(), epath.Path(workdir) / "tokenizer.sha256"
+  if record.exists():
+    recorded = record.read_text().split()[0]
     if recorded != checksum:
       raise ValueError(f"{record}: this run was trained with another tokenizer (sha256 {recorded}); "
                        f"{tokenizer.path} has sha256 {checksum}. Use the run's tokenizer, or a new workdir")
   elif write:
-    with open(record, "w") as f:
-      f.write(f"{checksum}  {tokenizer.path}\n")
+    record.write_text(f"{checksum}  {tokenizer.path}\n")
   return checksum

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from tests.conftest import ROOT
 
@@ -60,7 +61,11 @@ def test_a_run_writes_checkpoints_metrics_and_tensorboard(uninterrupted):
   assert {"loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu", "examples_seen", "wall_time"} <= set(records[0])
   assert records[-1]["loss"] < records[0]["loss"]
   assert records[-1]["examples_seen"] > records[0]["examples_seen"] > 0
-  assert os.listdir(os.path.join(uninterrupted, "tensorboard"))
+  events = event_accumulator.EventAccumulator(os.path.join(uninterrupted, "tensorboard"))
+  events.Reload()
+  assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 13))
+  assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in records])
+  assert [e.step for e in events.Scalars("eval/nli")] == [12]
   config = json.load(open(os.path.join(uninterrupted, "config.json")))
   assert config["train"]["steps"] == 12 and config["model"]["d_model"] == 64
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 import tokenizers
+from etils import epath
 
 from flan_jax.data import templates
 from flan_jax.data.templates import EOS, SPECIAL_MARKERS
@@ -129,22 +130,23 @@ def load(path: str, *, pad_id: int = -1, eos_id: int = -1, bos_id: int = -1) -> 
   `generation_config.json` the ids that end generation. -1 keeps the model's own id. A model
   without a pad token pads with EOS (Hugging Face) or id 0 (SentencePiece): padding is never
   attended to or trained on."""
-  if os.path.isdir(path):
-    found = [os.path.join(path, f) for f in ("tokenizer.json", "tokenizer.model") if os.path.isfile(os.path.join(path, f))]
+  file = epath.Path(path)
+  if file.is_dir():
+    found = [file / f for f in ("tokenizer.json", "tokenizer.model") if (file / f).is_file()]
     if not found:
       raise FileNotFoundError(f"tokenizer directory {path!r} has neither tokenizer.json nor tokenizer.model")
-    path = found[0]
-  if not os.path.isfile(path):
+    file = found[0]
+  if not file.is_file():
     raise FileNotFoundError(f"tokenizer model {path!r} does not exist")
-  directory = os.path.dirname(path)
-  config = _read_json(os.path.join(directory, "tokenizer_config.json"))
+  path, directory = str(file), file.parent
+  config = _read_json(directory / "tokenizer_config.json")
   if path.endswith(".json"):
-    tokenizer_cls, backend = HuggingFaceTokenizer, tokenizers.Tokenizer.from_file(path)
-    own = _hf_special_ids(backend, config, os.path.join(directory, "tokenizer_config.json"))
+    tokenizer_cls, backend = HuggingFaceTokenizer, tokenizers.Tokenizer.from_str(file.read_text())
+    own = _hf_special_ids(backend, config, directory / "tokenizer_config.json")
     prefix, suffix = _hf_added_around_text(backend)
     special = [t.content for t in backend.get_added_tokens_decoder().values() if t.special]
   else:
-    tokenizer_cls, backend = SentencePieceTokenizer, spm.SentencePieceProcessor(model_file=path)
+    tokenizer_cls, backend = SentencePieceTokenizer, spm.SentencePieceProcessor(model_proto=file.read_bytes())
     own = {"pad_id": backend.pad_id(), "eos_id": backend.eos_id(), "bos_id": backend.bos_id()}
     prefix, suffix = [own["bos_id"]] if own["bos_id"] >= 0 else [], []  # SentencePiece's own default
     special = [backend.id_to_piece(i) for i in range(backend.get_piece_size())
@@ -163,7 +165,7 @@ def load(path: str, *, pad_id: int = -1, eos_id: int = -1, bos_id: int = -1) -> 
     suffix = [i for i in suffix if i != own["eos_id"]] + ([resolved["eos_id"]] if config["add_eos_token"] else [])
   if bos_id >= 0:  # an explicit BOS replaces the model's
     prefix = [bos_id] + [i for i in prefix if i != own["bos_id"]]
-  generation = _read_json(os.path.join(directory, "generation_config.json")).get("eos_token_id")
+  generation = _read_json(directory / "generation_config.json").get("eos_token_id")
   stop = [resolved["eos_id"], *(generation if isinstance(generation, list) else [generation] if generation else [])]
   token_names = {f"{key}_token": config.get(f"{key}_token") for key in ("bos", "eos", "pad", "unk")}
   token_names = {k: (v.get("content") if isinstance(v, dict) else v) or "" for k, v in token_names.items()}
@@ -172,14 +174,13 @@ def load(path: str, *, pad_id: int = -1, eos_id: int = -1, bos_id: int = -1) -> 
                        chat_template=_chat_template(directory, config, token_names, special), **resolved)
 
 
-def _read_json(path: str) -> dict:
-  if not os.path.isfile(path):
+def _read_json(path: epath.Path) -> dict:
+  if not path.is_file():
     return {}
-  with open(path) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
 
 
 def _hf_added_around_text(backend) -> tuple[list[int], list[int]]:
@@ -193,7 +194,7 @@ def _hf_added_around_text(backend) -> tuple[list[int], list[int]]:
   return [], []
 
 
-def _hf_special_ids(backend, config: dict, config_path: str) -> dict[str, int]:
+def _hf_special_ids(backend, config: dict, config_path: epath.Path) -> dict[str, int]:
   """bos/eos/pad ids named in tokenizer_config.json (strings or {"content": ...}); -1 where absent."""
   ids = {}
   for key in ("pad", "eos", "bos"):
@@ -206,16 +207,15 @@ def _hf_special_ids(backend, config: dict, config_path: str) -> dict[str, int]:
   return ids
 
 
-def _chat_template(directory: str, config: dict, token_names: dict, special: list[str]):
+def _chat_template(directory: epath.Path, config: dict, token_names: dict, special: list[str]):
   """The model's chat template: `chat_template.jinja` (transformers 5) or tokenizer_config.json's
   `chat_template` (a string, or a list of named templates: the "default" one); None if it ships none."""
-  jinja_path = os.path.join(directory, "chat_template.jinja")
-  where = jinja_path
-  if os.path.isfile(jinja_path):
-    with open(jinja_path) as f:
-      source = f.read()
+  jinja_path = directory / "chat_template.jinja"
+  where = str(jinja_path)
+  if jinja_path.is_file():
+    source = jinja_path.read_text()
   else:
-    source, where = config.get("chat_template"), os.path.join(directory, "tokenizer_config.json")
+    source, where = config.get("chat_template"), str(directory / "tokenizer_config.json")
     if isinstance(source, list):
       named = {t.get("name"): t.get("template") for t in source if isinstance(t, dict)}
       source = named.get("default")
@@ -239,15 +239,15 @@ def train(texts: Iterable[str], path: str, *, vocab_size: int) -> Tokenizer:
   except RuntimeError as e:  # e.g. a vocabulary larger than a small data set can fill
     raise ValueError(f"data.tokenizer.vocab_size={vocab_size}: SentencePiece cannot train on this mixture's text "
                      f"({str(e).split('] ')[-1]}); change the vocabulary size or set data.tokenizer.model") from None
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(model.getvalue())
-  os.replace(tmp, path)  # a half-written model is never picked up as the cached one
+  file = epath.Path(path)
+  file.parent.mkdir(parents=True, exist_ok=True)
+  tmp = file.parent / (file.name + ".tmp")
+  tmp.write_bytes(model.getvalue())
+  tmp.replace(file)  # a half-written model is never picked up as the cached one
   return load(path)
 
 
 def cache_path(cache_dir: str, spec: dict) -> str:
   """Where a trained model for this training spec lives; the spec's hash names the file."""
   digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-  return os.path.join(cache_dir, f"spm_{spec['vocab_size']}_{digest}.model")
+  return str(epath.Path(cache_dir) / f"spm_{spec['vocab_size']}_{digest}.model")
