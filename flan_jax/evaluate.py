@@ -29,19 +29,32 @@ from flan_jax.model import Decoder, from_config
 LENGTH_BUCKET = 64  # rows are padded to a multiple of this, so few shapes compile
 
 
-def task_examples(task: tasks.Task, eval_cfg, held_out: bool = True):
-  """(fields, templates) of a task's evaluation split: the first max_examples records. A held-out
-  task without an evaluation split (a local file without validation rows) is evaluated on its
-  training rows, which the run never trained on. A conversational task has one "template", None:
-  its conversation as written."""
-  records = task.source(task.splits[1])
+def task_examples(task: tasks.Task, eval_cfg, held_out: bool = True, skip_bad_records: bool = False):
+  """(fields, templates, records skipped) of a task's evaluation split: its first max_examples
+  examples. Unlabeled records are skipped; bad ones too with skip_bad_records (data.skip_bad_records),
+  else they are errors naming the split and record. A held-out task without an evaluation split (a
+  local file without validation rows) is evaluated on its training rows, which the run never
+  trained on. A conversational task has one "template", None: its conversation as written."""
+  split = task.splits[1]
+  records = task.source(split)
   if not len(records) and held_out:
-    records = task.source(task.splits[0])
-  fields = [task.example_fields(records[i]) for i in range(min(eval_cfg.max_examples, len(records)))]
+    split = task.splits[0]
+    records = task.source(split)
+  fields, skipped = [], 0
+  for i in range(len(records)):
+    if len(fields) == eval_cfg.max_examples:
+      break
+    try:
+      fields.append(task.example_fields(records[i]))
+    except tasks.BadRecordError as e:
+      if not (skip_bad_records or isinstance(e, tasks.UnlabeledRecordError)):
+        raise tasks.BadRecordError(f"{e} (split {split!r}, record {i}; data.skip_bad_records=True skips such "
+                                   "records)") from None
+      skipped += 1
   task_templates = [t for t in task.templates if not t.inverted] or [None]
   if eval_cfg.max_templates:
     task_templates = task_templates[:eval_cfg.max_templates]
-  return fields, task_templates
+  return fields, task_templates, skipped
 
 
 def score_sequences(params, model: Decoder, sequences, *, batch_size: int, seq_len: int, chunk_len: int, mesh):
@@ -121,7 +134,7 @@ def generation(params, model, tokenizer, task, fields, template, config):
 
 def evaluate_task(params, model, tokenizer, task, config, mesh, held_out: bool = True) -> dict | None:
   """A task's scores per template, their mean and best; None if it has no evaluation examples."""
-  fields, task_templates = task_examples(task, config.eval, held_out)
+  fields, task_templates, skipped = task_examples(task, config.eval, held_out, config.data.skip_bad_records)
   if not fields:
     return None
   per_template = []
@@ -135,6 +148,7 @@ def evaluate_task(params, model, tokenizer, task, config, mesh, held_out: bool =
   result = {
       "cluster": task.cluster,
       "examples": len(fields),
+      "skipped_records": skipped,
       "metric": names[0],
       "templates": per_template,
       "mean": {n: float(np.mean([s[n] for s in per_template])) for n in names},

@@ -4,9 +4,10 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from flan_jax import evaluate, sharding
-from flan_jax.data import packing, pipeline, tasks
+from flan_jax.data import packing, pipeline, tasks, templates
 from flan_jax.model import Decoder, ModelConfig
 
 
@@ -40,7 +41,7 @@ def test_rank_classification_picks_what_a_full_forward_pass_per_option_picks(tin
   model, params = small_model(tokenizer.vocab_size)
   for name in ("mini_nli_quantity", "mini_physical"):  # fixed and per-example options
     task = tasks.get(name)
-    fields, templates = evaluate.task_examples(task, config.eval)
+    fields, templates, _ = evaluate.task_examples(task, config.eval)
     predictions, targets = evaluate.rank_classification(params, model, tokenizer, task, fields, templates[0],
                                                         config, one_device_mesh())
     assert targets == [f["answer"] for f in fields]
@@ -113,5 +114,29 @@ def test_local_tasks_are_scored_on_their_last_turn_options_and_references(tiny_c
   context = [("user", "Hi"), ("assistant", "Hello"), ("user", "Say 0")]
   assert tokenizer.generation_prompt(context, config.data.template.format) in seen_prompts
   task = tasks.get("ev_refs")
-  fields, _ = evaluate.task_examples(task, config.eval)
+  fields, _, _ = evaluate.task_examples(task, config.eval)
   assert evaluate.generation(params, model, tokenizer, task, fields, None, config)[1] == [["down", "below"]]
+
+
+def test_evaluation_skips_unlabeled_records_and_bad_ones_only_with_skip_bad_records(tiny_config):
+  rows = [{"x": "a", "answer": "yes"}, {"x": "b", "answer": "maybe"}, {"x": "c", "answer": None},
+          {"x": "d", "answer": "no"}, {"x": "e", "answer": "yes"}]
+
+  def preprocess(row):
+    if row["answer"] is None:
+      raise tasks.UnlabeledRecordError("no label")
+    return dict(row)
+
+  task = tasks.Task(name="ev_skips", cluster="nli", source=lambda split: rows, preprocess=preprocess,
+                    templates=(templates.Template("{x}? {options_}", "{answer}"),), metrics=("accuracy",),
+                    options=("yes", "no"))
+  tiny_config.eval.max_examples = 3
+  with pytest.raises(tasks.BadRecordError, match=r"task ev_skips: answer 'maybe' is not one of the options .* "
+                                                 r"\(split 'validation', record 1; data.skip_bad_records=True"):
+    evaluate.task_examples(task, tiny_config.eval)
+  rows[1]["answer"] = "no"
+  fields, _, skipped = evaluate.task_examples(task, tiny_config.eval)  # the unlabeled one is skipped regardless
+  assert [f["x"] for f in fields] == ["a", "b", "d"] and skipped == 1
+  rows[1]["answer"] = "maybe"
+  fields, _, skipped = evaluate.task_examples(task, tiny_config.eval, skip_bad_records=True)
+  assert [f["x"] for f in fields] == ["a", "d", "e"] and skipped == 2

@@ -121,3 +121,13 @@ def test_a_sequence_length_too_short_for_every_example_is_an_error(tiny_config, 
   tiny_config.data.seq_len = 8
   with pytest.raises(ValueError, match="data.seq_len=8 is too short: all of the first 100 examples"):
     pipeline.check_seq_len(tiny_config.data, mix, tokenizer, seed=0)
+
+
+def test_an_element_renders_the_same_in_any_shard_and_shards_draw_differently(tiny_config, monkeypatch):
+  monkeypatch.setattr(pipeline.Renderer, "__call__", lambda self, element, rng: {"draw": int(rng.integers(1 << 30))})
+  mix = pipeline.resolve_mixture(tiny_config.data)
+  draws = lambda index, count: [e["draw"] for e in pipeline.examples(
+      tiny_config.data, mix, None, pipeline.Stats(), seed=0, shard_index=index, shard_count=count)[:100 // count]]
+  whole, first, second = draws(0, 1), draws(0, 2), draws(1, 2)
+  assert first == whole[0:100:2] and second == whole[1:100:2]
+  assert all(a != b for a, b in zip(first, second))  # before: shard k's element i drew what every shard's i drew

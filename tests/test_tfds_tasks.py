@@ -63,3 +63,21 @@ def test_every_tfds_task_renders_under_mock_data(tiny_config, tokenizer):
 def test_unprepared_dataset_names_the_fix():
   with pytest.raises(FileNotFoundError, match="tfds build glue/rte --file_format=array_record"):
     tasks.get("rte").source("train")
+
+
+def test_snli_pairs_without_a_gold_label_are_skipped_and_counted_in_training_and_evaluation(tiny_config):
+  snli = tasks.get("snli")
+  unlabeled = {"premise": b"A man sleeps.", "hypothesis": b"A person rests.", "label": -1}
+  labeled = dict(unlabeled, label=0)
+  with pytest.raises(tasks.UnlabeledRecordError, match="task snli: label label=-1"):
+    snli.example_fields(unlabeled)
+  with pytest.raises(tasks.BadRecordError, match="task snli: label label=7 is outside 0..2") as error:
+    snli.example_fields(dict(unlabeled, label=7))
+  assert not isinstance(error.value, tasks.UnlabeledRecordError)
+  assert not tiny_config.data.skip_bad_records  # unlabeled records are skipped all the same
+  stats = pipeline.Stats()
+  renderer = pipeline.Renderer(tiny_config.data, None, [snli], stats)
+  assert renderer.fields(snli, unlabeled) is None and renderer.fields(snli, labeled)["answer"] == "yes"
+  assert stats.skipped == {"snli": 1}
+  with pytest.raises(tasks.BadRecordError):
+    renderer.fields(snli, dict(unlabeled, label=7))  # a bad record is still an error without skip_bad_records

@@ -113,7 +113,7 @@ class Renderer:
     try:
       return task.example_fields(record)
     except tasks.BadRecordError as e:
-      if not self.cfg.skip_bad_records:
+      if not (self.cfg.skip_bad_records or isinstance(e, tasks.UnlabeledRecordError)):
         raise
       self.stats.skip(task.name, str(e))
       return None
@@ -169,9 +169,11 @@ def _tag(name, index, record):
 
 def examples(data_cfg, mix: Mixture, tokenizer: Tokenizer, stats: Stats, *, seed: int,
              shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
-  """Example features of one shard of the stream (None where a bad record was skipped)."""
-  records = mixed_records(mix, seed)[shard_index::shard_count]
-  return records.random_map(Renderer(data_cfg, tokenizer, mix.train, stats), seed=seed)
+  """Example features of one shard of the stream (None where a bad record was skipped). Rendering's
+  RNG is seeded by the element's place in the whole stream, so an element renders the same in any
+  shard, and shards do not repeat one another's template choices."""
+  rendered = mixed_records(mix, seed).random_map(Renderer(data_cfg, tokenizer, mix.train, stats), seed=seed)
+  return rendered[shard_index::shard_count]
 
 
 def check_seq_len(data_cfg, mix: Mixture, tokenizer: Tokenizer, *, seed: int, sample: int = 100):

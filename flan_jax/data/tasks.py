@@ -41,6 +41,11 @@ class BadRecordError(ValueError):
   """A raw record that cannot become an example; the message says where and why."""
 
 
+class UnlabeledRecordError(BadRecordError):
+  """A record its dataset marks as having no label (TFDS's -1, e.g. SNLI pairs without a gold
+  label): never an example, so always skipped, and counted like a skipped bad record."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
   name: str
@@ -72,7 +77,7 @@ class Task:
     try:
       fields = self.preprocess(record)
     except BadRecordError as e:
-      raise BadRecordError(f"task {self.name}: {e}") from None
+      raise type(e)(f"task {self.name}: {e}") from None
     except (KeyError, IndexError, TypeError, ValueError, UnicodeDecodeError) as e:
       raise BadRecordError(f"task {self.name}: cannot read record ({type(e).__name__}: {e})") from None
     answer = fields.get("answer")

@@ -43,8 +43,11 @@ def texts(values) -> list[str]:
 
 
 def label(record, key: str, names: tuple[str, ...]) -> str:
-  """The class name of an integer label; out-of-range labels are bad records."""
+  """The class name of an integer label; -1 (TFDS: no label) is an unlabeled record, other
+  out-of-range labels are bad records."""
   i = int(record[key])
+  if i == -1:
+    raise tasks.UnlabeledRecordError(f"label {key}=-1: the dataset gives this record no label")
   if not 0 <= i < len(names):
     raise tasks.BadRecordError(f"label {key}={i} is outside 0..{len(names) - 1}")
   return names[i]
