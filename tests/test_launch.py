@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_train_main import SMALL, copy_tokenizer, losses
+from tests.test_train_main import SMALL, copy_tokenizer, corrupt, losses
 
 TRAIN = [sys.executable, "-m", "flan_jax.train", "--config=configs/tiny.py"]
 
@@ -147,11 +147,7 @@ def test_sigterm_to_one_of_two_processes_saves_one_step_on_both_and_the_rerun_is
 def test_two_processes_fall_back_together_from_a_corrupt_checkpoint(two_process_run, tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(two_process_run, workdir)
-  for directory, _, files in os.walk(os.path.join(workdir, "checkpoints", "12", "state")):
-    for name in files:
-      path = os.path.join(directory, name)
-      with open(path, "r+b") as f:
-        f.truncate(os.path.getsize(path) // 2)
+  corrupt(workdir, 12)
   stderr = run_two_processes(workdir, "--config.eval.every_steps=-1")
   assert stderr.count("resuming from step 8") == 2, stderr[-3000:]  # both processes, the same step
   assert losses(workdir) == losses(two_process_run)  # steps 9-12 trained again, identically

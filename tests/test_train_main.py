@@ -45,6 +45,15 @@ def uninterrupted(tmp_path_factory):
   return workdir
 
 
+def corrupt(workdir, step):
+  """Cuts every file of checkpoint `step`'s state in half."""
+  for directory, _, files in os.walk(os.path.join(workdir, "checkpoints", str(step), "state")):
+    for name in files:
+      path = os.path.join(directory, name)
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
 def copy_tokenizer(source, workdir):
   shutil.copytree(os.path.join(source, "tokenizer"), os.path.join(workdir, "tokenizer"))
 
@@ -95,11 +104,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(uninterrupted,
   copy_tokenizer(uninterrupted, workdir)
   run(workdir, "--config.train.steps=8")
   first = losses(workdir)
-  for directory, _, files in os.walk(os.path.join(workdir, "checkpoints", "8", "state")):
-    for name in files:
-      path = os.path.join(directory, name)
-      with open(path, "r+b") as f:
-        f.truncate(os.path.getsize(path) // 2)
+  corrupt(workdir, 8)
   result = run(workdir, "--config.train.steps=8")
   assert "checkpoints/8 is unreadable" in result.stderr
   assert "resuming from step 4" in result.stderr
