@@ -250,7 +250,7 @@ def input_pipeline(results):
   data = config.data
   batches = iter(pipeline.batches(data, pipeline.resolve_mixture(data), _tokenizer(config), pipeline.Stats(), seed=0))
   next(batches)  # opens the sources
-  start, count = time.perf_counter(), 40
+  start, count = time.perf_counter(), 2 * pipeline.packing_cycle(data)
   for _ in range(count):
     next(batches)
   batches.close()
@@ -262,7 +262,8 @@ def input_pipeline(results):
 def input_stall(results):
   """The share of the tiny config's train-loop time spent waiting for input, one process on one device:
   (steps fed by the real pipeline, read ahead in its thread) / (steps fed with batches built before) - 1.
-  Both go through train.device_batches, as the train loop does; the rounds alternate, 10 steps each."""
+  Both go through train.device_batches, as the train loop does, for one packing cycle of steps
+  (32 on the tiny config), which holds the pipeline's one burst of work per cycle."""
   del results
   config = tiny.get_config()
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
@@ -278,19 +279,19 @@ def input_stall(results):
     step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
     feeds = {"real": train.device_batches(real, mesh), "prebuilt": train.device_batches(prebuilt, mesh)}
     state, _ = step(state, next(feeds["prebuilt"])[0])  # compile
-    seconds = {"real": 0.0, "prebuilt": 0.0}
-    for name in ("prebuilt", "real") * 3:
+    seconds, steps = {"real": 0.0, "prebuilt": 0.0}, pipeline.packing_cycle(data)  # the pipeline's cost, whole
+    for name in ("prebuilt", "real"):
       batch, _ = next(feeds[name])
       jax.block_until_ready(state)
       start = time.perf_counter()
-      for _ in range(10):  # as train.train_loop: the next batch is fetched while the step runs
+      for _ in range(steps):  # as train.train_loop: the next batch is fetched while the step runs
         state, _ = step(state, batch)
         batch, _ = next(feeds[name])
       jax.block_until_ready(state)
       seconds[name] += time.perf_counter() - start
   real.close()
   return {"input_stall_fraction": seconds["real"] / seconds["prebuilt"] - 1,
-          "input_stall_step_s_real": seconds["real"] / 30, "input_stall_step_s_prebuilt": seconds["prebuilt"] / 30}
+          "input_stall_step_s_real": seconds["real"] / steps, "input_stall_step_s_prebuilt": seconds["prebuilt"] / steps}
 
 
 def checkpoints(results):

@@ -214,6 +214,13 @@ def batches(data_cfg, mix: Mixture, tokenizer: Tokenizer, stats: Stats, *, seed:
   return grain_experimental.ThreadPrefetchIterDataset(zipped, prefetch_buffer_size=PREFETCH_BATCHES)
 
 
+def packing_cycle(data_cfg) -> int:
+  """Batches per packing cycle: every shard's packer fills all its bins at once and hands their
+  rows out over this many batches, so the pipeline's cost comes in one burst per cycle. Any run of
+  this many consecutive batches holds one burst: time whole cycles."""
+  return max(1, data_cfg.packing_bins * data_cfg.shards // data_cfg.batch_size)
+
+
 def tokenizer_texts(data_cfg, names: Sequence[str], count: int) -> list[str]:
   """Rendered text from every task of the mixture (held-out clusters too, as a
   pretrained tokenizer would have seen them), so one tokenizer serves every
