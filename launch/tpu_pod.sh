@@ -4,7 +4,8 @@
 #   launch/tpu_pod.sh [--dry_run] TPU_NAME ZONE python -m flan_jax.train --config configs/flan2021.py ...
 #
 # Assumes the repository is checked out at the same path (REPO_DIR, default ~/flan_jax) on every
-# worker with requirements.txt installed. With --dry_run, prints the gcloud command instead.
+# worker with requirements.txt installed, and a workdir every worker sees (--workdir gs://bucket/run:
+# checkpoints, tokenizer and metrics are written there). With --dry_run, prints the gcloud command instead.
 set -euo pipefail
 dry_run=0
 if [[ "${1:-}" == "--dry_run" ]]; then dry_run=1; shift; fi
