@@ -15,6 +15,7 @@ packing   best-fit / first-fit / one-example-per-row efficiency, lognormal lengt
 pipeline  tokens/s the tiny config's input pipeline produces, over what its train step consumes.
 stall     input_stall_fraction: the tiny config's train loop fed by its real pipeline over the same loop fed
           pre-built batches, minus 1 (the share of time the device waits for input).
+decontamination  training examples/s streamed past an 8-gram index of evaluation instances (T0 files).
 checkpoint  save and restore seconds per GB; the slowdown of training steps while an async save runs.
 scale     per-device memory of flan2021's train step compiled (not run) for Llama-3-8B on 64 simulated
           devices (FSDP) and Llama-3.2-1B on 8, against TPU v5p (95 GiB) and v5e (16 GiB) HBM.
@@ -43,11 +44,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+from etils import epath  # noqa: E402
 
 from configs import flan2021, models, tiny  # noqa: E402
 from flan_jax import loss as losses  # noqa: E402
 from flan_jax import checkpoint, decode, lora, metric_writer, optim, sharding, train, workdirs  # noqa: E402
-from flan_jax.data import packing, pipeline  # noqa: E402
+from flan_jax.data import decontamination, packing, pipeline  # noqa: E402
 from flan_jax.model import Decoder, ModelConfig, from_config, matmul, train_flops_per_token  # noqa: E402
 
 
@@ -294,6 +296,35 @@ def input_stall(results):
           "input_stall_step_s_real": seconds["real"] / steps, "input_stall_step_s_prebuilt": seconds["prebuilt"] / steps}
 
 
+T0_DIR = "../shared/real/t0_train"  # as configs/t0.py: the T0 training files, beside the checkout
+
+
+def decontamination_speed(results):
+  """Training examples/s streamed past a decontamination index (8-grams, threshold 0.5), on the T0
+  training files' prompts: every tenth file's first 200 rows stand in for evaluation sets, and
+  the other files' rows stream past them."""
+  del results
+  files = sorted(epath.Path(T0_DIR).glob("*.jsonl"))
+  if not files:
+    raise FileNotFoundError(f"{T0_DIR}: no T0 training files (*.jsonl); the decontamination figure reads them")
+  rows = {f.stem: [json.loads(line)["prompt"] for line in f.read_text().splitlines() if line.strip()] for f in files}
+  evaluation = {name: prompts[:200] for k, (name, prompts) in enumerate(rows.items()) if k % 10 == 0}
+  start = time.perf_counter()
+  index = decontamination.Index(ngram=8, threshold=0.5)
+  for name, prompts in evaluation.items():
+    for i, prompt in enumerate(prompts):
+      index.add(f"{name}/{i}", prompt)
+  built = time.perf_counter() - start
+  training = [(name, i, prompt) for name, prompts in rows.items() if name not in evaluation
+              for i, prompt in enumerate(prompts)]
+  start = time.perf_counter()
+  flagged = decontamination.scan(index, training)
+  seconds = time.perf_counter() - start
+  return {"decontamination_examples_per_s": len(training) / seconds, "decontamination_index_instances": len(index),
+          "decontamination_index_s": built, "decontamination_training_examples": len(training),
+          "decontamination_flagged_examples": sum(len(v) for v in flagged.values())}
+
+
 def checkpoints(results):
   """Save and restore speed of the d512 train state (AdamW), and what an asynchronous save adds to
   the tiny config's training: (5 steps right after starting a save, the save call included) over
@@ -403,6 +434,7 @@ def lora_memory(results):
 
 SECTIONS = {"peak": peak, "train": train_steps, "loss": fused_loss, "sharding": fsdp_memory,
             "decode": kv_cache_decoding, "packing": packing_efficiency, "pipeline": input_pipeline, "stall": input_stall,
+            "decontamination": decontamination_speed,
             "checkpoint": checkpoints, "scale": scale_on_paper, "lora": lora_memory}
 INTERNAL_SECTIONS = {"compile_at_scale": compile_at_scale}  # run by `scale` in a 64-device subprocess
 

@@ -1,0 +1,63 @@
+"""Decontamination: planted copies of evaluation instances are found; a clean file is not flagged."""
+
+import random
+
+import pytest
+
+from flan_jax.data import decontamination
+
+VOCABULARY = [f"w{i}" for i in range(5000)]
+
+
+def sentence(rng, length):
+  return " ".join(rng.choice(VOCABULARY) for _ in range(length))
+
+
+def lightly_edited(rng, text):
+  """Case, punctuation and one word in every twenty changed: what copying between datasets does."""
+  tokens = text.split()
+  for i in range(0, len(tokens), 20):
+    tokens[i] = rng.choice(VOCABULARY)
+  return ", ".join(" ".join(tokens[i:i + 7]).upper() for i in range(0, len(tokens), 7)) + "?"
+
+
+def test_planted_copies_and_edited_copies_are_found_and_a_clean_file_is_not():
+  rng = random.Random(0)
+  evaluation = [sentence(rng, rng.randint(20, 60)) for _ in range(200)]
+  index = decontamination.Index(ngram=8, threshold=0.5)
+  for i, text in enumerate(evaluation):
+    index.add(f"eval/{i}", text)
+  clean = [("clean", i, sentence(rng, rng.randint(20, 80))) for i in range(2000)]
+  planted = [("dirty", i, sentence(rng, 30)) for i in range(2000)]
+  copies = {}
+  for k, instance in enumerate(range(0, 200, 10)):  # 20 planted: exact, or lightly edited, inside other text
+    text = evaluation[instance] if k % 2 else lightly_edited(rng, evaluation[instance])
+    position = 97 * k
+    planted[position] = ("dirty", position, f"{sentence(rng, 10)} {text} {sentence(rng, 10)}")
+    copies[position] = f"eval/{instance}"
+  assert decontamination.scan(index, clean) == {}
+  flagged = decontamination.scan(index, planted)["dirty"]
+  assert {f["index"]: [m["name"] for m in f["instances"]] for f in flagged} == {p: [n] for p, n in copies.items()}
+  assert all(0.5 < m["coverage"] <= 1 for f in flagged for m in f["instances"])
+
+
+def test_half_of_an_instance_is_the_line():
+  index = decontamination.Index(ngram=4, threshold=0.5)
+  index.add("q", " ".join(f"a{i}" for i in range(20)))
+  half = " ".join(f"a{i}" for i in range(10))
+  more = " ".join(f"a{i}" for i in range(11))
+  assert index.matches(half) == [] and index.matches(more) == [("q", 0.55)]
+  assert index.matches("A0 a1, a2 A3 a4!") == []  # 5 of 20 words
+  short = decontamination.Index(ngram=8)
+  short.add("tiny", "only five words in here")
+  assert short.matches("only five words in here") == []  # shorter than one n-gram: never matched
+
+
+@pytest.mark.parametrize("ngram, threshold, message", [
+    (3, 0.5, r"data.decontamination.ngram=3: .* use 4 or more"),
+    (8, 0.0, r"data.decontamination.threshold=0.0: .* in \(0, 1\]"),
+    (8, 1.5, r"data.decontamination.threshold=1.5"),
+])
+def test_settings_outside_their_range_are_errors_naming_the_key(ngram, threshold, message):
+  with pytest.raises(ValueError, match=message):
+    decontamination.Index(ngram=ngram, threshold=threshold)
