@@ -26,6 +26,15 @@ def get_config(arg: str | None = None):
   data.packer = "best_fit"
   data.packing_bins = 64
 
+  # Training examples that overlap evaluation instances (flan_jax/data/decontamination.py, Tülu 3's rule).
+  data.decontamination = ml_collections.ConfigDict()
+  data.decontamination.mode = "drop"  # off | report | drop (the contaminating training examples)
+  data.decontamination.ngram = 8  # words per n-gram, after normalisation
+  data.decontamination.threshold = 0.5  # share of an instance's words its shared n-grams must cover
+  data.decontamination.include_seen = False  # also the training clusters' validation splits
+  data.decontamination.evaluation_files = ()  # local-file specs of evaluation sets: checked, never trained on
+  data.decontamination.max_drop_fraction = 0.5  # dropping more of any task is an error
+
   data.template = ml_collections.ConfigDict()
   data.template.format = "flan"  # flan | alpaca | chat | llama3 | chatml | gemma | mistral (templates.FORMATS)
   data.template.options = True  # OPTIONS suffix on classification prompts

@@ -1,10 +1,12 @@
 """Decontamination: planted copies of evaluation instances are found; a clean file is not flagged."""
 
+import json
 import random
 
 import pytest
 
-from flan_jax.data import decontamination
+from flan_jax.data import decontamination, pipeline
+from tests.conftest import load_config
 
 VOCABULARY = [f"w{i}" for i in range(5000)]
 
@@ -61,3 +63,52 @@ def test_half_of_an_instance_is_the_line():
 def test_settings_outside_their_range_are_errors_naming_the_key(ngram, threshold, message):
   with pytest.raises(ValueError, match=message):
     decontamination.Index(ngram=ngram, threshold=threshold)
+
+
+def _write(path, rows):
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return str(path)
+
+
+def test_a_run_drops_training_rows_copied_from_its_held_out_and_evaluation_files(tmp_path):
+  rng = random.Random(1)
+  held_out = [{"instruction": "Answer the question.", "input": sentence(rng, 30), "output": "yes"} for _ in range(20)]
+  exam = [{"instruction": "Pick one.", "input": sentence(rng, 40), "output": "b"} for _ in range(10)]
+  train = [{"instruction": "Say it back.", "input": sentence(rng, 30), "output": "ok"} for _ in range(200)]
+  train[5]["input"] = held_out[3]["input"]  # an exact copy
+  train[50]["input"] = lightly_edited(rng, held_out[7]["input"])  # an edited one
+  train[150]["input"] = f"{sentence(rng, 5)} {exam[2]['input']}"  # an evaluation file's instance
+  config = load_config("tiny")
+  config.data.mixture = ()
+  config.data.held_out_clusters = ("held",)
+  config.data.local_tasks = (
+      {"name": "dc_train", "path": _write(tmp_path / "train.jsonl", train), "format": "alpaca", "cluster": "mine"},
+      {"name": "dc_held", "path": _write(tmp_path / "held.jsonl", held_out), "format": "alpaca", "cluster": "held"})
+  config.data.decontamination.evaluation_files = (
+      {"name": "dc_exam", "path": _write(tmp_path / "exam.jsonl", exam), "format": "alpaca", "cluster": "exam"},)
+  mix = pipeline.resolve_mixture(config.data)
+  assert mix.dropped == {"dc_train": frozenset({5, 50, 150})} and mix.sizes["dc_train"] == 197
+  sets = mix.contamination["evaluation_sets"]
+  assert sets["held_out:dc_held"] == {"instances": 20, "found_in_training": 2}
+  assert sets["file:dc_exam:train"] == {"instances": 10, "found_in_training": 1}
+  examples = mix.contamination["training_tasks"]["dc_train"]["examples"]
+  assert [(f["index"], [m["name"] for m in f["instances"]]) for f in examples] == [
+      (5, ["held_out:dc_held/3"]), (50, ["held_out:dc_held/7"]), (150, ["file:dc_exam:train/2"])]
+  stream = pipeline.mixed_records(mix, seed=0)
+  assert {stream[i][1] for i in range(2000) if stream[i][0] == "dc_train"}.isdisjoint({5, 50, 150})
+
+  config.data.decontamination.mode = "report"  # found, reported, trained on
+  mix = pipeline.resolve_mixture(config.data)
+  assert mix.dropped == {} and mix.sizes["dc_train"] == 200
+  assert mix.contamination["training_tasks"]["dc_train"]["flagged"] == 3
+  config.data.decontamination.mode = "off"
+  assert pipeline.resolve_mixture(config.data).contamination is None
+
+  config.data.decontamination.mode = "drop"
+  config.data.decontamination.max_drop_fraction = 0.01
+  with pytest.raises(ValueError, match=r"would drop more than max_drop_fraction=0.01 of training task\(s\) "
+                                       r"\{'dc_train': '3 of 200'\}"):
+    pipeline.resolve_mixture(config.data)
+  config.data.decontamination.mode = "remove"
+  with pytest.raises(ValueError, match=r"data.decontamination.mode='remove': choose from off, report, drop"):
+    pipeline.resolve_mixture(config.data)

@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from flan_jax.data import packing, pipeline, tasks, templates
+from flan_jax.data import decontamination, packing, pipeline, tasks, templates
 from flan_jax import workdirs
 
 
@@ -84,6 +84,7 @@ def report(config, workdir: str, num_examples: int, num_batches: int) -> dict:
       "examples_per_s": examples_packed / seconds,
       "tokens_per_s": rows * data.seq_len / seconds,
       "non_pad_tokens_per_s": int((segment_ids > 0).sum()) / seconds,
+      "contamination": mix.contamination,
   }
 
 
@@ -98,6 +99,13 @@ def show(config, workdir: str, count: int):
     print(f"----- example {i}: task {records[i][0]}")
     print(templates.to_text(turns, data.template.format, chat_template=renderer.tokenizer.chat_template)
           if turns else "(skipped bad record)")
+  flagged = [(name, f) for name, t in (mix.contamination or {}).get("training_tasks", {}).items() for f in t["examples"]]
+  for name, f in flagged[:count]:
+    task = tasks.get(name)
+    fields = task.example_fields(task.source(task.splits[0])[f["index"]])
+    print(f"----- contaminating example: task {name}, training index {f['index']}, overlaps "
+          + ", ".join(f"{m['name']} ({m['coverage']:.0%} of its words)" for m in f["instances"]))
+    print(decontamination.prompt_text(task, fields))
 
 
 def print_table(r: dict):
@@ -120,6 +128,11 @@ def print_table(r: dict):
     print(f"  skipped: {message}")
   print(f"pipeline throughput (one process): {r['examples_per_s']:.0f} examples/s, "
         f"{r['tokens_per_s']:.0f} tokens/s ({r['non_pad_tokens_per_s']:.0f} non-pad)")
+  if r["contamination"] is not None:
+    print("\ndecontamination: evaluation set instances found in training: " + ", ".join(
+        f"{name} {s['found_in_training']}/{s['instances']}" for name, s in r["contamination"]["evaluation_sets"].items()))
+    for name, t in r["contamination"]["training_tasks"].items():
+      print(f"  training task {name}: {t['flagged']} of {t['of']} examples overlap evaluation instances")
 
 
 def main(argv):

@@ -12,8 +12,13 @@ Python's string hash is salted per process, so an index is only ever used in the
 built it.
 """
 
+import collections
+import dataclasses
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+
+from flan_jax.data import tasks
 
 _WORD = re.compile(r"\w+")
 
@@ -77,3 +82,67 @@ def scan(index: Index, examples: Iterable[tuple[str, int, str]]) -> dict[str, li
       flagged.setdefault(task, []).append({"index": i, "instances": [{"name": n, "coverage": round(c, 3)}
                                                                      for n, c in found]})
   return flagged
+
+
+# Fields that hold what a model should produce, never compared.
+OUTPUT_FIELDS = ("answer", "references", "rationale")
+
+
+def prompt_text(task: tasks.Task, fields: dict) -> str:
+  """What is compared of an example: its input fields (every string field but the outputs), or a
+  conversation's turns but the assistant's and the system prompt."""
+  if task.conversational:
+    return "\n".join(text for role, text in fields["messages"] if role not in ("assistant", "system"))
+  return "\n".join(v for k, v in fields.items() if k not in OUTPUT_FIELDS and isinstance(v, str))
+
+
+def _texts(task: tasks.Task, split: str):
+  """(index, prompt text) of a split's readable records (unreadable ones are counted where they are
+  trained or evaluated, not here)."""
+  records = task.source(split)
+  for i in range(len(records)):
+    try:
+      yield i, prompt_text(task, task.example_fields(records[i]))
+    except tasks.BadRecordError:
+      continue
+
+
+def evaluation_split(task: tasks.Task, held_out: bool) -> str:
+  """The split a task is evaluated on: its evaluation split, or for a held-out task without one
+  (a local file without validation rows) its training split, as evaluate.task_examples reads."""
+  if held_out and not len(task.source(task.splits[1])):
+    return task.splits[0]
+  return task.splits[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+  """What decontamination found: per training task, the examples that contaminate evaluation
+  instances (index, instances, coverage); per evaluation set, its instance count and how many were
+  found in training."""
+  flagged: dict[str, list[dict]]
+  evaluation_sets: dict[str, dict[str, int]]
+
+  def report(self, sizes: dict[str, int], shown: int = 20) -> dict:
+    """The data report's `contamination` section: counts, and the first `shown` examples of each task."""
+    return {"training_tasks": {name: {"flagged": len(found), "of": sizes[name], "examples": found[:shown]}
+                               for name, found in sorted(self.flagged.items())},
+            "evaluation_sets": self.evaluation_sets}
+
+
+@functools.lru_cache(maxsize=16)
+def find(train: tuple[tasks.Task, ...], evaluation_sets: tuple[tuple[str, tasks.Task, str], ...], ngram: int,
+         threshold: float) -> Found:
+  """Every training example of `train` (their training splits) against every instance of the
+  evaluation sets ((name, task, split), ...). Cached per process: tasks compare by their sources,
+  so a re-registered local task is a new key."""
+  index = Index(ngram, threshold)
+  for name, task, split in evaluation_sets:
+    for i, text in _texts(task, split):
+      index.add(f"{name}/{i}", text)
+  flagged = scan(index, ((task.name, i, text) for task in train for i, text in _texts(task, task.splits[0])))
+  found_instances = {m["name"] for found in flagged.values() for f in found for m in f["instances"]}
+  hit = collections.Counter(name.rsplit("/", 1)[0] for name in found_instances)
+  instances = collections.Counter(name.rsplit("/", 1)[0] for name in index.names)
+  return Found(flagged, {name: {"instances": instances[name], "found_in_training": hit[name]}
+                         for name, _, _ in evaluation_sets})

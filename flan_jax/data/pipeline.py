@@ -18,7 +18,7 @@ import grain
 import numpy as np
 from grain import experimental as grain_experimental
 
-from flan_jax.data import flan_mini, local_files, mixture, packing, tasks, templates, tfds_tasks
+from flan_jax.data import decontamination, flan_mini, local_files, mixture, packing, tasks, templates, tfds_tasks
 from flan_jax.data.tokenizer import Tokenizer
 from flan_jax.data import tokenizer as tokenizer_lib
 
@@ -46,8 +46,10 @@ class Mixture:
   train: tuple[tasks.Task, ...]
   evaluation: tuple[tasks.Task, ...]  # zero-shot tasks of the held-out clusters
   rates: dict[str, float]  # normalised sampling rate of each training task
-  sizes: dict[str, int]  # training examples available per task
+  sizes: dict[str, int]  # training examples available per task (after decontamination drops)
   skipped_rows: tuple[str, ...]  # local-file rows skipped under skip_bad_records
+  contamination: dict | None = None  # decontamination.Found.report(), unless data.decontamination.mode is off
+  dropped: dict[str, frozenset[int]] = dataclasses.field(default_factory=dict)  # task -> training indices dropped
 
 
 def resolve_mixture(data_cfg) -> Mixture:
@@ -61,6 +63,8 @@ def resolve_mixture(data_cfg) -> Mixture:
     raise ValueError("data.mixture and data.local_tasks are both empty")
   train, evaluation = mixture.split_by_held_out(names, list(data_cfg.held_out_clusters))
   sizes = {t.name: len(t.source(t.splits[0])) for t in mixture.leaf_tasks(names)}
+  contamination, dropped = decontaminate(data_cfg, train, evaluation, sizes)
+  sizes.update({name: sizes[name] - len(indices) for name, indices in dropped.items()})
   empty = [n for n, s in sizes.items() if s == 0 and n in {t.name for t in train}]
   if empty:
     raise ValueError(f"training task(s) {empty} have no training examples")
@@ -69,7 +73,39 @@ def resolve_mixture(data_cfg) -> Mixture:
   total = sum(all_rates[t.name] for t in train)
   return Mixture(train=tuple(train), evaluation=tuple(evaluation),
                  rates={t.name: all_rates[t.name] / total for t in train},
-                 sizes={t.name: sizes[t.name] for t in train}, skipped_rows=tuple(skipped_rows))
+                 sizes={t.name: sizes[t.name] for t in train}, skipped_rows=tuple(skipped_rows),
+                 contamination=contamination, dropped=dropped)
+
+
+DECONTAMINATION_MODES = ("off", "report", "drop")
+
+
+def decontaminate(data_cfg, train, evaluation, sizes) -> tuple[dict | None, dict[str, frozenset[int]]]:
+  """(report, training indices to drop per task) of data.decontamination: training examples
+  against the held-out tasks' evaluation instances, the seen validation splits with include_seen,
+  and every split of the evaluation_files (local-file specs, checked and never trained on)."""
+  cfg = data_cfg.decontamination
+  if cfg.mode not in DECONTAMINATION_MODES:
+    raise ValueError(f"data.decontamination.mode={cfg.mode!r}: choose from {', '.join(DECONTAMINATION_MODES)}")
+  if cfg.mode == "off":
+    return None, {}
+  sets = [(f"held_out:{t.name}", t, decontamination.evaluation_split(t, held_out=True)) for t in evaluation]
+  if cfg.include_seen:
+    sets += [(f"seen:{t.name}", t, t.splits[1]) for t in train if len(t.source(t.splits[1]))]
+  for spec in local_files.specs(cfg.evaluation_files):
+    for task in local_files.register(spec, data_cfg.skip_bad_records)[0]:
+      sets += [(f"file:{task.name}:{split}", task, split) for split in task.splits if len(task.source(split))]
+  found = decontamination.find(tuple(train), tuple(sets), cfg.ngram, cfg.threshold)
+  if cfg.mode == "report":
+    return found.report(sizes), {}
+  dropped = {name: frozenset(f["index"] for f in flagged) for name, flagged in found.flagged.items()}
+  too_many = {name: f"{len(indices)} of {sizes[name]}" for name, indices in dropped.items()
+              if len(indices) > cfg.max_drop_fraction * sizes[name]}
+  if too_many:
+    raise ValueError(f"data.decontamination would drop more than max_drop_fraction={cfg.max_drop_fraction} of "
+                     f"training task(s) {too_many}; see `python -m flan_jax.data --config ...` (with "
+                     "data.decontamination.mode=report) for what they share with the evaluation sets")
+  return found.report(sizes), dropped
 
 
 def conversation(task: tasks.Task, fields: dict, template: templates.Template, template_cfg, *,
@@ -154,8 +190,9 @@ def mixed_records(mix: Mixture, seed: int) -> grain.MapDataset:
   """An infinite MapDataset of (task name, index, record), tasks at their rates."""
   per_task = []
   for task in mix.train:
-    records = grain.MapDataset.source(task.source(task.splits[0]))
-    records = records.map_with_index(functools.partial(_tag, task.name))
+    records = task.source(task.splits[0])
+    kept = [i for i in range(len(records)) if i not in mix.dropped.get(task.name, ())]
+    records = grain.MapDataset.source(kept).map(functools.partial(_tag, task.name, records))
     per_task.append(records.shuffle(seed=_task_seed(seed, task.name)).repeat())
   mixed = grain.MapDataset.mix(per_task, [mix.rates[t.name] for t in mix.train])
   # Mixing interleaves in a fixed pattern; shuffling it keeps every process's
@@ -163,8 +200,8 @@ def mixed_records(mix: Mixture, seed: int) -> grain.MapDataset:
   return grain_experimental.WindowShuffleMapDataset(mixed, window_size=MIX_SHUFFLE_WINDOW, seed=seed % 2**32)
 
 
-def _tag(name, index, record):
-  return name, index, record
+def _tag(name, records, index):
+  return name, index, records[index]
 
 
 def examples(data_cfg, mix: Mixture, tokenizer: Tokenizer, stats: Stats, *, seed: int,
