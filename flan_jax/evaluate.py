@@ -31,15 +31,11 @@ LENGTH_BUCKET = 64  # rows are padded to a multiple of this, so few shapes compi
 
 def task_examples(task: tasks.Task, eval_cfg, held_out: bool = True, skip_bad_records: bool = False):
   """(fields, templates, records skipped) of a task's evaluation split: its first max_examples
-  examples. Unlabeled records are skipped; bad ones too with skip_bad_records (data.skip_bad_records),
-  else they are errors naming the split and record. A held-out task without an evaluation split (a
-  local file without validation rows) is evaluated on its training rows, which the run never
-  trained on. A conversational task has one "template", None: its conversation as written."""
-  split = task.splits[1]
+  examples (from Task.evaluation_split). Unlabeled records are skipped; bad ones too with
+  skip_bad_records (data.skip_bad_records), else they are errors naming the split and record. A
+  conversational task has one "template", None: its conversation as written."""
+  split = task.evaluation_split(held_out)
   records = task.source(split)
-  if not len(records) and held_out:
-    split = task.splits[0]
-    records = task.source(split)
   fields, skipped = [], 0
   for i in range(len(records)):
     if len(fields) == eval_cfg.max_examples:

@@ -107,14 +107,6 @@ def _texts(task: tasks.Task, split: str):
       continue
 
 
-def evaluation_split(task: tasks.Task, held_out: bool) -> str:
-  """The split a task is evaluated on: its evaluation split, or for a held-out task without one
-  (a local file without validation rows) its training split, as evaluate.task_examples reads."""
-  if held_out and not len(task.source(task.splits[1])):
-    return task.splits[0]
-  return task.splits[1]
-
-
 @dataclasses.dataclass(frozen=True)
 class Found:
   """What decontamination found: per training task, the examples that contaminate evaluation

@@ -89,7 +89,7 @@ def decontaminate(data_cfg, train, evaluation, sizes) -> tuple[dict | None, dict
     raise ValueError(f"data.decontamination.mode={cfg.mode!r}: choose from {', '.join(DECONTAMINATION_MODES)}")
   if cfg.mode == "off":
     return None, {}
-  sets = [(f"held_out:{t.name}", t, decontamination.evaluation_split(t, held_out=True)) for t in evaluation]
+  sets = [(f"held_out:{t.name}", t, t.evaluation_split(held_out=True)) for t in evaluation]
   if cfg.include_seen:
     sets += [(f"seen:{t.name}", t, t.splits[1]) for t in train if len(t.source(t.splits[1]))]
   for spec in local_files.specs(cfg.evaluation_files):

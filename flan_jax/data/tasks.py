@@ -89,6 +89,13 @@ class Task:
         raise BadRecordError(f"task {self.name}: answer {answer!r} is not one of the options {list(options)}")
     return fields
 
+  def evaluation_split(self, held_out: bool) -> str:
+    """The split the task is evaluated on: its evaluation split, or for a held-out task without one
+    (a local file without validation rows) its training split, which the run never trains on."""
+    if held_out and not len(self.source(self.splits[1])):
+      return self.splits[0]
+    return self.splits[1]
+
   def example_options(self, fields: dict[str, Any]) -> tuple[str, ...]:
     return tuple(fields["options"]) if self.per_example_options else self.options
 
