@@ -157,8 +157,8 @@ def evaluate_task(params, model, tokenizer, task, config, mesh, held_out: bool =
 
 def evaluate(params, model, tokenizer, config, mesh, *, seen: bool) -> dict:
   """Scores of every held-out task (and of the training tasks' validation splits if `seen`)."""
-  mix = pipeline.resolve_mixture(config.data)
-  groups = {"held_out": mix.evaluation, **({"seen": mix.train} if seen else {})}
+  train, held_out = pipeline.split_tasks(config.data)
+  groups = {"held_out": held_out, **({"seen": train} if seen else {})}
   results = {"tasks": {}, "clusters": {}, "unscored": {}}
   for group, group_tasks in groups.items():
     for task in group_tasks:

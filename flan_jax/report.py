@@ -31,7 +31,7 @@ def gather(sweep_dir: str) -> list[dict]:
     step = max(int(s.name) for s in eval_dir.iterdir())
     results = json.loads((eval_dir / str(step) / "results.json").read_text())
     data_config = ml_collections.ConfigDict(json.loads((run / "config.json").read_text())["data"])
-    training_clusters = sorted({t.cluster for t in pipeline.resolve_mixture(data_config).train})
+    training_clusters = sorted({t.cluster for t in pipeline.split_tasks(data_config)[0]})
     rows.append({
         "run": run.name, "step": step,
         "held_out_clusters": ",".join(data_config.held_out_clusters),

@@ -52,15 +52,27 @@ class Mixture:
   dropped: dict[str, frozenset[int]] = dataclasses.field(default_factory=dict)  # task -> training indices dropped
 
 
-def resolve_mixture(data_cfg) -> Mixture:
-  names = list(data_cfg.mixture)
-  skipped_rows = []
+def task_names(data_cfg) -> tuple[list[str], list[str]]:
+  """(the mixture and task names of data.mixture and data.local_tasks, the local rows skipped under
+  skip_bad_records); registers the local tasks."""
+  names, skipped_rows = list(data_cfg.mixture), []
   for spec in local_files.specs(data_cfg.local_tasks):
     registered, skipped = local_files.register(spec, data_cfg.skip_bad_records)
     names += [t.name for t in registered]
     skipped_rows += skipped
   if not names:
     raise ValueError("data.mixture and data.local_tasks are both empty")
+  return names, skipped_rows
+
+
+def split_tasks(data_cfg) -> tuple[list[tasks.Task], list[tasks.Task]]:
+  """(training tasks, held-out evaluation tasks), without the rates and decontamination of
+  resolve_mixture: what evaluation and reports need."""
+  return mixture.split_by_held_out(task_names(data_cfg)[0], list(data_cfg.held_out_clusters))
+
+
+def resolve_mixture(data_cfg) -> Mixture:
+  names, skipped_rows = task_names(data_cfg)
   train, evaluation = mixture.split_by_held_out(names, list(data_cfg.held_out_clusters))
   sizes = {t.name: len(t.source(t.splits[0])) for t in mixture.leaf_tasks(names)}
   contamination, dropped = decontaminate(data_cfg, train, evaluation, sizes)
@@ -282,8 +294,7 @@ def get_tokenizer(data_cfg, cache_dir: str) -> Tokenizer:
   cfg = data_cfg.tokenizer
   if cfg.model:
     return tokenizer_lib.load(cfg.model, pad_id=cfg.pad_id, eos_id=cfg.eos_id, bos_id=cfg.bos_id)
-  names = list(data_cfg.mixture) + [t.name for spec in local_files.specs(data_cfg.local_tasks)
-                                    for t in local_files.register(spec, data_cfg.skip_bad_records)[0]]
+  names = task_names(data_cfg)[0]
   spec = {"mixture": names, "vocab_size": cfg.vocab_size, "num_texts": cfg.num_texts,
           "format": data_cfg.template.format, "version": 1}
   path = tokenizer_lib.cache_path(cache_dir, spec)
