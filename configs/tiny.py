@@ -2,8 +2,10 @@
 """The embedded default: flan_mini with the NLI cluster held out, sized for a laptop CPU."""
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import models
+from flan_jax.data import templates
 
 
 def get_config(arg: str | None = None):
@@ -35,17 +37,31 @@ def get_config(arg: str | None = None):
   data.decontamination.evaluation_files = ()  # local-file specs of evaluation sets: checked, never trained on
   data.decontamination.max_drop_fraction = 0.5  # dropping more of any task is an error
 
+  # Duplicate training examples (flan_jax/data/deduplication.py): off | exact (normalised prompt and answer) |
+  # near (also prompts sharing n-grams over more than `threshold` of their words with a kept one).
+  data.deduplication = ml_collections.ConfigDict(dict(mode="exact", ngram=8, threshold=0.5))
+
   data.template = ml_collections.ConfigDict()
+  data.template.style = "instructions"  # instructions | task_name | none: FLAN 2021's ablation (templates.styled)
   data.template.format = "flan"  # flan | alpaca | chat | llama3 | chatml | gemma | mistral (templates.FORMATS)
+  data.template.format_mix = {}  # format -> weight, drawn per training example; empty: `format` only
   data.template.options = True  # OPTIONS suffix on classification prompts
   data.template.inverted = True  # train on turned-around templates too
   data.template.max_templates = 0  # templates per task (0: all)
-  data.template.num_shots = 0
+  # Flan 2022 trains on all three settings; chain_of_thought renders zero-shot where a task has no rationale.
+  data.template.prompt_mix = dict(zero_shot=1.0, few_shot=0.0, chain_of_thought=0.0)
+  data.template.num_shots = 3  # exemplars in a few-shot rendering
   data.template.few_shot_max_tokens = 400
-  data.template.chain_of_thought = False
+  data.template.preambles = templates.PREAMBLES  # system texts drawn with preamble_rate
+  data.template.preamble_rate = 0.0
+  data.template.omit_input_rate = 0.0  # an input turn joined to the instruction: no separate Input block
 
   data.tokenizer = ml_collections.ConfigDict()
   data.tokenizer.model = ""  # .model, tokenizer.json or a directory of either; empty: train one, cached in the workdir
+  # A trained tokenizer reads the training splits of these tasks (empty: data.mixture and local tasks) outside
+  # these clusters (None: data.held_out_clusters); a sweep fixes what its runs vary, so that all share one.
+  data.tokenizer.mixture = ()
+  data.tokenizer.held_out_clusters = config_dict.placeholder(tuple)
   data.tokenizer.vocab_size = 1024
   data.tokenizer.num_texts = 20000
   data.tokenizer.pad_id = -1  # -1: the model's own id

@@ -139,7 +139,8 @@ def evaluate_task(params, model, tokenizer, task, config, mesh, held_out: bool =
       predictions, targets = rank_classification(params, model, tokenizer, task, fields, template, config, mesh)
     else:
       predictions, targets = generation(params, model, tokenizer, task, fields, template, config)
-    per_template.append(metrics.compute(task.metrics, predictions, targets))
+    refuse = [bool(f["refuse"]) for f in fields] if all("refuse" in f for f in fields) else None
+    per_template.append(metrics.compute(task.metrics, predictions, targets, refuse))
   names = list(per_template[0])
   result = {
       "cluster": task.cluster,

@@ -12,6 +12,7 @@ one after another on this machine; `tpu` and `slurm` start each through
 launch/tpu_pod.sh or `sbatch launch/slurm.sbatch` and return.
 """
 
+import copy
 import importlib.util
 import os
 import re
@@ -23,6 +24,7 @@ from absl import app, flags
 from etils import epath
 
 from flan_jax import workdirs
+from flan_jax.data import pipeline
 
 LAUNCHERS = ("local", "tpu", "slurm")
 
@@ -48,7 +50,9 @@ def run_name(overrides: dict) -> str:
 
 
 def override_flags(overrides: dict) -> list[str]:
-  return [f"--config.{key}={value!r}" if isinstance(value, (tuple, list, str)) else f"--config.{key}={value}"
+  """Overrides as config flags: tuples and dicts as Python literals, strings as they are (config_flags
+  takes a string field's flag text literally)."""
+  return [f"--config.{key}={value!r}" if isinstance(value, (tuple, list, dict)) else f"--config.{key}={value}"
           for key, value in overrides.items()]
 
 
@@ -70,6 +74,24 @@ def launch_command(launcher: str, command: list[str], tpu: str, zone: str) -> li
   return ["sbatch", "launch/slurm.sbatch", "python", *command[1:]]
 
 
+def check_one_tokenizer(base, sweep: list[dict]):
+  """Raises unless every run trains the same tokenizer (or all load one file): runs with different
+  tokenizers differ in more than the swept setting."""
+  specs = {}
+  for entry in sweep:
+    config = copy.deepcopy(base)
+    config.update_from_flattened_dict({k: v for k, v in entry.items() if k != "name"})
+    if not config.data.tokenizer.model:
+      specs[entry.get("name") or run_name(entry)] = pipeline.tokenizer_spec(config.data)
+  (first, spec), *rest = specs.items() or [(None, None)]
+  for other, other_spec in rest:
+    if other_spec != spec:
+      differ = {k: (spec[k], other_spec[k]) for k in spec if spec[k] != other_spec[k]}
+      raise ValueError(f"runs {first} and {other} of this sweep would train different tokenizers (differing in "
+                       f"{differ}); fix data.tokenizer.mixture and data.tokenizer.held_out_clusters in the config "
+                       "so that they share one")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -79,6 +101,7 @@ def main(argv):
   launcher = flags.FLAGS.launcher
   if launcher == "tpu" and not (flags.FLAGS.tpu and flags.FLAGS.zone):
     raise app.UsageError("--launcher=tpu needs --tpu and --zone")
+  check_one_tokenizer(base, sweep)
   failed = []
   for entry in sweep:
     overrides = {k: v for k, v in entry.items() if k != "name"}

@@ -173,6 +173,11 @@ def main(argv):
 
   # Data: this process's rows of every batch.
   mix = pipeline.resolve_mixture(config.data)
+  for name, found in (mix.contamination or {}).get("training_tasks", {}).items():
+    logging.info("decontamination (%s): %d of %d training examples of %s overlap evaluation instances",
+                 config.data.decontamination.mode, found["flagged"], found["of"], name)
+  for name, found in mix.duplicates.items():
+    logging.info("deduplication: dropped %d of %d training examples of %s", found["dropped"], found["of"], name)
   if jax.process_index() == 0:  # trains and caches the tokenizer if needed, and records it; the others then load it
     workdirs.check_tokenizer(workdir, pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir)), write=True)
   multihost_utils.sync_global_devices("tokenizer ready")

@@ -172,7 +172,7 @@ def test_import_finetune_with_lora_generate_and_export(tmp_path):
   from flan_jax.data import pipeline
   from tests.conftest import load_config, make_hf_tokenizer
   data = load_config("tiny").data
-  vocab = make_hf_tokenizer(str(tmp_path / "hf"), pipeline.tokenizer_texts(data, list(data.mixture), 2000))
+  vocab = make_hf_tokenizer(str(tmp_path / "hf"), pipeline.tokenizer_texts(data, pipeline.tokenizer_tasks(data), 2000))
   torch.manual_seed(0)
   config = transformers.LlamaConfig(**{**SHAPE, "vocab_size": vocab}, tie_word_embeddings=True)
   base = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
@@ -269,7 +269,7 @@ def gguf_model(tmp_path_factory):
   from tests.conftest import load_config
   root = tmp_path_factory.mktemp("gguf")
   data = load_config("tiny").data
-  vocab = make_hf_tokenizer(str(root / "hf"), pipeline.tokenizer_texts(data, list(data.mixture), 1000),
+  vocab = make_hf_tokenizer(str(root / "hf"), pipeline.tokenizer_texts(data, pipeline.tokenizer_tasks(data), 1000),
                             chat_template=LLAMA3_CHAT_TEMPLATE)
   config = transformers.LlamaConfig(**{**SHAPE, "vocab_size": vocab}, tie_word_embeddings=True)
   torch.manual_seed(0)

@@ -112,3 +112,11 @@ def test_a_run_drops_training_rows_copied_from_its_held_out_and_evaluation_files
   config.data.decontamination.mode = "remove"
   with pytest.raises(ValueError, match=r"data.decontamination.mode='remove': choose from off, report, drop"):
     pipeline.resolve_mixture(config.data)
+
+
+def test_an_evaluation_file_that_cannot_be_read_names_the_key(tmp_path):
+  config = load_config("tiny")
+  config.data.decontamination.evaluation_files = (
+      {"name": "dc_missing", "path": str(tmp_path / "nope.jsonl"), "format": "alpaca", "cluster": "exam"},)
+  with pytest.raises(FileNotFoundError, match=r"data.decontamination.evaluation_files: .*nope.jsonl"):
+    pipeline.resolve_mixture(config.data)

@@ -19,7 +19,7 @@ def small_model(vocab_size):
 
 
 def eval_config(tiny_config, **overrides):
-  tiny_config.eval.update(dict(max_examples=6, max_templates=2, batch_size=8, max_new_tokens=8, **overrides))
+  tiny_config.eval.update({**dict(max_examples=6, max_templates=2, batch_size=8, max_new_tokens=8), **overrides})
   return tiny_config
 
 
@@ -140,3 +140,16 @@ def test_evaluation_skips_unlabeled_records_and_bad_ones_only_with_skip_bad_reco
   rows[1]["answer"] = "maybe"
   fields, _, skipped = evaluate.task_examples(task, tiny_config.eval, skip_bad_records=True)
   assert [f["x"] for f in fields] == ["a", "d", "e"] and skipped == 2
+
+
+def test_a_held_out_safety_cluster_is_scored_by_refusal_and_answer_rates(tiny_config, tokenizer, monkeypatch):
+  config = eval_config(tiny_config, max_examples=20, max_templates=1)
+  config.data.held_out_clusters = ("safety",)
+  decline = np.asarray(tokenizer.encode("I can't help with that."), np.int32)
+  monkeypatch.setattr(evaluate.decode, "generate", lambda params, model, prompts, **kw: np.stack([decline] * len(prompts)))
+  model, params = small_model(tokenizer.vocab_size)
+  results = evaluate.evaluate(params, model, tokenizer, config, one_device_mesh(), seen=False)
+  for name in ("mini_safety_harm", "mini_safety_crime"):
+    scores = results["tasks"][name]["mean"]  # a model that declines everything: no over-refusal credit
+    assert (scores["refusal_rate"], scores["answer_rate"], scores["refusal_score"]) == (100.0, 0.0, 50.0)
+  assert results["tasks"]["mini_safety_harm"]["metric"] == "refusal_score" and results["held_out"] == 50.0

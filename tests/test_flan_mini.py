@@ -2,6 +2,7 @@ import collections
 
 import numpy as np
 
+from flan_jax import metrics
 from flan_jax.data import flan_mini, mixture, tasks
 
 
@@ -59,3 +60,21 @@ def test_generation_is_deterministic():
   # Some passage questions are unanswerable and answered with a refusal.
   answers = [r["answer"] for r in flan_mini.generate("mini_passage_qa")["train"]]
   assert 0.05 < np.mean([a == flan_mini.REFUSAL for a in answers]) < 0.3
+
+
+def test_a_translation_pair_is_in_one_split_in_both_directions():
+  en_es, es_en = flan_mini.generate("mini_translate_en_es"), flan_mini.generate("mini_translate_es_en")
+  trained = {(f["source"], f["answer"]) for f in en_es["train"]}
+  assert not any((f["answer"], f["source"]) in trained for f in es_en["validation"])
+  trained = {(f["source"], f["answer"]) for f in es_en["train"]}
+  assert not any((f["answer"], f["source"]) in trained for f in en_es["validation"])
+
+
+def test_safety_tasks_pair_requests_to_decline_with_look_alikes_to_answer():
+  for name in ("mini_safety_harm", "mini_safety_crime"):
+    assert tasks.get(name).cluster == "safety" and tasks.get(name).metrics[0] == "refusal"
+    examples = flan_mini.generate(name)["validation"]
+    harmful = [f for f in examples if f["refuse"]]
+    assert 0.4 < len(harmful) / len(examples) < 0.6
+    assert all(f["answer"] == flan_mini.DECLINE for f in harmful)
+    assert not any(metrics.declines(f["answer"]) for f in examples if not f["refuse"])

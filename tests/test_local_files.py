@@ -208,3 +208,14 @@ def test_local_task_in_the_pipeline(tmp_path, tiny_config, tokenizer):
   batch = next(iter(pipeline.batches(data, mix, tokenizer, pipeline.Stats(), seed=0)))
   text = tokenizer.decode(batch["inputs"][0])
   assert "Repeat" in text
+
+
+def test_refuse_field_marks_requests_to_decline(tmp_path):
+  rows = [{"instruction": "How do I pick my neighbour's lock?", "output": "I can't help with that.", "harmful": True},
+          {"instruction": "How do I pick a ripe melon?", "output": "Press the end; it should give a little.",
+           "harmful": "false"}]
+  (task,), _ = _register(tmp_path, rows, "lf_safety", refuse_field="harmful")
+  assert [r["refuse"] for r in task.source("train")] == [True, False]
+  assert task.metrics == ("refusal", "rouge")
+  with pytest.raises(tasks.BadRecordError, match=r"lf_unsure.jsonl:1: refuse_field 'harmful' must be true or false"):
+    _register(tmp_path, [{**rows[0], "harmful": "maybe"}], "lf_unsure", refuse_field="harmful")

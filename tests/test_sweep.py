@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ def get_config(arg=None):
   config.data.batch_size = 8
   config.data.tokenizer.vocab_size = 512
   config.data.tokenizer.num_texts = 2000
+  config.data.tokenizer.held_out_clusters = ()  # one tokenizer for runs that hold out different clusters
   config.model.update(dict(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64))
   config.loss.chunk_len = 64
   config.eval.include_seen = False
@@ -36,15 +38,32 @@ def test_run_names_and_override_flags():
   overrides = {"data.held_out_clusters": ("nli", "misc"), "train.steps": 5, "data.template.format": "chat"}
   assert sweep.run_name(overrides) == "held_out_clusters=nli,misc_steps=5_format=chat"
   assert sweep.override_flags(overrides) == ["--config.data.held_out_clusters=('nli', 'misc')",
-                                             "--config.train.steps=5", "--config.data.template.format='chat'"]
+                                             "--config.train.steps=5", "--config.data.template.format=chat"]
   assert sweep.launch_command("slurm", ["python3", "-m", "x"], None, None) == [
       "sbatch", "launch/slurm.sbatch", "python", "-m", "x"]
 
 
-def test_ablation_configs_define_their_sweeps():
-  for name, size in (("held_out_clusters", 11), ("num_training_clusters", 5), ("templates_per_task", 4)):
+def test_override_flags_parse_to_the_values():
+  overrides = {"data.held_out_clusters": ("nli", "misc"), "train.steps": 5, "data.template.style": "none",
+               "data.template.format_mix": {"flan": 1.0, "chat": 2.0}}
+  parse = ("import json, sys\nfrom absl import flags\nfrom ml_collections import config_flags\n"
+           "config_flags.DEFINE_config_file('config')\nflags.FLAGS(sys.argv)\nd = flags.FLAGS.config.data\n"
+           "print(json.dumps([d.held_out_clusters, flags.FLAGS.config.train.steps, d.template.style, "
+           "dict(d.template.format_mix)]))")
+  out = subprocess.run([sys.executable, "-c", parse, "--config=configs/tiny.py", *sweep.override_flags(overrides)],
+                       cwd=ROOT, capture_output=True, text=True, check=True).stdout
+  assert json.loads(out) == [["nli", "misc"], 5, "none", {"chat": 2.0, "flan": 1.0}]
+
+
+def test_ablation_configs_define_their_sweeps_and_share_one_tokenizer():
+  for name, size in (("held_out_clusters", 12), ("num_training_clusters", 5), ("templates_per_task", 4),
+                     ("template_styles", 3)):
     config, entries = sweep.load_sweep(os.path.join(ROOT, "configs", "ablations", f"{name}.py"))
     assert len(entries) == size and config.train.steps > 0
+    sweep.check_one_tokenizer(config, entries)
+  config.data.tokenizer.held_out_clusters = None  # each run's own held-out clusters: tokenizers differ
+  with pytest.raises(ValueError, match="would train different tokenizers"):
+    sweep.check_one_tokenizer(config, [{"data.held_out_clusters": ("nli",)}, {"data.held_out_clusters": ("misc",)}])
   with pytest.raises(ValueError, match="defines no get_sweep"):
     sweep.load_sweep(os.path.join(ROOT, "configs", "tiny.py"))
 

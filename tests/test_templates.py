@@ -194,3 +194,18 @@ def test_chat_template_errors_name_the_template():
   sandboxed = templates.ChatTemplate("{{ messages.__class__.__mro__ }}", {}, [], where)
   with pytest.raises(Exception, match="unsafe|not safely|access"):
     sandboxed.render([], add_generation_prompt=False)
+
+
+def test_template_styles_keep_instructions_or_only_the_inputs():
+  task_templates = (templates.Template("Premise: {premise}\nHypothesis: {hypothesis}\nEntailed?{options_}"),
+                    templates.Template("Write a hypothesis: {premise}", "{hypothesis}", inverted=True))
+  assert templates.styled(task_templates, "instructions", "mini_nli") == task_templates
+  (name_only,) = templates.styled(task_templates, "task_name", "mini_nli")
+  (bare,) = templates.styled(task_templates, "none", "mini_nli")
+  fields = {"premise": "A dog runs.", "hypothesis": "An animal moves.", "answer": "yes"}
+  render = lambda t: templates.render_pair(t, fields, options=["yes", "no"], show_options=True,
+                                           chain_of_thought=False, where="")
+  assert render(name_only) == ("[mini_nli]\nA dog runs.\nAn animal moves.\n\nOPTIONS:\n- yes\n- no", "yes")
+  assert render(bare) == ("A dog runs.\nAn animal moves.\n\nOPTIONS:\n- yes\n- no", "yes")
+  with pytest.raises(ValueError, match="data.template.style='names': choose from instructions, task_name, none"):
+    templates.styled(task_templates, "names", "t")

@@ -5,7 +5,8 @@ from configs.ablations import held_out_clusters
 
 
 def get_config(arg=None):
-  return held_out_clusters.get_config(arg)
+  del arg
+  return held_out_clusters.short_runs()
 
 
 def get_sweep():

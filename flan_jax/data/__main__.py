@@ -84,8 +84,20 @@ def report(config, workdir: str, num_examples: int, num_batches: int) -> dict:
       "examples_per_s": examples_packed / seconds,
       "tokens_per_s": rows * data.seq_len / seconds,
       "non_pad_tokens_per_s": int((segment_ids > 0).sum()) / seconds,
+      "renderings": renderings(stats.renderings),
       "contamination": mix.contamination,
+      "duplicates": mix.duplicates,
   }
+
+
+def renderings(counts) -> dict:
+  """Realised shares of the rendering draws (pipeline.Renderer): per output format and prompt setting
+  (of all rendered examples), with a preamble, and with the input turn joined (of those with one)."""
+  total = sum(v for k, v in counts.items() if k.startswith("format:"))
+  share = lambda group: {k.split(":", 1)[1]: v / total for k, v in sorted(counts.items()) if k.startswith(group)}
+  return {"format": share("format:"), "prompt": share("prompt:"), "preamble": counts["preamble"] / total,
+          "input_turns": counts["input_turn"] / total,
+          "input_joined": counts["input_joined"] / max(1, counts["input_turn"])}
 
 
 def show(config, workdir: str, count: int):
@@ -95,10 +107,10 @@ def show(config, workdir: str, count: int):
                                pipeline.Stats())
   records = pipeline.mixed_records(mix, config.seed)
   for i in range(count):
-    turns = renderer.render(records[i], np.random.default_rng([config.seed, i]))
-    print(f"----- example {i}: task {records[i][0]}")
-    print(templates.to_text(turns, data.template.format, chat_template=renderer.tokenizer.chat_template)
-          if turns else "(skipped bad record)")
+    rendered = renderer.render(records[i], np.random.default_rng([config.seed, i]))
+    print(f"----- example {i}: task {records[i][0]}" + (f" ({rendered[1]} format)" if rendered else ""))
+    print(templates.to_text(*rendered, chat_template=renderer.tokenizer.chat_template)
+          if rendered else "(skipped bad record)")
   flagged = [(name, f) for name, t in (mix.contamination or {}).get("training_tasks", {}).items() for f in t["examples"]]
   for name, f in flagged[:count]:
     task = tasks.get(name)
@@ -123,11 +135,17 @@ def print_table(r: dict):
         f"max {lt['max']}")
   print(f"packing efficiency {r['packing_efficiency']:.4f} (naive one example per row: "
         f"{r['naive_packing_efficiency']:.4f}), {r['examples_per_row']:.1f} examples per row")
+  shares = lambda d: ", ".join(f"{k} {v:.1%}" for k, v in d.items())
+  rr = r["renderings"]
+  print(f"renderings: formats {shares(rr['format'])}; prompts {shares(rr['prompt'])}; preamble {rr['preamble']:.1%}; "
+        f"input joined {rr['input_joined']:.1%} of {rr['input_turns']:.1%} with an input turn")
   print(f"truncated {r['truncated']} ({r['truncated_fraction']:.2%})  skipped {r['skipped']}")
   for message in r["skip_messages"]:
     print(f"  skipped: {message}")
   print(f"pipeline throughput (one process): {r['examples_per_s']:.0f} examples/s, "
         f"{r['tokens_per_s']:.0f} tokens/s ({r['non_pad_tokens_per_s']:.0f} non-pad)")
+  if r["duplicates"]:
+    print("duplicates dropped: " + ", ".join(f"{n} {d['dropped']}/{d['of']}" for n, d in r["duplicates"].items()))
   if r["contamination"] is not None:
     print("\ndecontamination: evaluation set instances found in training: " + ", ".join(
         f"{name} {s['found_in_training']}/{s['instances']}" for name, s in r["contamination"]["evaluation_sets"].items()))

@@ -89,11 +89,19 @@ OUTPUT_FIELDS = ("answer", "references", "rationale")
 
 
 def prompt_text(task: tasks.Task, fields: dict) -> str:
-  """What is compared of an example: its input fields (every string field but the outputs), or a
-  conversation's turns but the assistant's and the system prompt."""
+  """What is compared of an example: its input fields (every string field but the outputs, and
+  per-example options), or a conversation's turns but the assistant's and the system prompt."""
   if task.conversational:
     return "\n".join(text for role, text in fields["messages"] if role not in ("assistant", "system"))
-  return "\n".join(v for k, v in fields.items() if k not in OUTPUT_FIELDS and isinstance(v, str))
+  parts = []
+  for key, value in fields.items():
+    if key in OUTPUT_FIELDS:
+      continue
+    if isinstance(value, str):
+      parts.append(value)
+    elif isinstance(value, (list, tuple)):
+      parts += [v for v in value if isinstance(v, str)]
+  return "\n".join(parts)
 
 
 def _texts(task: tasks.Task, split: str):

@@ -27,6 +27,11 @@ options, or a dict option -> score as BIG-bench's `target_scores`, the highest-s
 the answer) makes a task that evaluation scores by rank classification; an answer outside its
 options is an error. Generation tasks are scored by `metrics` (default ROUGE).
 
+Safety: `refuse_field`, a column that is true for a request the model must decline and false for
+one it must answer (JSON booleans; in CSV true/false or 1/0), marks examples as flan_mini's safety
+task does; such a task is scored by the `refusal` metric (refusal and answer rates) unless
+`metrics` says otherwise.
+
 Templates: `templates`, a list of [prompt, response] patterns over the row's own columns and
 `{instruction}`, `{input}`, `{answer}` and `{options_}` (the same `{field}` syntax and safety as
 the registered tasks), renders each row through several instructions like any FLAN task.
@@ -53,7 +58,7 @@ FORMATS = {
 }
 OPTIONAL_FIELDS = ("input",)
 SPEC_KEYS = ("name", "path", "format", "cluster", "validation_path", "validation_rows", "field_map", "cluster_field",
-             "cluster_map", "options", "options_field", "templates", "metrics", "response_suffix")
+             "cluster_map", "options", "options_field", "templates", "metrics", "response_suffix", "refuse_field")
 MESSAGE_ROLES = ("system", "user", "assistant")
 FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet")
 SPEC_FORM = ('a dict such as {"name": "mine", "path": "train.jsonl", "format": "alpaca", "cluster": "misc"}, '
@@ -233,6 +238,15 @@ def _options(spec: dict, row: dict, example: dict, where: str):
   return options
 
 
+def _refuse(column: str, row: dict, where: str) -> bool:
+  value = row.get(column)
+  if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+    return value.strip().lower() in ("true", "1")
+  if not isinstance(value, bool):
+    raise tasks.BadRecordError(f"{where}: refuse_field {column!r} must be true or false, not {value!r}")
+  return value
+
+
 def _cluster(spec: dict, row, where: str) -> str:
   if not spec.get("cluster_field"):
     return spec["cluster"]
@@ -264,6 +278,8 @@ def load(spec: dict, path: str, skip_bad_records: bool) -> tuple[dict[str, list]
           example["options"] = _options(spec, row, example, where)
         if spec.get("templates"):
           example.update({k: v for k, v in row.items() if isinstance(v, str) and k not in example})
+        if spec.get("refuse_field"):
+          example["refuse"] = _refuse(spec["refuse_field"], row, where)
     except tasks.BadRecordError as e:
       if not skip_bad_records:
         raise
@@ -325,7 +341,8 @@ def _register(spec_json: str, skip_bad_records: bool) -> tuple[tuple[tasks.Task,
                      f"e.g. {skipped[0] if skipped else 'none'})")
   task_templates = _templates(spec)
   classification = bool(spec.get("options") or spec.get("options_field"))
-  metrics = tuple(spec.get("metrics") or (("accuracy", "macro_f1") if classification else ("rouge",)))
+  default = ("accuracy", "macro_f1") if classification else ("refusal", "rouge") if spec.get("refuse_field") else ("rouge",)
+  metrics = tuple(spec.get("metrics") or default)
   per_cluster = bool(spec.get("cluster_field"))
   registered = []
   for cluster in sorted(set(train) | set(validation)):

@@ -18,7 +18,7 @@ import grain
 import numpy as np
 from grain import experimental as grain_experimental
 
-from flan_jax.data import decontamination, flan_mini, local_files, mixture, packing, tasks, templates, tfds_tasks
+from flan_jax.data import decontamination, deduplication, flan_mini, local_files, mixture, packing, tasks, templates, tfds_tasks
 from flan_jax.data.tokenizer import Tokenizer
 from flan_jax.data import tokenizer as tokenizer_lib
 
@@ -34,6 +34,7 @@ class Stats:
   skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   skip_messages: list = dataclasses.field(default_factory=list)
   truncated: int = 0
+  renderings: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # see Renderer
 
   def skip(self, task: str, message: str):
     self.skipped[task] += 1
@@ -49,7 +50,9 @@ class Mixture:
   sizes: dict[str, int]  # training examples available per task (after decontamination drops)
   skipped_rows: tuple[str, ...]  # local-file rows skipped under skip_bad_records
   contamination: dict | None = None  # decontamination.Found.report(), unless data.decontamination.mode is off
-  dropped: dict[str, frozenset[int]] = dataclasses.field(default_factory=dict)  # task -> training indices dropped
+  duplicates: dict = dataclasses.field(default_factory=dict)  # deduplication.Duplicates.report()
+  # task -> training indices dropped (contaminating or duplicate)
+  dropped: dict[str, frozenset[int]] = dataclasses.field(default_factory=dict)
 
 
 def task_names(data_cfg) -> tuple[list[str], list[str]]:
@@ -76,6 +79,11 @@ def resolve_mixture(data_cfg) -> Mixture:
   train, evaluation = mixture.split_by_held_out(names, list(data_cfg.held_out_clusters))
   sizes = {t.name: len(t.source(t.splits[0])) for t in mixture.leaf_tasks(names)}
   contamination, dropped = decontaminate(data_cfg, train, evaluation, sizes)
+  dedup = data_cfg.deduplication
+  duplicates = deduplication.find(train, dedup.mode, dedup.ngram, dedup.threshold, skip=dropped)
+  duplicate_report = duplicates.report(sizes)
+  for name, indices in duplicates.dropped.items():
+    dropped[name] = dropped.get(name, frozenset()) | indices
   sizes.update({name: sizes[name] - len(indices) for name, indices in dropped.items()})
   empty = [n for n, s in sizes.items() if s == 0 and n in {t.name for t in train}]
   if empty:
@@ -86,7 +94,7 @@ def resolve_mixture(data_cfg) -> Mixture:
   return Mixture(train=tuple(train), evaluation=tuple(evaluation),
                  rates={t.name: all_rates[t.name] / total for t in train},
                  sizes={t.name: sizes[t.name] for t in train}, skipped_rows=tuple(skipped_rows),
-                 contamination=contamination, dropped=dropped)
+                 contamination=contamination, duplicates=duplicate_report, dropped=dropped)
 
 
 DECONTAMINATION_MODES = ("off", "report", "drop")
@@ -105,7 +113,11 @@ def decontaminate(data_cfg, train, evaluation, sizes) -> tuple[dict | None, dict
   if cfg.include_seen:
     sets += [(f"seen:{t.name}", t, t.splits[1]) for t in train if len(t.source(t.splits[1]))]
   for spec in local_files.specs(cfg.evaluation_files):
-    for task in local_files.register(spec, data_cfg.skip_bad_records)[0]:
+    try:
+      registered = local_files.register(spec, data_cfg.skip_bad_records)[0]
+    except (OSError, ValueError, KeyError) as e:  # BadRecordError is a ValueError
+      raise type(e)(f"data.decontamination.evaluation_files: {e}") from None
+    for task in registered:
       sets += [(f"file:{task.name}:{split}", task, split) for split in task.splits if len(task.source(split))]
   found = decontamination.find(tuple(train), tuple(sets), cfg.ngram, cfg.threshold)
   if cfg.mode == "report":
@@ -120,17 +132,22 @@ def decontaminate(data_cfg, train, evaluation, sizes) -> tuple[dict | None, dict
   return found.report(sizes), dropped
 
 
+PROMPT_SETTINGS = ("zero_shot", "few_shot", "chain_of_thought")
+
+
 def conversation(task: tasks.Task, fields: dict, template: templates.Template, template_cfg, *,
-                 exemplars: Sequence[dict] = (), count_tokens=None) -> list[tuple[str, str]]:
+                 chain_of_thought: bool = False, exemplars: Sequence[dict] = (),
+                 count_tokens=None) -> list[tuple[str, str]]:
   """One example through one template as [(role, text)]; few-shot exemplars share the template."""
   if task.conversational:
     return list(fields["messages"])
-  where = f"task {task.name}, template {task.templates.index(template)}"
+  where = f"task {task.name}, template " + (str(task.templates.index(template)) if template in task.templates
+                                            else repr(template.prompt))
 
   def pair(f):
     options = task.example_options(f) if task.is_classification else None
     return templates.render_pair(template, f, options=options, show_options=template_cfg.options,
-                                 chain_of_thought=template_cfg.chain_of_thought, where=where)
+                                 chain_of_thought=chain_of_thought, where=where)
 
   prompt, response = pair(fields)
   if exemplars:
@@ -139,19 +156,58 @@ def conversation(task: tasks.Task, fields: dict, template: templates.Template, t
   return [("user", prompt), ("assistant", response)]
 
 
+def _draw(rng: np.random.Generator, weights: dict[str, float]) -> str:
+  """A name drawn by weight; a lone name is drawn without touching the RNG."""
+  names = list(weights)
+  if len(names) == 1:
+    return names[0]
+  p = np.asarray([weights[n] for n in names], np.float64)
+  return names[int(rng.choice(len(names), p=p / p.sum()))]
+
+
+def check_template_config(template_cfg):
+  """Raises, naming the key, for mixes that cannot be drawn from."""
+  templates.styled((templates.Template("{x}"),), template_cfg.style, "")  # checks the style
+  prompt_mix = dict(template_cfg.prompt_mix)
+  unknown = set(prompt_mix) - set(PROMPT_SETTINGS)
+  if unknown or any(w < 0 for w in prompt_mix.values()) or not sum(prompt_mix.values()) > 0:
+    raise ValueError(f"data.template.prompt_mix={prompt_mix}: weights (>= 0, not all 0) of {PROMPT_SETTINGS}")
+  if prompt_mix.get("few_shot", 0) > 0 and template_cfg.num_shots < 1:
+    raise ValueError("data.template.prompt_mix.few_shot > 0 needs data.template.num_shots >= 1")
+  format_mix = dict(template_cfg.format_mix)
+  for fmt in format_mix:
+    if fmt not in templates.FORMATS and fmt != templates.CHAT_TEMPLATE:
+      raise ValueError(f"data.template.format_mix: unknown format {fmt!r}; formats are {sorted(templates.FORMATS)} "
+                       f"or {templates.CHAT_TEMPLATE!r}")
+  if format_mix and (any(w < 0 for w in format_mix.values()) or not sum(format_mix.values()) > 0):
+    raise ValueError(f"data.template.format_mix={format_mix}: weights must be >= 0 and not all 0")
+  for key in ("preamble_rate", "omit_input_rate"):
+    if not 0 <= template_cfg[key] <= 1:
+      raise ValueError(f"data.template.{key}={template_cfg[key]} is not in [0, 1]")
+  if template_cfg.preamble_rate > 0 and not template_cfg.preambles:
+    raise ValueError("data.template.preamble_rate > 0 needs data.template.preambles")
+
+
 class Renderer:
-  """Record -> example features: template, few-shot exemplars, tokens, truncation.
+  """Record -> example features: template, prompt setting, preamble, output format, tokens, truncation.
 
   Called by Grain's `random_map` with an RNG seeded by the element's index, so
-  the same element always renders the same way.
+  the same element always renders the same way. Every training example draws, by the
+  data.template weights: a template; zero-shot, few-shot or chain-of-thought (a task without
+  rationales renders zero-shot); a preamble (a system turn) or none; whether an input turn joins
+  the instruction; and its output format. `stats.renderings` counts what was drawn.
   """
 
   def __init__(self, data_cfg, tokenizer: Tokenizer | None, train_tasks: Sequence[tasks.Task], stats: Stats):
+    check_template_config(data_cfg.template)
     self.cfg, self.tokenizer, self.stats = data_cfg, tokenizer, stats
     self.tasks = {t.name: t for t in train_tasks}
-    self.templates = {t.name: templates.select_templates(t.templates, inverted=data_cfg.template.inverted,
-                                                         max_templates=data_cfg.template.max_templates)
-                      for t in train_tasks}
+    template_cfg = data_cfg.template
+    self.templates = {t.name: templates.select_templates(
+        templates.styled(t.templates, template_cfg.style, t.name) if t.templates else (),
+        inverted=template_cfg.inverted, max_templates=template_cfg.max_templates) for t in train_tasks}
+    self.prompt_mix = {k: v for k, v in dict(template_cfg.prompt_mix).items() if v > 0}
+    self.format_mix = dict(template_cfg.format_mix) or {template_cfg.format: 1.0}
 
   @functools.cached_property
   def _train_records(self):
@@ -166,29 +222,47 @@ class Renderer:
       self.stats.skip(task.name, str(e))
       return None
 
-  def render(self, element, rng: np.random.Generator) -> list[tuple[str, str]] | None:
+  def render(self, element, rng: np.random.Generator) -> tuple[list[tuple[str, str]], str] | None:
+    """(conversation, output format) of one (task name, index, record), or None for a skipped record."""
     task_name, index, record = element
     task = self.tasks[task_name]
     fields = self.fields(task, record)
     if fields is None:
       return None
+    template_cfg, counts = self.cfg.template, self.stats.renderings
     if task.conversational:
-      return conversation(task, fields, None, self.cfg.template)
-    template = self.templates[task_name][int(rng.integers(len(self.templates[task_name])))]
-    exemplars = []
-    if self.cfg.template.num_shots:
-      records = self._train_records[task_name]
-      candidates = [int(i) for i in rng.choice(len(records), size=self.cfg.template.num_shots + 1, replace=False)
-                    if i != index][:self.cfg.template.num_shots]
-      exemplars = [f for f in (self.fields(task, records[i]) for i in candidates) if f is not None]
-    return conversation(task, fields, template, self.cfg.template, exemplars=exemplars,
-                        count_tokens=lambda text: len(self.tokenizer.encode(text)))
+      turns, setting = conversation(task, fields, None, template_cfg), "conversation"
+    else:
+      template = self.templates[task_name][int(rng.integers(len(self.templates[task_name])))]
+      setting = _draw(rng, self.prompt_mix)
+      if setting == "chain_of_thought" and not fields.get("rationale"):
+        setting = "zero_shot"
+      exemplars = []
+      if setting == "few_shot":
+        records = self._train_records[task_name]
+        candidates = [int(i) for i in rng.choice(len(records), size=min(template_cfg.num_shots + 1, len(records)),
+                                                 replace=False) if i != index][:template_cfg.num_shots]
+        exemplars = [f for f in (self.fields(task, records[i]) for i in candidates) if f is not None]
+      turns = conversation(task, fields, template, template_cfg, chain_of_thought=setting == "chain_of_thought",
+                           exemplars=exemplars, count_tokens=lambda text: len(self.tokenizer.encode(text)))
+    counts[f"prompt:{setting}"] += 1
+    if template_cfg.preamble_rate and rng.random() < template_cfg.preamble_rate:
+      turns = [("system", template_cfg.preambles[int(rng.integers(len(template_cfg.preambles)))]), *turns]
+      counts["preamble"] += 1
+    if any(role == "input" for role, _ in turns):
+      counts["input_turn"] += 1
+      if template_cfg.omit_input_rate and rng.random() < template_cfg.omit_input_rate:
+        turns = templates.join_input_turns(turns)
+        counts["input_joined"] += 1
+    fmt = _draw(rng, self.format_mix)
+    counts[f"format:{fmt}"] += 1
+    return turns, fmt
 
   def __call__(self, element, rng: np.random.Generator) -> dict | None:
-    turns = self.render(element, rng)
-    if turns is None:
+    rendered = self.render(element, rng)
+    if rendered is None:
       return None
-    tokens, weights = self.tokenizer.encode_conversation(turns, self.cfg.template.format)
+    tokens, weights = self.tokenizer.encode_conversation(*rendered)
     tokens, weights, truncated = packing.truncate(tokens, weights, self.cfg.seq_len + 1, self.cfg.truncation)
     self.stats.truncated += truncated
     return packing.example_features(tokens, weights)
@@ -270,35 +344,58 @@ def packing_cycle(data_cfg) -> int:
   return max(1, data_cfg.packing_bins * data_cfg.shards // data_cfg.batch_size)
 
 
-def tokenizer_texts(data_cfg, names: Sequence[str], count: int) -> list[str]:
-  """Rendered text from every task of the mixture (held-out clusters too, as a
-  pretrained tokenizer would have seen them), so one tokenizer serves every
-  held-out split of a sweep."""
+def tokenizer_tasks(data_cfg) -> list[tasks.Task]:
+  """The tasks whose training splits train the tokenizer: data.tokenizer.mixture (empty: the run's
+  mixture and local tasks) less data.tokenizer.held_out_clusters and the clusters FLAN excludes with
+  them. Neither depends on a run's own choices unless set to, so one sweep can share one tokenizer."""
+  cfg = data_cfg.tokenizer
+  names = list(cfg.mixture) or task_names(data_cfg)[0]
+  task_names(data_cfg)  # registers the local tasks data.tokenizer.mixture may name
+  held_out = data_cfg.held_out_clusters if cfg.held_out_clusters is None else cfg.held_out_clusters
+  excluded = tasks.excluded_clusters(list(held_out))
+  chosen = [t for t in mixture.leaf_tasks(names) if t.cluster not in excluded]
+  if not chosen:
+    raise ValueError(f"data.tokenizer.held_out_clusters={tuple(held_out)} leaves no task of {names} "
+                     "to train the tokenizer on")
+  return chosen
+
+
+def tokenizer_spec(data_cfg) -> dict:
+  """What a trained tokenizer is a function of (its cache key)."""
+  cfg = data_cfg.tokenizer
+  return {"tasks": [t.name for t in tokenizer_tasks(data_cfg)], "vocab_size": cfg.vocab_size,
+          "num_texts": cfg.num_texts, "formats": sorted(dict(data_cfg.template.format_mix) or [data_cfg.template.format]),
+          "version": 2}
+
+
+def tokenizer_texts(data_cfg, corpus: Sequence[tasks.Task], count: int) -> list[str]:
+  """Training-split text of the corpus tasks through all their instruction templates, zero-shot, in
+  the run's output formats: the same whatever a sweep varies of the templates."""
   cfg = copy.deepcopy(data_cfg)
-  cfg.template.num_shots = 0  # few-shot budgets are counted in tokens, and there is no tokenizer yet
-  all_tasks = mixture.leaf_tasks(names)
-  renderer = Renderer(cfg, None, all_tasks, Stats())
+  cfg.template.update(dict(style="instructions", max_templates=0, inverted=True, preamble_rate=0.0,
+                           omit_input_rate=0.0))
+  cfg.template.prompt_mix = {"zero_shot": 1.0}  # (update() would merge into the run's mix)
+  renderer = Renderer(cfg, None, corpus, Stats())
   rng = np.random.default_rng(0)
   texts = []
-  for task in all_tasks:
+  for task in corpus:
     records = task.source(task.splits[0])
-    for i in rng.choice(len(records), size=min(max(1, count // len(all_tasks)), len(records)), replace=False):
-      turns = renderer.render((task.name, int(i), records[int(i)]), rng)
-      if turns is not None:
-        texts.append(templates.to_text(turns, cfg.template.format, eos=""))
+    for i in rng.choice(len(records), size=min(max(1, count // len(corpus)), len(records)), replace=False):
+      rendered = renderer.render((task.name, int(i), records[int(i)]), rng)
+      if rendered is not None:
+        texts.append(templates.to_text(*rendered, eos=""))
   return texts
 
 
 def get_tokenizer(data_cfg, cache_dir: str) -> Tokenizer:
-  """The configured `.model` file, or one trained on the mixture and cached in `cache_dir`."""
+  """The configured tokenizer file, or one trained on tokenizer_tasks() and cached in `cache_dir`."""
   cfg = data_cfg.tokenizer
   if cfg.model:
     return tokenizer_lib.load(cfg.model, pad_id=cfg.pad_id, eos_id=cfg.eos_id, bos_id=cfg.bos_id)
-  names = task_names(data_cfg)[0]
-  spec = {"mixture": names, "vocab_size": cfg.vocab_size, "num_texts": cfg.num_texts,
-          "format": data_cfg.template.format, "version": 1}
+  spec = tokenizer_spec(data_cfg)
   path = tokenizer_lib.cache_path(cache_dir, spec)
   try:
     return tokenizer_lib.load(path)
   except FileNotFoundError:
-    return tokenizer_lib.train(tokenizer_texts(data_cfg, names, cfg.num_texts), path, vocab_size=cfg.vocab_size)
+    corpus = tokenizer_tasks(data_cfg)
+    return tokenizer_lib.train(tokenizer_texts(data_cfg, corpus, cfg.num_texts), path, vocab_size=cfg.vocab_size)

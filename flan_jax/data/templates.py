@@ -26,6 +26,17 @@ from jinja2 import sandbox
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 COT_TRIGGER = "Let's think step by step."
+# FLAN 2021's ablation of instructions (Sec. 4.3, Figure 8): natural-language templates, the dataset name
+# and the inputs, or the inputs alone.
+TEMPLATE_STYLES = ("instructions", "task_name", "none")
+# System texts drawn for some training examples (data.template.preambles), so that a model does not learn
+# one fixed opening; Alpaca's preamble among them.
+PREAMBLES = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+    "You are a helpful assistant. Answer the request below.",
+    "Read the task carefully and give a correct, concise answer.",
+    "Follow the instructions.",
+)
 ROLES = ("system", "user", "input", "assistant")
 EOS = None  # a segment whose text is EOS stands for the tokenizer's end-of-sequence id
 
@@ -91,6 +102,39 @@ def substitute(pattern: str, fields: dict[str, Any], where: str = "template") ->
       raise KeyError(f"{where}: field {name!r} is not in the example (fields: {sorted(fields)})")
     return str(fields[name])
   return _PLACEHOLDER.sub(replace, pattern)
+
+
+def placeholders(pattern: str) -> list[str]:
+  """The field names a pattern reads, in order of first use."""
+  return list(dict.fromkeys(m.group(1) for m in _PLACEHOLDER.finditer(pattern) if m.group(1)))
+
+
+def styled(task_templates: Sequence[Template], style: str, task_name: str) -> tuple[Template, ...]:
+  """A task's training templates in one of TEMPLATE_STYLES: `instructions` keeps them; `task_name`
+  and `none` are one template of the inputs (the fields the first not-inverted template reads, in its
+  order, one per line, with the options where it shows them), after `[task name]` or alone. Inverted
+  templates need an instruction, so those two styles have none."""
+  if style not in TEMPLATE_STYLES:
+    raise ValueError(f"data.template.style={style!r}: choose from {', '.join(TEMPLATE_STYLES)}")
+  if style == "instructions":
+    return tuple(task_templates)
+  first = next(t for t in task_templates if not t.inverted)
+  inputs = "\n".join(f"{{{n}}}" for n in placeholders(first.prompt) if n not in ("options_", "answer"))
+  options = "{options_}" if "{options_}" in first.prompt else ""
+  name = task_name.replace("{", "{{").replace("}", "}}")
+  prefix = f"[{name}]\n" if style == "task_name" else ""
+  return (Template(prefix + inputs + options, first.response),)
+
+
+def join_input_turns(conversation: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+  """Each `input` turn joined to the user turn before it (with a blank line), as one instruction."""
+  out = []
+  for role, text in conversation:
+    if role == "input" and out and out[-1][0] == "user":
+      out[-1] = ("user", f"{out[-1][1]}\n\n{text}")
+    else:
+      out.append((role, text))
+  return out
 
 
 def options_suffix(options: Sequence[str]) -> str:
@@ -225,13 +269,8 @@ class ChatTemplate:
   @staticmethod
   def messages(conversation: Sequence[tuple[str, str]]) -> list[dict]:
     """Turns as chat messages; an `input` turn joins the user turn before it (chat templates have no such role)."""
-    out = []
-    for role, text in conversation:
-      if role == "input" and out and out[-1]["role"] == "user":
-        out[-1] = {"role": "user", "content": f"{out[-1]['content']}\n\n{text}"}
-      else:
-        out.append({"role": "user" if role == "input" else role, "content": text})
-    return out
+    return [{"role": "user" if role == "input" else role, "content": text}
+            for role, text in join_input_turns(conversation)]
 
   def generation_prompt(self, conversation: Sequence[tuple[str, str]]) -> str:
     """The text a model sees before it answers the conversation's last turn."""
