@@ -349,8 +349,8 @@ def tokenizer_tasks(data_cfg) -> list[tasks.Task]:
   mixture and local tasks) less data.tokenizer.held_out_clusters and the clusters FLAN excludes with
   them. Neither depends on a run's own choices unless set to, so one sweep can share one tokenizer."""
   cfg = data_cfg.tokenizer
-  names = list(cfg.mixture) or task_names(data_cfg)[0]
-  task_names(data_cfg)  # registers the local tasks data.tokenizer.mixture may name
+  run_names = task_names(data_cfg)[0]  # also registers the local tasks data.tokenizer.mixture may name
+  names = list(cfg.mixture) or run_names
   held_out = data_cfg.held_out_clusters if cfg.held_out_clusters is None else cfg.held_out_clusters
   excluded = tasks.excluded_clusters(list(held_out))
   chosen = [t for t in mixture.leaf_tasks(names) if t.cluster not in excluded]
