@@ -202,12 +202,12 @@ def require(chat_template: "ChatTemplate | None") -> "ChatTemplate":
 
 def _fold_into_user_turns(conversation, markers):
   """System text joins the next user turn and input text the previous one, where the format has no such role."""
+  if "input" not in markers:
+    conversation = join_input_turns(conversation)
   folded, pending_system = [], []
   for role, text in conversation:
     if role == "system" and role not in markers:
       pending_system.append(text)
-    elif role == "input" and role not in markers and folded and folded[-1][0] == "user":
-      folded[-1] = ("user", f"{folded[-1][1]}\n\n{text}")
     elif role == "user" and pending_system:
       folded.append((role, "\n\n".join([*pending_system, text])))
       pending_system = []
