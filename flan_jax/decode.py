@@ -85,12 +85,26 @@ def _generate(params, tokens, positions, segment_ids, rng, *, model: Decoder, ma
 
 
 def generate(params, model: Decoder, prompts, *, max_new_tokens: int, stop_ids, pad_id: int,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=None, bucket: int = 1):
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=None, bucket: int = 1,
+             batch_size: int = 0):
   """Token lists -> generated token lists, each cut before its first stop id (EOS, end of turn) or at
-  max_new_tokens.
-  Prompts are padded to a multiple of `bucket` tokens, so that few prompt lengths compile."""
-  tokens, positions, segment_ids = left_pad(prompts, pad_id, bucket)
+  max_new_tokens (so an answer of exactly max_new_tokens tokens was cut short).
+
+  Prompts are padded to a multiple of `bucket` tokens, so that few prompt lengths compile. With
+  `batch_size`, they go through in batches of exactly that many rows (the last one padded with
+  copies of its first prompt), so one batch shape compiles; batch i samples with fold_in(rng, i)."""
   rng = jax.random.key(0) if rng is None else rng
+  if batch_size:
+    out = []
+    for i, start in enumerate(range(0, len(prompts), batch_size)):
+      batch = list(prompts[start:start + batch_size])
+      n = len(batch)
+      batch += [batch[0]] * (batch_size - n)
+      out += generate(params, model, batch, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
+                      temperature=temperature, top_k=top_k, top_p=top_p, rng=jax.random.fold_in(rng, i),
+                      bucket=bucket)[:n]
+    return out
+  tokens, positions, segment_ids = left_pad(prompts, pad_id, bucket)
   # All of the output on every process, however it is sharded (the parameters may span processes).
   generated = multihost_utils.process_allgather(
       _generate(params, tokens, positions, segment_ids, rng, model=model, max_new_tokens=max_new_tokens,

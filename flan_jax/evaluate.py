@@ -8,7 +8,8 @@ scored by rank classification: the option (with the EOS that ends a response)
 of highest log-likelihood given the prompt wins. Other tasks are answered by
 greedy decoding with a KV cache. A task's score is the mean over its templates,
 with the best template beside it; a cluster's is the mean over its tasks.
-Results go to `DIR/eval/<step>/results.json` and `results.md`.
+Results go to `DIR/eval/<step>/results.json` and `results.md`, and each generation task's
+answers to `answers/<task>.jsonl` ({prompt, answer, category, ...}: what flan_jax.judge compares).
 """
 
 import functools
@@ -23,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from flan_jax import checkpoint, decode, metric_writer, metrics, sharding, workdirs
 from flan_jax import loss as losses
-from flan_jax.data import packing, pipeline, tasks
+from flan_jax.data import packing, pipeline, tasks, templates
 from flan_jax.model import Decoder, from_config
 
 LENGTH_BUCKET = 64  # rows are padded to a multiple of this, so few shapes compile
@@ -108,37 +109,40 @@ def rank_classification(params, model, tokenizer, task, fields, template, config
 
 
 def generation(params, model, tokenizer, task, fields, template, config):
-  """(generated answer, target) per example, by greedy decoding from the rendered prompt. The target
-  is the last assistant turn, or all of an example's references where it has several."""
-  prompts, targets = [], []
+  """(generated answer, target, prompt text) per example, by greedy decoding from the rendered prompt.
+  The target is the last assistant turn, or all of an example's references where it has several; the
+  prompt text is what a person would have typed (templates.user_text)."""
+  prompts, targets, texts = [], [], []
   for f in fields:
     turns = pipeline.conversation(task, f, template, config.data.template)
+    texts.append(templates.user_text(turns[:-1]))
     prompt = tokenizer.generation_prompt(turns[:-1], config.data.template.format)  # all before the last answer
     prompts.append(prompt[-(config.data.seq_len - config.eval.max_new_tokens):])
     several = len(f.get("references") or ()) > 1 and turns[-1][1] == f["answer"]
     targets.append(list(f["references"]) if several else turns[-1][1])
-  predictions = []
-  batch_size = config.eval.batch_size
-  for start in range(0, len(prompts), batch_size):
-    batch = prompts[start:start + batch_size]
-    batch += [batch[0]] * (batch_size - len(batch))  # a fixed batch shape: fewer compilations
-    outputs = decode.generate(params, model, batch, max_new_tokens=config.eval.max_new_tokens,
-                              stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id, bucket=LENGTH_BUCKET)
-    predictions += [tokenizer.decode(o.tolist()).strip() for o in outputs[:len(prompts) - start]]
-  return predictions, targets
+  outputs = decode.generate(params, model, prompts, max_new_tokens=config.eval.max_new_tokens,
+                            stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id, bucket=LENGTH_BUCKET,
+                            batch_size=config.eval.batch_size)
+  predictions = [tokenizer.decode(o.tolist()).strip() for o in outputs]
+  return predictions, targets, texts
 
 
 def evaluate_task(params, model, tokenizer, task, config, mesh, held_out: bool = True) -> dict | None:
-  """A task's scores per template, their mean and best; None if it has no evaluation examples."""
+  """A task's scores per template, their mean and best; None if it has no evaluation examples. A
+  generation task's answers come along as `answers`, rows {prompt, answer, category, task, template,
+  reference} (the form flan_jax.judge reads)."""
   fields, task_templates, skipped = task_examples(task, config.eval, held_out, config.data.skip_bad_records)
   if not fields:
     return None
-  per_template = []
-  for template in task_templates:
+  per_template, answers = [], []
+  for index, template in enumerate(task_templates):
     if task.is_classification:
       predictions, targets = rank_classification(params, model, tokenizer, task, fields, template, config, mesh)
     else:
-      predictions, targets = generation(params, model, tokenizer, task, fields, template, config)
+      predictions, targets, texts = generation(params, model, tokenizer, task, fields, template, config)
+      answers += [{"prompt": text, "answer": prediction, "category": task.cluster, "task": task.name,
+                   "template": index, "reference": target}
+                  for text, prediction, target in zip(texts, predictions, targets)]
     refuse = [bool(f["refuse"]) for f in fields] if all("refuse" in f for f in fields) else None
     per_template.append(metrics.compute(task.metrics, predictions, targets, refuse))
   names = list(per_template[0])
@@ -153,6 +157,8 @@ def evaluate_task(params, model, tokenizer, task, config, mesh, held_out: bool =
   }
   if task.is_classification:  # the expected accuracy of a uniform guess
     result["chance"] = float(np.mean([100.0 / len(task.example_options(f)) for f in fields]))
+  else:
+    result["answers"] = answers
   return result
 
 
@@ -189,8 +195,18 @@ def summary(results: dict) -> dict:
 
 
 def write_results(results: dict, workdir: str, step: int) -> epath.Path:
+  """DIR/eval/<step>/results.json and results.md, and each generation task's answers in
+  answers/<task>.jsonl (for flan_jax.judge)."""
   directory = epath.Path(workdir) / "eval" / str(step)
-  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "answers").mkdir(parents=True, exist_ok=True)
+  tasks_without_answers = {}
+  for name, task in results["tasks"].items():
+    task = dict(task)
+    if "answers" in task:
+      rows = task.pop("answers")
+      (directory / "answers" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tasks_without_answers[name] = task
+  results = {**results, "tasks": tasks_without_answers}
   (directory / "results.json").write_text(json.dumps({"step": step, **results}, indent=1))
   lines = [f"# Zero-shot evaluation, step {step}", "",
            f"Held-out clusters: **{results['held_out']:.1f}**" if results["held_out"] is not None else "",

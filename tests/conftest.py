@@ -63,3 +63,29 @@ def make_hf_tokenizer(directory, texts, vocab_size=400, chat_template=None):
   with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
     json.dump(config, f)
   return tokenizer.get_vocab_size()
+
+
+@pytest.fixture(scope="session")
+def chat_checkpoint(tmp_path_factory):
+  """(checkpoint dir, transformers model, transformers tokenizer): a tiny random Llama with a Llama 3
+  style tokenizer and chat template, imported with flan_jax.convert; the reference for text-in,
+  text-out checks of the tools that load an imported model."""
+  import torch
+  import transformers
+
+  from flan_jax import convert
+  from tests.test_convert import FAMILIES
+  from tests.test_templates import family_tokenizer
+  root = tmp_path_factory.mktemp("chat_checkpoint")
+  family_tokenizer(root / "hf", "llama3")
+  reference = transformers.AutoTokenizer.from_pretrained(str(root / "hf"))
+  config = FAMILIES["llama"]()
+  config.vocab_size = len(reference)
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.normal_(0.0, 0.3) if p.ndim > 1 else None
+  model.save_pretrained(root / "hf")
+  convert.import_checkpoint(str(root / "hf"), str(root / "ckpt"))
+  return str(root / "ckpt"), model, reference

@@ -70,6 +70,18 @@ def test_evaluate_reports_every_held_out_task_and_cluster_and_writes_results(tin
   assert json.load(open(os.path.join(directory, "results.json")))["step"] == 7
   assert "| nli | held_out | mini_nli_quantity | accuracy |" in open(os.path.join(directory, "results.md")).read()
   assert evaluate.summary(results)["eval/held_out"] == results["held_out"]
+  # Generation tasks' answers, in the form flan_jax.judge reads; none for rank-classified tasks.
+  assert sorted(os.listdir(directory / "answers")) == sorted(
+      f"{name}.jsonl" for name, t in results["tasks"].items() if t["cluster"] == "translation")
+  rows = [json.loads(line) for line in open(directory / "answers" / "mini_translate_en_es.jsonl")]
+  assert len(rows) == 2 * results["tasks"]["mini_translate_en_es"]["examples"]  # per template
+  assert {r["category"] for r in rows} == {"translation"} and {r["template"] for r in rows} == {0, 1}
+  assert all(r["prompt"] and isinstance(r["answer"], str) and r["reference"] for r in rows)
+  assert "answers" not in json.load(open(directory / "results.json"))["tasks"]["mini_translate_en_es"]
+  assert "answers" in results["tasks"]["mini_translate_en_es"]  # the caller's results are left whole
+  from flan_jax import judge
+  pairs = judge.make_pairs(judge.read_answers(str(directory / "answers")), judge.read_answers(str(directory / "answers")))
+  assert len(pairs) == sum(len(open(f).readlines()) for f in (directory / "answers").iterdir())
 
 
 def test_local_tasks_are_scored_on_their_last_turn_options_and_references(tiny_config, tokenizer, tmp_path,

@@ -137,6 +137,12 @@ def join_input_turns(conversation: Sequence[tuple[str, str]]) -> list[tuple[str,
   return out
 
 
+def user_text(conversation: Sequence[tuple[str, str]]) -> str:
+  """What a person would type for a conversation that awaits its answer: its user turns (input turns
+  joined to them), separated by blank lines. Judges and people are shown this, whatever the format."""
+  return "\n\n".join(text for role, text in join_input_turns(conversation) if role == "user")
+
+
 def options_suffix(options: Sequence[str]) -> str:
   return "\n\nOPTIONS:\n" + "\n".join(f"- {o}" for o in options)
 

@@ -1,0 +1,50 @@
+# python -m flan_jax.train --config configs/self_instruct.py:checkpoint=CKPT,data=generated.jsonl,seeds=seed_tasks.jsonl
+"""Instruction tuning on Self-Instruct data (Wang et al. 2022, *Self-Instruct: Aligning Language Models
+with Self-Generated Instructions*) written by `python -m flan_jax.self_instruct`, with the
+human-written seed tasks held out: the model is evaluated on prompts people wrote, which no
+training example was allowed to resemble (ROUGE-L <= 0.7), before training (eval/0) and after.
+
+Each evaluation writes the answers (eval/<step>/answers/), so the judged comparison with the
+starting model is one command:
+  python -m flan_jax.judge --judge CKPT --answers_a WORKDIR/eval/<last>/answers \
+      --answers_b WORKDIR/eval/0/answers --out WORKDIR/judged
+
+Arguments: checkpoint=DIR (from `flan_jax.convert import`), data=FILE (self_instruct's output),
+seeds=FILE (the seed tasks, Self-Instruct's format), lora=RANK (0: full fine-tuning).
+"""
+
+from configs import common, finetune
+
+
+def get_config(arg: str | None = None):
+  arg = common.parse_arg(arg, checkpoint="", data="", seeds="", lora=16)
+  if not arg["data"] or not arg["seeds"]:
+    raise ValueError("configs/self_instruct.py needs :data=FILE (flan_jax.self_instruct's output) and "
+                     ":seeds=FILE (the seed tasks)")
+  config = finetune.get_config(f"checkpoint={arg['checkpoint']},lora={arg['lora']}")
+  data = config.data
+  data.mixture = ()
+  data.local_tasks = (
+      # Categories "classification" and "generation", one task each.
+      dict(name="self_instruct", path=arg["data"], format="alpaca", cluster_field="category"),
+      dict(name="seed_tasks", path=arg["seeds"], format="instances", cluster="human_seeds", metrics=("rouge",)),
+  )
+  data.held_out_clusters = ("human_seeds",)
+  data.seq_len = 512
+  data.batch_size = 8
+
+  config.model.lora_targets = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+  config.model.remat = "none"
+  config.optim.learning_rate = 1e-4 if arg["lora"] else 1e-5
+  config.optim.warmup_steps = 2
+  config.optim.schedule = "constant"
+  config.train.steps = 20
+  config.train.log_every = 5
+  config.train.checkpoint_every = 10
+
+  config.eval.at_start = True
+  config.eval.include_seen = False
+  config.eval.max_examples = 40  # the first 40 seed tasks
+  config.eval.batch_size = 8
+  config.eval.max_new_tokens = 96
+  return config

@@ -1,0 +1,63 @@
+"""flan_jax.generate: a file of prompts answered through the CLI as transformers answers them (batched,
+left-padded), and label log-probabilities (what judges and Self-Instruct read) as transformers scores them."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from flan_jax import generate
+from tests.conftest import ROOT
+
+PROMPTS = ["Is the cat on the mat?", "Where is the dog?", "The cat sat. Then where is the dog on the mat?"]
+
+
+def reference_answer(model, reference, prompt, max_new_tokens):
+  ids = reference.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                      return_dict=True)["input_ids"]
+  stop = [reference.convert_tokens_to_ids("<|eot_id|>")]
+  with torch.no_grad():
+    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                         max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
+                         pad_token_id=stop[0])[0, len(ids):].tolist()
+  out = out[:next((i for i, t in enumerate(out) if t in stop), len(out))]
+  return reference.decode(out, skip_special_tokens=True).strip()
+
+
+def test_prompts_file_is_answered_as_transformers_answers(chat_checkpoint, tmp_path):
+  checkpoint_dir, model, reference = chat_checkpoint
+  (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p, "category": "c"}) + "\n" for p in PROMPTS))
+  subprocess.run([sys.executable, "-m", "flan_jax.generate", f"--checkpoint={checkpoint_dir}",
+                  f"--prompts={tmp_path / 'prompts.jsonl'}", f"--out={tmp_path / 'answers.jsonl'}",
+                  "--max_new_tokens=8", "--batch_size=2"], cwd=ROOT, check=True, capture_output=True, timeout=600)
+  rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+  assert [(r["prompt"], r["category"], r["model"]) for r in rows] == [(p, "c", checkpoint_dir) for p in PROMPTS]
+  assert [r["answer"] for r in rows] == [reference_answer(model, reference, p, 8) for p in PROMPTS]
+
+
+def test_bad_prompts_files_name_the_line(tmp_path):
+  (tmp_path / "p.jsonl").write_text('{"prompt": "ok"}\n{"question": "no prompt"}\n')
+  try:
+    generate.read_prompts(str(tmp_path / "p.jsonl"))
+  except ValueError as e:
+    assert "p.jsonl:2:" in str(e)
+  else:
+    raise AssertionError("a row without a prompt was accepted")
+
+
+def test_choose_gives_label_log_probabilities_as_transformers(chat_checkpoint):
+  checkpoint_dir, model, reference = chat_checkpoint
+  loaded = generate.load(checkpoint_dir=checkpoint_dir)
+  prompts = [loaded.tokenizer.generation_prompt([("user", p)], loaded.fmt) for p in PROMPTS]
+  labels = ["1", " Yes", "the dog"]
+  ours = generate.choose(loaded, prompts, labels, batch_size=2)
+  expected = np.zeros_like(ours)
+  for i, prompt in enumerate(prompts):
+    for j, label in enumerate(labels):
+      ids = reference(label, add_special_tokens=False).input_ids
+      with torch.no_grad():
+        log_probs = torch.log_softmax(model(torch.tensor([prompt + ids])).logits[0], -1)
+      expected[i, j] = sum(float(log_probs[len(prompt) - 1 + k, t]) for k, t in enumerate(ids))
+  np.testing.assert_allclose(ours, expected, atol=2e-4)
