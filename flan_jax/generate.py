@@ -66,6 +66,20 @@ def load(*, workdir: str = "", checkpoint_dir: str = "", step: int | None = None
   return LoadedModel(params, from_config(fields), tokenizer, fmt, step, checkpoint_dir or workdir)
 
 
+def define_model_flags(role: str):
+  """--workdir, --checkpoint and --step: the model a command loads with load_from_flags."""
+  flags.DEFINE_string("workdir", None, f"A training run's workdir: {role}.")
+  flags.DEFINE_string("checkpoint", None, f"A checkpoint written by flan_jax.convert import: {role}.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+
+
+def load_from_flags() -> LoadedModel:
+  flag = flags.FLAGS
+  if bool(flag.workdir) == bool(flag.checkpoint):
+    raise app.UsageError("give one of --workdir (a training run) or --checkpoint (an imported model)")
+  return load(workdir=flag.workdir, checkpoint_dir=flag.checkpoint, step=flag.step)
+
+
 def answer(loaded: LoadedModel, conversations, *, max_new_tokens: int, batch_size: int = 8, temperature: float = 0.0,
            top_k: int = 0, top_p: float = 1.0, rng=None) -> list[str]:
   """Each conversation ([(role, text)], awaiting the assistant) answered in the model's format."""
@@ -125,11 +139,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   metric_writer.quiet_absl_logging()
   flag = flags.FLAGS
-  if bool(flag.workdir) == bool(flag.checkpoint):
-    raise app.UsageError("give one of --workdir (a training run) or --checkpoint (an imported model)")
   if bool(flag.prompt) == bool(flag.prompts) or bool(flag.prompts) != bool(flag.out):
     raise app.UsageError("give --prompt, or --prompts with --out")
-  loaded = load(workdir=flag.workdir, checkpoint_dir=flag.checkpoint, step=flag.step)
+  loaded = load_from_flags()
   sampling = dict(max_new_tokens=flag.max_new_tokens, batch_size=flag.batch_size, temperature=flag.temperature,
                   top_k=flag.top_k, top_p=flag.top_p, rng=jax.random.key(flag.seed))
   if flag.prompts:
@@ -148,13 +160,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("workdir", None, "A training run's workdir.")
-  flags.DEFINE_string("checkpoint", None, "A checkpoint written by flan_jax.convert import.")
+  define_model_flags("the model that answers")
   flags.DEFINE_string("prompt", None, "The instruction (and input) to answer, or with --raw the text to continue.")
   flags.DEFINE_string("prompts", None, "A JSONL file of {\"prompt\", ...} rows to answer (with --out).")
   flags.DEFINE_string("out", None, "Where --prompts' rows go, each with its \"answer\".")
   flags.DEFINE_bool("raw", False, "Continue the prompt as plain text, without the instruction format.")
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
   flags.DEFINE_integer("max_new_tokens", 64, "Most tokens to generate.")
   flags.DEFINE_integer("batch_size", 8, "Prompts decoded together (--prompts).")
   flags.DEFINE_float("temperature", 0.0, "0: greedy.")

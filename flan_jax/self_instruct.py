@@ -379,9 +379,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   metric_writer.quiet_absl_logging()
   flag = flags.FLAGS
-  if bool(flag.workdir) == bool(flag.checkpoint):
-    raise app.UsageError("give one of --workdir (a training run) or --checkpoint (an imported model)")
-  loaded = generate.load(workdir=flag.workdir, checkpoint_dir=flag.checkpoint, step=flag.step)
+  loaded = generate.load_from_flags()
   summary = self_instruct(loaded, flag.seed_tasks, flag.out, flag.num_instructions, seed=flag.seed,
                           batch_size=flag.batch_size, temperature=flag.temperature, top_p=flag.top_p,
                           max_new_tokens=flag.max_new_tokens, instances_per_instruction=flag.instances_per_instruction)
@@ -389,9 +387,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("workdir", None, "A training run's workdir: the model that generates.")
-  flags.DEFINE_string("checkpoint", None, "A checkpoint written by flan_jax.convert import: the model that generates.")
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+  generate.define_model_flags("the model that generates")
   flags.DEFINE_string("seed_tasks", None, "Seed tasks in Self-Instruct's JSONL format.", required=True)
   flags.DEFINE_string("out", None, "The JSONL file generated rows go to (appended to on a rerun).", required=True)
   flags.DEFINE_integer("num_instructions", None, "Stop once the output holds this many instructions.", required=True)

@@ -70,22 +70,9 @@ def chat_checkpoint(tmp_path_factory):
   """(checkpoint dir, transformers model, transformers tokenizer): a tiny random Llama with a Llama 3
   style tokenizer and chat template, imported with flan_jax.convert; the reference for text-in,
   text-out checks of the tools that load an imported model."""
-  import torch
-  import transformers
-
   from flan_jax import convert
-  from tests.test_convert import FAMILIES
-  from tests.test_templates import family_tokenizer
+  from tests.test_convert import make_hf_chat_model
   root = tmp_path_factory.mktemp("chat_checkpoint")
-  family_tokenizer(root / "hf", "llama3")
-  reference = transformers.AutoTokenizer.from_pretrained(str(root / "hf"))
-  config = FAMILIES["llama"]()
-  config.vocab_size = len(reference)
-  torch.manual_seed(0)
-  model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.normal_(0.0, 0.3) if p.ndim > 1 else None
-  model.save_pretrained(root / "hf")
+  model, reference = make_hf_chat_model("llama", root / "hf")
   convert.import_checkpoint(str(root / "hf"), str(root / "ckpt"))
   return str(root / "ckpt"), model, reference

@@ -376,6 +376,23 @@ def test_real_smollm2_gguf_generates_as_transformers_does(tmp_path):
     assert stdout.strip() == f"[step 0] {expected(ids, 32)}"
 
 
+def make_hf_chat_model(family, directory):
+  """(model, tokenizer) of transformers: a random model of the family with a tokenizer of its family's
+  kind (its BOS rule, special tokens and chat template), saved in `directory`."""
+  from tests.test_templates import family_tokenizer
+  family_tokenizer(directory, {"llama": "llama3", "mistral": "mistral", "qwen2": "chatml", "gemma": "gemma"}[family])
+  reference = transformers.AutoTokenizer.from_pretrained(str(directory))
+  config = FAMILIES[family]()
+  config.vocab_size = len(reference)
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.normal_(0.0, 0.3) if p.ndim > 1 else None
+  model.save_pretrained(directory)
+  return model, reference
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_each_family_completes_text_as_transformers_does(family, tmp_path):
   """Text in, text out: a random model of each family with a tokenizer of its family's kind (its BOS
@@ -384,18 +401,7 @@ def test_each_family_completes_text_as_transformers_does(family, tmp_path):
   from flan_jax import decode
   from flan_jax.data import templates
   from flan_jax.data import tokenizer as tokenizer_lib
-  from tests.test_templates import family_tokenizer
-  style = {"llama": "llama3", "mistral": "mistral", "qwen2": "chatml", "gemma": "gemma"}[family]
-  family_tokenizer(tmp_path / "hf", style)
-  reference = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
-  config = FAMILIES[family]()
-  config.vocab_size = len(reference)
-  torch.manual_seed(0)
-  model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.normal_(0.0, 0.3) if p.ndim > 1 else None
-  model.save_pretrained(tmp_path / "hf")
+  model, reference = make_hf_chat_model(family, tmp_path / "hf")
   fields = convert.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
   assert convert.read_info(str(tmp_path / "ckpt"))["chat_format"] == templates.CHAT_TEMPLATE
   _, params = checkpoint.load_for_inference(fields, checkpoint_dir=str(tmp_path / "ckpt"))
