@@ -496,12 +496,16 @@ def main(argv):
   store = VoteStore(out / "votes.sqlite")
 
   def write():
+    if model is None and not store.votes():
+      print("No verdicts yet: no report written.")
+      return
     result = report(pairs, model, store.votes(), resamples=flag.resamples, seed=flag.seed, names=names)
     write_report(result, out)
     print((out / "judge.md").read_text())
 
-  if model is not None or store.votes():
-    write()
+  if not flag.serve and model is None and not store.votes():
+    raise app.UsageError("nothing to report: give --judge CKPT, or --serve to collect people's votes")
+  write()
   if flag.serve:
     server = make_server(pairs, store, port=flag.port, seed=flag.seed)
     signal.signal(signal.SIGTERM, _stop)  # `kill` stops it as Ctrl-C does: the report is written
@@ -514,8 +518,6 @@ def main(argv):
     finally:
       server.server_close()
     write()
-  elif model is None and not store.votes():
-    raise app.UsageError("nothing to report: give --judge CKPT, or --serve to collect people's votes")
   store.close()
 
 

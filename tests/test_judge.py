@@ -332,3 +332,35 @@ def test_train_on_self_instruct_data_then_judge_against_the_start_is_one_command
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads((workdir / "judged" / "judge.json").read_text())
   assert report["pairs"] == 4 and set(report["model"]["categories"]) == {"human_seeds"}
+
+
+def test_served_votes_become_the_report_when_the_server_is_stopped(tmp_path):
+  """The CLI as people use it: --serve without a model judge, a vote, SIGTERM (as Ctrl-C): the report
+  holds the people's verdict."""
+  import re
+  import signal
+  import subprocess
+  import sys
+
+  from tests.conftest import ROOT
+  a = write_answers(tmp_path / "a.jsonl", [{"prompt": "Say hi.", "answer": "Hi!"}])
+  b = write_answers(tmp_path / "b.jsonl", [{"prompt": "Say hi.", "answer": "No."}])
+  process = subprocess.Popen([sys.executable, "-m", "flan_jax.judge", f"--answers_a={a}", f"--answers_b={b}",
+                              f"--out={tmp_path / 'out'}", "--serve", "--port=0"], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  try:
+    found = None
+    while found is None:
+      found = re.search(r"127\.0\.0\.1:(\d+)/", process.stdout.readline())
+    port = int(found.group(1))
+    status, state = request(port, "GET", "/api/next")
+    pair = state["pair"]
+    status, _ = request(port, "POST", "/api/vote", {"pair": pair["id"], "choice": "left" if pair["left"] == "Hi!"
+                                                    else "right"})
+    assert status == 200
+  finally:
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+  assert process.returncode == 0, process.stderr.read()[-2000:]
+  report = json.loads((tmp_path / "out" / "judge.json").read_text())
+  assert report["source"] == "people" and report["win_rate"] == 100.0 and report["pairs"] == 1
