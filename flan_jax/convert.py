@@ -46,7 +46,7 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from flan_jax import checkpoint, lora, metric_writer, sharding
+from flan_jax import checkpoint, commands, lora, sharding
 from flan_jax.data import templates
 from flan_jax.data import tokenizer as tokenizer_lib
 from flan_jax.model import ModelConfig, from_config
@@ -450,7 +450,7 @@ def export_checkpoint(params, cfg: ModelConfig, source_dir: str, out: str):
 def main(argv):
   if len(argv) != 2 or argv[1] not in ("import", "export"):
     raise app.UsageError("usage: python -m flan_jax.convert import|export [flags]")
-  metric_writer.quiet_absl_logging()
+  commands.quiet_absl_logging()
   flag = flags.FLAGS
   if not flag.out:
     raise app.UsageError("--out is required")

@@ -22,7 +22,7 @@ from absl import app, flags, logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from flan_jax import checkpoint, decode, metric_writer, metrics, sharding, workdirs
+from flan_jax import checkpoint, commands, decode, metrics, sharding, workdirs
 from flan_jax import loss as losses
 from flan_jax.data import packing, pipeline, tasks, templates
 from flan_jax.model import Decoder, from_config
@@ -229,9 +229,7 @@ def write_results(results: dict, workdir: str, step: int) -> epath.Path:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  metric_writer.quiet_absl_logging()
+  commands.start(argv)
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir or workdirs.default(flags.FLAGS["config"].config_filename)
   mesh = sharding.make_mesh(config.mesh)

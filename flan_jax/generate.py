@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from flan_jax import checkpoint, convert, decode, evaluate, metric_writer, sharding, workdirs
+from flan_jax import checkpoint, commands, convert, decode, evaluate, sharding, workdirs
 from flan_jax.data import pipeline
 from flan_jax.data import tokenizer as tokenizer_lib
 from flan_jax.model import Decoder, from_config
@@ -135,9 +135,7 @@ def read_prompts(path: str) -> list[dict]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  metric_writer.quiet_absl_logging()
+  commands.start(argv)
   flag = flags.FLAGS
   if bool(flag.prompt) == bool(flag.prompts) or bool(flag.prompts) != bool(flag.out):
     raise app.UsageError("give --prompt, or --prompts with --out")

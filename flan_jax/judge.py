@@ -44,7 +44,7 @@ import scipy.optimize
 from absl import app, flags
 from etils import epath
 
-from flan_jax import generate, metric_writer
+from flan_jax import commands, generate
 from flan_jax.data import templates
 
 LABELS = ("1", "2")  # the judge names the better answer's position
@@ -480,9 +480,7 @@ def _stop(signum, frame):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  metric_writer.quiet_absl_logging()
+  commands.start(argv)
   flag = flags.FLAGS
   out = epath.Path(flag.out)
   out.mkdir(parents=True, exist_ok=True)

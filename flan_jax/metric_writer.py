@@ -16,17 +16,9 @@ import uuid
 
 import jax
 import jax.numpy as jnp
-from absl import flags, logging
 from etils import epath
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
-
-
-def quiet_absl_logging():
-  """Warnings and errors only, unless the command line set --verbosity: Orbax and TensorFlow
-  log every save and load at INFO."""
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
 
 
 def matmul_peak_flops(dtype=jnp.bfloat16, size: int = 2048, repeats: int = 3) -> float:

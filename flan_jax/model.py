@@ -23,9 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-# Logical axis names of parameters and activations.
-BATCH, LENGTH, EMBED, VOCAB, HEADS, KV_HEADS, HEAD_DIM, MLP, LAYERS = (
-    "batch", "length", "embed", "vocab", "heads", "kv_heads", "head_dim", "mlp", "layers")
+from flan_jax.sharding import BATCH, EMBED, HEAD_DIM, HEADS, KV_HEADS, LAYERS, LENGTH, MLP, VOCAB
 
 # What a rematerialised block keeps for the backward pass: nothing but its input
 # ("full"), or also the outputs of its weight matmuls ("save_projections").

@@ -53,7 +53,7 @@ from absl import app, flags
 from etils import epath
 from rouge_score import rouge_scorer
 
-from flan_jax import generate, metric_writer
+from flan_jax import commands, generate
 
 PROMPT_SEEDS, PROMPT_GENERATED = 6, 2  # instructions per prompt, from the seeds and from the generated pool
 MIN_WORDS, MAX_WORDS = 4, 150
@@ -375,9 +375,7 @@ def self_instruct(loaded: generate.LoadedModel, seed_tasks: str, out: str, num_i
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  metric_writer.quiet_absl_logging()
+  commands.start(argv)
   flag = flags.FLAGS
   loaded = generate.load_from_flags()
   summary = self_instruct(loaded, flag.seed_tasks, flag.out, flag.num_instructions, seed=flag.seed,

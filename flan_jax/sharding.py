@@ -3,8 +3,8 @@
 The mesh has three named axes: `data` (replicas), `fsdp` (replicas that also
 split the parameters and optimiser state, ZeRO-3 style) and `tensor` (splits
 heads, MLP and vocabulary dimensions inside each matmul). The batch is split
-over data x fsdp. Model code names array dimensions logically (model.py); a
-rule set maps those names onto mesh axes. Earlier rules win: a mesh axis that
+over data x fsdp. Model code names array dimensions with the logical axis names
+defined here; a rule set maps those names onto mesh axes. Earlier rules win: a mesh axis that
 an array already uses (fsdp for its batch dimension, say) is not used twice.
 """
 
@@ -18,7 +18,9 @@ import jax.numpy as jnp
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flan_jax.model import BATCH, EMBED, HEADS, KV_HEADS, MLP, VOCAB
+# Logical axis names of parameters and activations (model.py names its arrays with them).
+BATCH, LENGTH, EMBED, VOCAB, HEADS, KV_HEADS, HEAD_DIM, MLP, LAYERS = (
+    "batch", "length", "embed", "vocab", "heads", "kv_heads", "head_dim", "mlp", "layers")
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")

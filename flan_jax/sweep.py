@@ -14,7 +14,6 @@ launch/tpu_pod.sh or `sbatch launch/slurm.sbatch` and return.
 
 import copy
 import importlib.util
-import os
 import re
 import shlex
 import subprocess

@@ -16,7 +16,6 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import app, flags, logging
 from etils import epath
@@ -24,7 +23,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from flan_jax import checkpoint, distributed, evaluate, lora, metric_writer, optim, sharding, workdirs
+from flan_jax import checkpoint, commands, distributed, evaluate, lora, metric_writer, optim, sharding, workdirs
 from flan_jax import loss as losses
 from flan_jax.data import packing, pipeline
 from flan_jax.model import Decoder, ModelConfig, from_config, train_flops_per_token
@@ -155,9 +154,7 @@ def prepare_workdir(config, config_arg: str, workdir: str | None) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  metric_writer.quiet_absl_logging()
+  commands.start(argv)
   config = flags.FLAGS.config
   distributed.initialize(config.distributed)
   workdir = prepare_workdir(config, flags.FLAGS["config"].config_filename, flags.FLAGS.workdir)

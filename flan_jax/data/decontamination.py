@@ -16,7 +16,7 @@ import collections
 import dataclasses
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from flan_jax.data import tasks
 
