@@ -50,8 +50,8 @@ def left_pad(prompts, pad_id: int, bucket: int = 1):
   return tokens, positions, segment_ids
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p"))
-def _generate(params, tokens, positions, segment_ids, rng, *, model: Decoder, max_new_tokens: int,
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "stop_ids", "temperature", "top_k", "top_p"))
+def _generate(params, tokens, positions, segment_ids, rng, *, model: Decoder, max_new_tokens: int, stop_ids: tuple,
               temperature: float, top_k: int, top_p: float):
   b, prompt_len = tokens.shape
   # Slots after the prompt hold generated tokens (segment 1); until written, the causal mask hides them.
@@ -62,6 +62,7 @@ def _generate(params, tokens, positions, segment_ids, rng, *, model: Decoder, ma
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
   unembedding = model.apply({"params": params}, method=Decoder.unembedding)
   pick = functools.partial(sample, temperature=temperature, top_k=top_k, top_p=top_p)
+  stop = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
 
   def forward(cache, tokens, positions, segments, index):
     hidden, variables = model.apply({"params": params, "cache": cache}, tokens, positions, segments,
@@ -71,17 +72,24 @@ def _generate(params, tokens, positions, segment_ids, rng, *, model: Decoder, ma
   logits, cache = forward(cache, tokens, positions, segment_ids, 0)
   rng, step_rng = jax.random.split(rng)
   first = pick(logits, step_rng)
-  next_positions = positions[:, -1] + 1
 
-  def step(carry, index):
-    cache, token, position, rng = carry
-    logits, cache = forward(cache, token[:, None], position[:, None], jnp.ones((b, 1), jnp.int32), index)
+  # Token i is written out, then fed through the model for token i + 1; the loop ends at
+  # max_new_tokens or once every row has written a stop id (what follows one is never read).
+  def unfinished(carry):
+    index, _, _, _, _, ended, _ = carry
+    return (index < max_new_tokens) & ~jnp.all(ended)
+
+  def step(carry):
+    index, cache, token, position, rng, ended, generated = carry
+    generated = jax.lax.dynamic_update_slice(generated, token[:, None], (0, index))
+    ended = ended | jnp.any(token[:, None] == stop[None, :], axis=1)
+    logits, cache = forward(cache, token[:, None], position[:, None], jnp.ones((b, 1), jnp.int32), prompt_len + index)
     rng, step_rng = jax.random.split(rng)
-    return (cache, pick(logits, step_rng), position + 1, rng), token
+    return index + 1, cache, pick(logits, step_rng), position + 1, rng, ended, generated
 
-  steps = prompt_len + jnp.arange(max_new_tokens)
-  _, generated = jax.lax.scan(step, (cache, first, next_positions, rng), steps)
-  return generated.T  # [b, max_new_tokens]
+  carry = (0, cache, first, positions[:, -1] + 1, rng, jnp.zeros((b,), bool),
+           jnp.zeros((b, max_new_tokens), jnp.int32))
+  return jax.lax.while_loop(unfinished, step, carry)[-1]  # [b, max_new_tokens]
 
 
 def generate(params, model: Decoder, prompts, *, max_new_tokens: int, stop_ids, pad_id: int,
@@ -108,7 +116,8 @@ def generate(params, model: Decoder, prompts, *, max_new_tokens: int, stop_ids, 
   # All of the output on every process, however it is sharded (the parameters may span processes).
   generated = multihost_utils.process_allgather(
       _generate(params, tokens, positions, segment_ids, rng, model=model, max_new_tokens=max_new_tokens,
-                temperature=temperature, top_k=top_k, top_p=top_p), tiled=True)
+                stop_ids=tuple(int(i) for i in stop_ids), temperature=temperature, top_k=top_k, top_p=top_p),
+      tiled=True)
   out = []
   for row in generated:
     stop = np.flatnonzero(np.isin(row, stop_ids))

@@ -55,3 +55,16 @@ def test_sampling_filters():
   assert draws(temperature=1.0, top_k=2, top_p=1.0) == {0, 1}
   assert draws(temperature=1.0, top_k=0, top_p=0.7) == {0, 1}  # 0.5 < 0.7 <= 0.8
   assert draws(temperature=1.0, top_k=0, top_p=1.0) == {0, 1, 2, 3}
+
+
+def test_a_batch_decodes_until_its_last_row_ends():
+  """Rows that stop early are cut at their stop id while the others go on to their own (the loop
+  ends once all have stopped, or at max_new_tokens)."""
+  model, params = _params()
+  prompts = [[5, 6, 7], [9, 3, 4, 8]]
+  references = [greedy_by_recompute(model, params, p, 10) for p in prompts]
+  stop = references[0][2]
+  outputs = decode.generate(params, model, prompts, max_new_tokens=10, stop_ids=(stop,), pad_id=0)
+  for out, reference in zip(outputs, references):
+    expected = reference[:reference.index(stop)] if stop in reference else reference
+    assert out.tolist() == expected
