@@ -50,7 +50,7 @@ from configs import flan2021, models, tiny  # noqa: E402
 from flan_jax import loss as losses  # noqa: E402
 from flan_jax import checkpoint, decode, lora, metric_writer, optim, sharding, train, workdirs  # noqa: E402
 from flan_jax.data import decontamination, packing, pipeline  # noqa: E402
-from flan_jax.model import Decoder, ModelConfig, from_config, matmul, train_flops_per_token  # noqa: E402
+from flan_jax.model import Decoder, ModelConfig, cpu_info, from_config, matmul, train_flops_per_token  # noqa: E402
 
 
 BENCHMARKS_HEADER = """# Benchmarks
@@ -473,12 +473,9 @@ def main(argv):
 def device_name(device) -> str:
   """The accelerator's kind; for the CPU, its model and whether it has AMX (bf16 matmuls several
   times faster than f32 with it, slower without), since CPU figures mean nothing without them."""
-  if device.platform != "cpu" or not os.path.exists("/proc/cpuinfo"):
+  if device.platform != "cpu" or not cpu_info():
     return device.device_kind
-  info = {}
-  for line in open("/proc/cpuinfo").read().splitlines():
-    key, _, value = line.partition(":")
-    info.setdefault(key.strip(), value.strip())
+  info = cpu_info()
   amx = "amx_bf16" in info.get("flags", "").split()
   return f"cpu ({info.get('model name', 'unknown model')}, {'AMX' if amx else 'no AMX'})"
 

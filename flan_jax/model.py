@@ -5,8 +5,8 @@ that is causal and confined to one segment, SwiGLU MLP, optional tied
 embeddings; with the variants the Hugging Face families need (see convert.py):
 attention biases (Qwen 2), a sliding attention window (Mistral), Llama 3's rope
 scaling, GeGLU and scaled embeddings (Gemma). Low-rank adapters (LoRA) can be
-added to chosen projections (see lora.py). Matmuls take operands in `dtype` (bf16 by default) and accumulate
-in f32, forward and backward; parameters are kept in `param_dtype`. Every
+added to chosen projections (see lora.py). Matmuls take operands in `dtype` (by default bf16 where the
+hardware multiplies it faster than f32, see compute_dtype) and accumulate in f32, forward and backward; parameters are kept in `param_dtype`. Every
 parameter and the key activations carry logical axis names, which the sharding
 rules (sharding.py) map onto the mesh. Blocks can be rematerialised and scanned.
 
@@ -17,6 +17,7 @@ built. `Decoder.unembedding` gives the `[embed, vocab]` matrix for that.
 
 import dataclasses
 import functools
+import os
 
 import flax.linen as nn
 import jax
@@ -64,7 +65,7 @@ class ModelConfig:
   lora_alpha: float = 16.0  # adapter outputs are scaled by alpha / rank
   lora_dropout: float = 0.0  # on adapter inputs, when a "dropout" rng is given (training)
   lora_targets: tuple = ("wq", "wk", "wv", "wo")  # among wq wk wv wo w_gate w_up w_down
-  dtype: str = "bfloat16"  # matmul operands
+  dtype: str = "auto"  # matmul operands: auto (compute_dtype) | bfloat16 | float32
   param_dtype: str = "float32"
   remat: str = "none"  # none | full | save_projections
   scan_layers: bool = False  # one compiled block applied num_layers times (faster compiles)
@@ -77,9 +78,37 @@ class ModelConfig:
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"model.activation={self.activation!r}: choose from {', '.join(ACTIVATIONS)}")
     object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # a list after a JSON round trip
+    object.__setattr__(self, "dtype", compute_dtype(self.dtype))
     unknown = set(self.lora_targets) - set(PROJECTIONS)
     if unknown:
       raise ValueError(f"model.lora_targets: {sorted(unknown)} are not projections; choose from {PROJECTIONS}")
+
+
+def cpu_info() -> dict[str, str]:
+  """The first processor's /proc/cpuinfo fields ({} where there is none)."""
+  info = {}
+  if os.path.exists("/proc/cpuinfo"):
+    for line in open("/proc/cpuinfo").read().splitlines():
+      key, _, value = line.partition(":")
+      info.setdefault(key.strip(), value.strip())
+  return info
+
+
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # CPUs with these multiply bf16 faster than f32; others slower
+
+
+def compute_dtype(requested: str) -> str:
+  """`model.dtype`: "auto" is bfloat16 (f32 accumulation) where the device multiplies bf16 faster than
+  f32 (TPUs, GPUs, CPUs with AMX or AVX512-BF16) and float32 elsewhere (AVX2-only CPUs run bf16 matmuls
+  at about two thirds of f32's speed); anything else is kept, and checked."""
+  if requested == "auto":
+    if jax.devices()[0].platform != "cpu":
+      return "bfloat16"
+    flags = cpu_info().get("flags", "").split()
+    return "bfloat16" if any(f in flags for f in BF16_CPU_FLAGS) else "float32"
+  if requested not in ("bfloat16", "float32"):
+    raise ValueError(f"model.dtype={requested!r}: choose auto, bfloat16 or float32")
+  return requested
 
 
 def from_config(model_config) -> "Decoder":

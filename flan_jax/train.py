@@ -26,7 +26,7 @@ from ml_collections import config_flags
 from flan_jax import checkpoint, commands, distributed, evaluate, lora, metric_writer, optim, sharding, workdirs
 from flan_jax import loss as losses
 from flan_jax.data import packing, pipeline
-from flan_jax.model import Decoder, ModelConfig, from_config, train_flops_per_token
+from flan_jax.model import Decoder, ModelConfig, compute_dtype, from_config, train_flops_per_token
 
 @flax.struct.dataclass
 class TrainState:
@@ -157,6 +157,7 @@ def main(argv):
   commands.start(argv)
   config = flags.FLAGS.config
   distributed.initialize(config.distributed)
+  requested_dtype, config.model.dtype = config.model.dtype, compute_dtype(config.model.dtype)  # as config.json records
   workdir = prepare_workdir(config, flags.FLAGS["config"].config_filename, flags.FLAGS.workdir)
 
   # Mesh.
@@ -205,7 +206,8 @@ def main(argv):
 
     first_step = int(state.step)
     if jax.process_index() == 0:
-      print(f"training steps {first_step}..{config.train.steps} in {workdir} on mesh {dict(mesh.shape)}", flush=True)
+      print(f"training steps {first_step}..{config.train.steps} in {workdir} on mesh {dict(mesh.shape)}, "
+            f"matmuls in {config.model.dtype}" + (" (model.dtype=auto)" if requested_dtype == "auto" else ""), flush=True)
     writer = metric_writer.Writer(workdir, config.train.steps, first_step)
 
     def data_counts():  # this process's, since the run started

@@ -164,3 +164,15 @@ def test_train_flops_per_token_counts_matmul_parameters_and_causal_attention():
                       if "norm" not in jax.tree_util.keystr(path) and "embedding" not in jax.tree_util.keystr(path))
   assert matmul_params == 2 * (8 * 2 * (4 + 2 + 2 + 4) // 1 + 3 * 8 * 16) + 8 * 100
   assert train_flops_per_token(cfg, seq_len=10) == 6 * matmul_params + 6 * 2 * 10 * 4 * 2
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu avx2 fma", "float32"), ("avx2 amx_bf16 amx_tile", "bfloat16"),
+                                             ("avx512f avx512_bf16", "bfloat16")])
+def test_auto_compute_dtype_follows_the_cpus_bf16_support(monkeypatch, flags, expected):
+  from flan_jax import model as model_lib
+  monkeypatch.setattr(model_lib, "cpu_info", lambda: {"flags": flags})
+  assert model_lib.compute_dtype("auto") == expected
+  assert ModelConfig(**{**CFG.__dict__, "dtype": "auto"}).dtype == expected
+  assert model_lib.compute_dtype("float32") == "float32" and model_lib.compute_dtype("bfloat16") == "bfloat16"
+  with pytest.raises(ValueError, match="model.dtype='fp8': choose auto, bfloat16 or float32"):
+    model_lib.compute_dtype("fp8")
