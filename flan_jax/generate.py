@@ -116,18 +116,30 @@ def choose(loaded: LoadedModel, prompts, labels, *, batch_size: int = 8) -> np.n
   return scores.reshape(len(prompts), len(labels))
 
 
-def read_prompts(path: str) -> list[dict]:
-  """JSONL rows, each with a non-empty string "prompt"; errors name the file and line."""
+def read_jsonl(path) -> list[tuple[dict, str]]:
+  """[(row, "file:line")] of a JSONL file's objects (blank lines skipped); anything else is an error
+  naming the file and line."""
   rows = []
   for number, line in enumerate(epath.Path(path).read_text().splitlines(), 1):
     if not line.strip():
       continue
+    where = f"{path}:{number}"
     try:
       row = json.loads(line)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{number}: not JSON ({e})") from None
-    if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-      raise ValueError(f"{path}:{number}: expected an object with a non-empty string \"prompt\"")
+      raise ValueError(f"{where}: not JSON ({e})") from None
+    if not isinstance(row, dict):
+      raise ValueError(f"{where}: expected a JSON object")
+    rows.append((row, where))
+  return rows
+
+
+def read_prompts(path: str) -> list[dict]:
+  """JSONL rows, each with a non-empty string "prompt"; errors name the file and line."""
+  rows = []
+  for row, where in read_jsonl(path):
+    if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+      raise ValueError(f"{where}: expected an object with a non-empty string \"prompt\"")
     rows.append(row)
   if not rows:
     raise ValueError(f"{path}: no prompts")

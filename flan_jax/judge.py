@@ -84,21 +84,12 @@ def read_answers(path: str) -> list[tuple[dict, str]]:
   files = sorted(source.glob("*.jsonl")) if source.is_dir() else [source]
   if not files or not files[0].exists():
     raise FileNotFoundError(f"{path}: no answers file (a JSONL file, or a directory of them)")
-  rows = []
-  for file in files:
-    for number, line in enumerate(file.read_text().splitlines(), 1):
-      if not line.strip():
-        continue
-      where = f"{file}:{number}"
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not JSON ({e})") from None
-      if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(row.get("answer"), str):
-        raise ValueError(f"{where}: expected an object with string \"prompt\" and \"answer\"")
-      if not isinstance(row.get("category", ""), str):
-        raise ValueError(f"{where}: \"category\" must be a string")
-      rows.append((row, where))
+  rows = [entry for file in files for entry in generate.read_jsonl(file)]
+  for row, where in rows:
+    if not isinstance(row.get("prompt"), str) or not isinstance(row.get("answer"), str):
+      raise ValueError(f"{where}: expected an object with string \"prompt\" and \"answer\"")
+    if not isinstance(row.get("category", ""), str):
+      raise ValueError(f"{where}: \"category\" must be a string")
   if not rows:
     raise ValueError(f"{path}: no answers")
   return rows

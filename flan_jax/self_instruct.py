@@ -84,16 +84,7 @@ class SeedTask:
 def read_seed_tasks(path: str) -> list[SeedTask]:
   """Self-Instruct's seed format; a malformed line is an error naming the file, line and field."""
   seeds = []
-  for number, line in enumerate(epath.Path(path).read_text().splitlines(), 1):
-    if not line.strip():
-      continue
-    where = f"{path}:{number}"
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{where}: not JSON ({e})") from None
-    if not isinstance(row, dict):
-      raise ValueError(f"{where}: expected a JSON object")
+  for row, where in generate.read_jsonl(path):
     instruction, instances, is_classification = (row.get(k) for k in ("instruction", "instances", "is_classification"))
     if not isinstance(instruction, str) or not instruction.strip():
       raise ValueError(f"{where}: missing or empty 'instruction'")
