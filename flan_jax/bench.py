@@ -2,10 +2,14 @@ r"""Speed, memory and efficiency, each figure a ratio taken inside one run.
 
   python -m flan_jax.bench [--json] [--write] [--only peak,train,loss,sharding,decode,packing,stall,...]
 
-peak      bf16 x bf16 -> f32 and f32 matmul throughput: the denominator of MFU.
-train     train-step tokens/s and MFU for the tiny config and a d_model-512 one, one device.
-          MFU = tokens/s x model.train_flops_per_token / peak bf16 FLOP/s, where FLOPs per token
-          = 6 x matmul parameters + 6 x layers x seq_len x heads x head_dim (MaxText's count).
+peak      measured bf16 x bf16 -> f32 and f32 matmul throughput; the published peak where known (hardware.py).
+train     train-step tokens/s for the tiny config and a d_model-512 one, one device, with bf16 and f32
+          matmuls, and which model.dtype=auto picks. MFU = tokens/s x model.train_flops_per_token over
+          the published peak (`mfu_<name>_vs_published_peak`, GPUs and TPUs) and over the measured peak
+          of the dtype used (`mfu_<name>_vs_measured_<dtype>_peak`), where FLOPs per token = 6 x matmul
+          parameters + 6 x layers x seq_len x heads x head_dim (MaxText's count).
+peer      Hugging Face transformers + PyTorch training the d512 shape, f32 and bf16 autocast; peer_train_ratio
+          = our d512 tokens/s (model.dtype=auto) / the peer's faster dtype.
 loss      fused versus naive cross-entropy at vocab 32,000, length 2,048, batch 8, d_model 512:
           compiled temporary memory and value-and-gradient time.
 sharding  per-device parameter + optimiser memory on 8 simulated CPU devices, FSDP versus replicated.
@@ -48,9 +52,9 @@ from etils import epath  # noqa: E402
 
 from configs import flan2021, models, tiny  # noqa: E402
 from flan_jax import loss as losses  # noqa: E402
-from flan_jax import checkpoint, decode, lora, metric_writer, optim, sharding, train, workdirs  # noqa: E402
+from flan_jax import checkpoint, decode, hardware, lora, optim, sharding, train, workdirs  # noqa: E402
 from flan_jax.data import decontamination, packing, pipeline  # noqa: E402
-from flan_jax.model import Decoder, ModelConfig, cpu_info, from_config, matmul, train_flops_per_token  # noqa: E402
+from flan_jax.model import Decoder, ModelConfig, from_config, matmul, train_flops_per_token  # noqa: E402
 
 
 BENCHMARKS_HEADER = """# Benchmarks
@@ -73,10 +77,15 @@ def _seconds_per_call(fn, *args, repeats: int) -> float:
 
 
 def peak(results):
-  """Best throughput over a few square matmuls, bf16 operands with f32 accumulation, and f32."""
+  """The best measured throughput over a few square matmuls, bf16 operands with f32 accumulation, and f32;
+  and the device's published dense bf16 peak where hardware.PUBLISHED_PEAK_TFLOPS has it."""
   del results
-  best = lambda dtype: max(metric_writer.matmul_peak_flops(dtype, n) for n in (1024, 2048, 4096)) / 1e12
-  return {"peak_bf16_tflops": best(jnp.bfloat16), "peak_f32_tflops": best(jnp.float32)}
+  out = {f"measured_peak_{dtype}_tflops": hardware.measured_peak_flops(dtype, (1024, 2048, 4096)) / 1e12
+         for dtype in ("bfloat16", "float32")}
+  published = hardware.published_peak_flops(jax.devices()[0])
+  if published:
+    out["published_peak_tflops"] = published / 1e12
+  return out
 
 
 def synthetic_batch(rows: int, length: int, vocab: int, seed: int = 0):
@@ -132,14 +141,72 @@ def train_configs():
 
 
 def train_steps(results):
-  if "peak_bf16_tflops" not in results:
+  """Each shape trained with bf16 and with f32 matmul operands, and `train_tokens_per_s_<name>` the one
+  model.dtype=auto picks on this device (`train_auto_over_best_dtype_<name>`: auto / the faster of the
+  two). MFU against the published peak where the device has one, and against the measured matmul
+  peak of the dtype auto uses."""
+  if "measured_peak_float32_tflops" not in results:
     results.update(peak(results))
-  out = {}
+  device, auto = jax.devices()[0], hardware.compute_dtype("auto")
+  out = {"train_dtype_auto": auto}
   for name, config in train_configs().items():
-    measured = measure_train_step(config, repeats=5 if name == "tiny" else 3)
-    out[f"train_tokens_per_s_{name}"] = measured["tokens_per_s"]
-    out[f"train_step_s_{name}"] = measured["step_s"]
-    out[f"mfu_{name}"] = measured["tokens_per_s"] * measured["flops_per_token"] / (results["peak_bf16_tflops"] * 1e12)
+    for dtype in ("float32", "bfloat16"):
+      config.model.dtype = dtype
+      measured = measure_train_step(config, repeats=5 if name == "tiny" else 3)
+      out[f"train_tokens_per_s_{name}_{dtype}"] = measured["tokens_per_s"]
+      out[f"train_step_s_{name}_{dtype}"] = measured["step_s"]
+    rate = out[f"train_tokens_per_s_{name}"] = out[f"train_tokens_per_s_{name}_{auto}"]
+    out[f"train_auto_over_best_dtype_{name}"] = rate / max(out[f"train_tokens_per_s_{name}_{d}"]
+                                                           for d in ("float32", "bfloat16"))
+    model_flops = rate * measured["flops_per_token"]
+    if "published_peak_tflops" in results:
+      out[f"mfu_{name}_vs_published_peak"] = model_flops / (results["published_peak_tflops"] * 1e12)
+    out[f"mfu_{name}_vs_measured_{auto}_peak"] = model_flops / (results[f"measured_peak_{auto}_tflops"] * 1e12)
+  return out
+
+
+def peer_training(results):
+  """Hugging Face transformers + PyTorch training the d512 shape (same layers, heads, MLP, tied
+  vocabulary, sequence length and batch; AdamW) on the same device, as a Llama in its own code with
+  SDPA attention over plain causal rows (it has no packed-row masking), in f32 and in bf16 autocast;
+  `peer_train_ratio` is our d512 tokens/s with model.dtype=auto over the faster of the two."""
+  import torch  # only this section needs PyTorch (installed for the parity tests)
+  import transformers
+  config = train_configs()["d512"]
+  cfg = ModelConfig(**config.model)
+  hf_config = transformers.LlamaConfig(
+      vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
+      num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+      head_dim=cfg.head_dim, rope_theta=cfg.rope_theta, rms_norm_eps=cfg.norm_eps,
+      tie_word_embeddings=cfg.tie_embeddings, max_position_embeddings=config.data.seq_len,
+      attn_implementation="sdpa")
+  torch.manual_seed(0)
+  model = transformers.LlamaForCausalLM(hf_config).train()
+  optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.learning_rate)
+  tokens = torch.from_numpy(synthetic_batch(config.data.batch_size, config.data.seq_len, cfg.vocab_size)["inputs"]).long()
+
+  def step(dtype):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+      loss = model(input_ids=tokens, labels=tokens).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+  out = {}
+  for dtype in ("float32", "bfloat16"):
+    step(dtype)  # warm-up
+    times = []
+    for _ in range(3):
+      start = time.perf_counter()
+      step(dtype)
+      times.append(time.perf_counter() - start)
+    out[f"peer_train_tokens_per_s_d512_{dtype}"] = tokens.numel() / float(np.median(times))
+  ours = results.get("train_tokens_per_s_d512")
+  if ours is None:
+    config.model.dtype = "auto"
+    ours = measure_train_step(config, repeats=3)["tokens_per_s"]
+  out["peer_torch_threads"] = torch.get_num_threads()
+  out["peer_train_ratio"] = ours / max(out[f"peer_train_tokens_per_s_d512_{d}"] for d in ("float32", "bfloat16"))
   return out
 
 
@@ -432,7 +499,7 @@ def lora_memory(results):
   return out
 
 
-SECTIONS = {"peak": peak, "train": train_steps, "loss": fused_loss, "sharding": fsdp_memory,
+SECTIONS = {"peak": peak, "train": train_steps, "peer": peer_training, "loss": fused_loss, "sharding": fsdp_memory,
             "decode": kv_cache_decoding, "packing": packing_efficiency, "pipeline": input_pipeline, "stall": input_stall,
             "decontamination": decontamination_speed,
             "checkpoint": checkpoints, "scale": scale_on_paper, "lora": lora_memory}
@@ -454,7 +521,7 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--only: unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
   device = jax.devices()[0]
-  results = {"backend": jax.default_backend(), "device": device_name(device)}
+  results = {"backend": jax.default_backend(), "device": hardware.device_name(device)}
   for name in names:
     start = time.perf_counter()
     results.update(sections[name](results))
@@ -468,16 +535,6 @@ def main(argv):
       print(f"{key:<{width}}  {_format(value)}")
   if flags.FLAGS.write:
     write_benchmarks(results, "BENCHMARKS.md", names)
-
-
-def device_name(device) -> str:
-  """The accelerator's kind; for the CPU, its model and whether it has AMX (bf16 matmuls several
-  times faster than f32 with it, slower without), since CPU figures mean nothing without them."""
-  if device.platform != "cpu" or not cpu_info():
-    return device.device_kind
-  info = cpu_info()
-  amx = "amx_bf16" in info.get("flags", "").split()
-  return f"cpu ({info.get('model name', 'unknown model')}, {'AMX' if amx else 'no AMX'})"
 
 
 def write_benchmarks(results: dict, path: str, sections):

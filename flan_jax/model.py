@@ -6,7 +6,7 @@ embeddings; with the variants the Hugging Face families need (see convert.py):
 attention biases (Qwen 2), a sliding attention window (Mistral), Llama 3's rope
 scaling, GeGLU and scaled embeddings (Gemma). Low-rank adapters (LoRA) can be
 added to chosen projections (see lora.py). Matmuls take operands in `dtype` (by default bf16 where the
-hardware multiplies it faster than f32, see compute_dtype) and accumulate in f32, forward and backward; parameters are kept in `param_dtype`. Every
+hardware multiplies it faster than f32, see hardware.compute_dtype) and accumulate in f32, forward and backward; parameters are kept in `param_dtype`. Every
 parameter and the key activations carry logical axis names, which the sharding
 rules (sharding.py) map onto the mesh. Blocks can be rematerialised and scanned.
 
@@ -17,19 +17,21 @@ built. `Decoder.unembedding` gives the `[embed, vocab]` matrix for that.
 
 import dataclasses
 import functools
-import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from flan_jax.hardware import compute_dtype
 from flan_jax.sharding import BATCH, EMBED, HEAD_DIM, HEADS, KV_HEADS, LAYERS, LENGTH, MLP, VOCAB
 
 # What a rematerialised block keeps for the backward pass: nothing but its input
 # ("full"), or also the outputs of its weight matmuls ("save_projections").
 ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True)}
 PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "splash")
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -65,7 +67,8 @@ class ModelConfig:
   lora_alpha: float = 16.0  # adapter outputs are scaled by alpha / rank
   lora_dropout: float = 0.0  # on adapter inputs, when a "dropout" rng is given (training)
   lora_targets: tuple = ("wq", "wk", "wv", "wo")  # among wq wk wv wo w_gate w_up w_down
-  dtype: str = "auto"  # matmul operands: auto (compute_dtype) | bfloat16 | float32
+  attention: str = "auto"  # auto | einsum (the reference) | xla | cudnn (GPU) | splash (TPU); see attend()
+  dtype: str = "auto"  # matmul operands: auto (hardware.compute_dtype) | bfloat16 | float32
   param_dtype: str = "float32"
   remat: str = "none"  # none | full | save_projections
   scan_layers: bool = False  # one compiled block applied num_layers times (faster compiles)
@@ -79,36 +82,11 @@ class ModelConfig:
       raise ValueError(f"model.activation={self.activation!r}: choose from {', '.join(ACTIVATIONS)}")
     object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # a list after a JSON round trip
     object.__setattr__(self, "dtype", compute_dtype(self.dtype))
+    if self.attention not in ("auto",) + ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"model.attention={self.attention!r}: choose from auto, {', '.join(ATTENTION_IMPLEMENTATIONS)}")
     unknown = set(self.lora_targets) - set(PROJECTIONS)
     if unknown:
       raise ValueError(f"model.lora_targets: {sorted(unknown)} are not projections; choose from {PROJECTIONS}")
-
-
-def cpu_info() -> dict[str, str]:
-  """The first processor's /proc/cpuinfo fields ({} where there is none)."""
-  info = {}
-  if os.path.exists("/proc/cpuinfo"):
-    for line in open("/proc/cpuinfo").read().splitlines():
-      key, _, value = line.partition(":")
-      info.setdefault(key.strip(), value.strip())
-  return info
-
-
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # CPUs with these multiply bf16 faster than f32; others slower
-
-
-def compute_dtype(requested: str) -> str:
-  """`model.dtype`: "auto" is bfloat16 (f32 accumulation) where the device multiplies bf16 faster than
-  f32 (TPUs, GPUs, CPUs with AMX or AVX512-BF16) and float32 elsewhere (AVX2-only CPUs run bf16 matmuls
-  at about two thirds of f32's speed); anything else is kept, and checked."""
-  if requested == "auto":
-    if jax.devices()[0].platform != "cpu":
-      return "bfloat16"
-    flags = cpu_info().get("flags", "").split()
-    return "bfloat16" if any(f in flags for f in BF16_CPU_FLAGS) else "float32"
-  if requested not in ("bfloat16", "float32"):
-    raise ValueError(f"model.dtype={requested!r}: choose auto, bfloat16 or float32")
-  return requested
 
 
 def from_config(model_config) -> "Decoder":
@@ -218,6 +196,76 @@ def _causal(query_slots, key_slots, sliding_window: int):
   return (distance >= 0) & ((distance < sliding_window) if sliding_window else True)
 
 
+def attention_implementation(cfg: ModelConfig, length: int) -> str:
+  """model.attention, with "auto" resolved: cuDNN's flash attention on GPUs when the operands are
+  bf16, Splash attention on TPUs when the length is a multiple of its 128-token blocks, and the einsum
+  elsewhere (on CPUs it is as fast as XLA's own composite, which does the same work)."""
+  if cfg.attention != "auto":
+    return cfg.attention
+  platform = jax.devices()[0].platform
+  if platform == "gpu" and cfg.dtype == "bfloat16":
+    return "cudnn"
+  if platform == "tpu" and length % 128 == 0:
+    return "splash"
+  return "einsum"
+
+
+KERNEL_PLATFORMS = {"cudnn": "gpu", "splash": "tpu"}
+
+
+def attend(implementation: str, q, k, v, mask, segment_ids, cfg: ModelConfig):
+  """Softmax attention of q [b, l, heads, d] over k, v [b, s, kv_heads, d] -> [b, l, heads, d] (f32).
+
+  einsum: the reference, scores and probabilities materialised in f32 with `mask` [b, l, s];
+  xla: jax.nn.dot_product_attention's XLA composite with the same mask;
+  cudnn: cuDNN's fused flash attention (GPU), causal and windowed by the kernel, packed rows
+  through a segment mask; splash: Pallas Splash attention (TPU), causal / local block-sparse masks
+  and `segment_ids` [b, l]. A kernel asked for on a device that cannot run it is an error.
+  """
+  needed = KERNEL_PLATFORMS.get(implementation)
+  platform = jax.devices()[0].platform
+  if needed and platform != needed:
+    raise ValueError(f"model.attention={implementation!r} runs on {needed.upper()} only; this run's devices are "
+                     f"{platform} (choose auto, einsum or xla)")
+  b, length, heads, head_dim = q.shape
+  groups = heads // cfg.num_kv_heads
+  if implementation == "einsum":
+    q = q.reshape(b, length, cfg.num_kv_heads, groups, head_dim) * head_dim ** -0.5
+    scores = matmul("blkgd,bskd->bkgls", q, k, cfg.dtype)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    return matmul("bkgls,bskd->blkgd", probs, v, cfg.dtype).reshape(b, length, heads, head_dim)
+  q, k, v = (y.astype(cfg.dtype) for y in (q, k, v))
+  if implementation == "xla":
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="xla").astype(jnp.float32)
+  window = (cfg.sliding_window - 1, 0) if cfg.sliding_window else None
+  if implementation == "cudnn":
+    same_segment = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    return jax.nn.dot_product_attention(q, k, v, mask=same_segment, is_causal=True, local_window_size=window,
+                                        implementation="cudnn").astype(jnp.float32)
+  return _splash(q, k, v, segment_ids, cfg, window).astype(jnp.float32)
+
+
+def _splash(q, k, v, segment_ids, cfg: ModelConfig, window, interpret: bool = False):
+  """Splash attention, one multi-query kernel per (row, kv head): its queries are that head's group."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+  b, length, heads, head_dim = q.shape
+  groups = heads // cfg.num_kv_heads
+  shape = (length, length)
+  mask = masks.LocalMask(shape, window, offset=0) if window else masks.CausalMask(shape)
+  kernel = splash.make_splash_mqa_single_device(masks.MultiHeadMask([mask] * groups), interpret=interpret)
+  q = (q * head_dim ** -0.5).astype(q.dtype).reshape(b, length, cfg.num_kv_heads, groups, head_dim)
+  q = q.transpose(0, 2, 3, 1, 4)  # [b, kv, g, l, d]
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b, kv, s, d]
+
+  def one(q, k, v, ids):
+    return kernel(q, k, v, segment_ids=splash.SegmentIds(q=ids, kv=ids))
+
+  out = jax.vmap(jax.vmap(one, in_axes=(0, 0, 0, None)))(q, k, v, segment_ids)  # [b, kv, g, l, d]
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, length, heads, head_dim)
+
+
 # Logical axes of the weight matrices, by parameter name.
 WEIGHT_AXES = {
     "wq": (EMBED, HEADS, HEAD_DIM), "wk": (EMBED, KV_HEADS, HEAD_DIM), "wv": (EMBED, KV_HEADS, HEAD_DIM),
@@ -255,9 +303,11 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, cache_index=None):
-    """mask [b, l, s]. With `cache_index`, keys and values of these l tokens are written into the
-    "cache" collection at that offset, and the queries attend over all s cached positions."""
+  def __call__(self, x, positions, mask, segment_ids, cache_index=None):
+    """mask [b, l, s] (what the einsum and xla implementations use), segment_ids [b, l] (what the
+    kernels use, with their own causal and sliding-window masks). With `cache_index`, keys and values
+    of these l tokens are written into the "cache" collection at that offset, and the queries attend
+    over all s cached positions (always with the einsum)."""
     cfg = self.cfg
     heads = {"wq": cfg.num_heads, "wk": cfg.num_kv_heads, "wv": cfg.num_kv_heads}
     q, k, v = (_weight_projection(self, name, "bld,dhk->blhk", x, (cfg.d_model, n, cfg.head_dim), cfg.d_model)
@@ -275,13 +325,8 @@ class Attention(nn.Module):
       start = (0, cache_index, 0, 0)
       cached_k.value = k = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
       cached_v.value = v = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
-    b, length, _, _ = q.shape
-    groups = cfg.num_heads // cfg.num_kv_heads
-    q = q.reshape(b, length, cfg.num_kv_heads, groups, cfg.head_dim) * cfg.head_dim ** -0.5
-    scores = matmul("blkgd,bskd->bkgls", q, k, cfg.dtype)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    out = matmul("bkgls,bskd->blkgd", probs, v, cfg.dtype).reshape(b, length, cfg.num_heads, cfg.head_dim)
+    implementation = "einsum" if cache_index is not None else attention_implementation(cfg, q.shape[1])
+    out = attend(implementation, q, k, v, mask, segment_ids, cfg)
     out = nn.with_logical_constraint(out, (BATCH, LENGTH, HEADS, HEAD_DIM))
     return _weight_projection(self, "wo", "blhk,hkd->bld", out, (cfg.num_heads, cfg.head_dim, cfg.d_model),
                               cfg.num_heads * cfg.head_dim)
@@ -303,10 +348,10 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, cache_index=None):
+  def __call__(self, x, positions, mask, segment_ids, cache_index=None):
     """Returns (x, None): a (carry, output) pair, so that nn.scan can stack blocks."""
     attention_input = RMSNorm(self.cfg, name="attention_norm")(x)
-    x = x + Attention(self.cfg, name="attention")(attention_input, positions, mask, cache_index)
+    x = x + Attention(self.cfg, name="attention")(attention_input, positions, mask, segment_ids, cache_index)
     x = x + FeedForward(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
     return nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED)), None
 
@@ -328,7 +373,7 @@ class Decoder(nn.Module):
     if cfg.scan_layers:
       # Parameters gain a leading `layers` axis: block_0 ... block_{n-1} become one stacked "blocks".
       block = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
-                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                      in_axes=(nn.broadcast,) * 4, length=cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: LAYERS})
       self.blocks = [block(cfg, name="blocks")]
     else:
@@ -353,7 +398,7 @@ class Decoder(nn.Module):
       mask = (_causal(query_slots, key_slots, self.cfg.sliding_window)[None]
               & (segment_ids[:, :, None] == cache_segment_ids[:, None, :]))
     for block in self.blocks:
-      x, _ = block(x, positions, mask, cache_index)
+      x, _ = block(x, positions, mask, segment_ids, cache_index)
     return self.final_norm(x)
 
   def unembedding(self):

@@ -23,10 +23,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from flan_jax import checkpoint, commands, distributed, evaluate, lora, metric_writer, optim, sharding, workdirs
+from flan_jax import checkpoint, commands, distributed, evaluate, hardware, lora, metric_writer, optim, sharding, workdirs
 from flan_jax import loss as losses
 from flan_jax.data import packing, pipeline
-from flan_jax.model import Decoder, ModelConfig, compute_dtype, from_config, train_flops_per_token
+from flan_jax.model import Decoder, ModelConfig, from_config, train_flops_per_token
 
 @flax.struct.dataclass
 class TrainState:
@@ -157,7 +157,7 @@ def main(argv):
   commands.start(argv)
   config = flags.FLAGS.config
   distributed.initialize(config.distributed)
-  requested_dtype, config.model.dtype = config.model.dtype, compute_dtype(config.model.dtype)  # as config.json records
+  requested_dtype, config.model.dtype = config.model.dtype, hardware.compute_dtype(config.model.dtype)  # as config.json records
   workdir = prepare_workdir(config, flags.FLAGS["config"].config_filename, flags.FLAGS.workdir)
 
   # Mesh.
@@ -275,7 +275,7 @@ def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh,
   preempted = Preemption(checkpoints)
   tokens_per_step = config.data.batch_size * config.data.seq_len
   flops_per_step = tokens_per_step * train_flops_per_token(ModelConfig(**config.model), config.data.seq_len)
-  peak = metric_writer.matmul_peak_flops(jnp.dtype(config.model.dtype)) * jax.device_count()
+  hardware.measured_peak_flops(config.model.dtype)  # the MFU denominator on CPUs, measured before the clock starts
 
   fresh_tally = jax.jit(lambda: {"first_nonfinite": jnp.int32(0), "skipped": jnp.int32(0)},
                         out_shardings=sharding.replicated(mesh))
@@ -311,7 +311,9 @@ def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh,
       seconds = time.time() - last_log_time
       rate = tokens_per_step * (done - last_log_step) / seconds
       writer.write(done, {**{k: v.item() for k, v in step_metrics.items()}, "skipped": int(counts["skipped"]),
-                          "tokens_per_s": rate, "mfu": rate / tokens_per_step * flops_per_step / peak,
+                          "tokens_per_s": rate,
+                          **hardware.mfu(rate / tokens_per_step * flops_per_step, jax.devices()[0], config.model.dtype,
+                                         jax.device_count()),
                           "examples_seen": int(state.examples_seen), **data_counts()})
       last_log_time, last_log_step = time.time(), done
       tally = fresh_tally()

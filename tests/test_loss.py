@@ -66,3 +66,52 @@ def test_token_nll_matches_the_full_log_softmax():
   log_probs = jax.nn.log_softmax(hidden @ unembed, axis=-1)
   expected = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
   np.testing.assert_allclose(nll, expected, rtol=1e-5, atol=1e-5)
+
+
+def _fsdp_mesh():
+  from flan_jax import sharding
+  return sharding.make_mesh(dict(data=2, fsdp=4, tensor=1), jax.devices("cpu")[:8]), sharding.rules("fsdp")
+
+
+def test_fused_loss_on_eight_devices_equals_one_device():
+  """On a mesh the vocabulary is split across devices (loss.py); values and gradients do not change."""
+  from jax.sharding import NamedSharding, PartitionSpec
+  from flan_jax import sharding
+  hidden, unembed, targets, weights = _inputs(b=8, length=24, d=16, vocab=64)
+  fn = lambda h, u, t, w: loss.fused_cross_entropy(h, u, t, w, chunk_len=8, dtype="float32", z_loss=1e-3,
+                                                   label_smoothing=0.1)
+  value_and_grad = jax.value_and_grad(lambda *a: fn(*a)[0], argnums=(0, 1))
+  expected = jax.jit(value_and_grad)(hidden, unembed, targets, weights)
+  mesh, rules = _fsdp_mesh()
+  rows = NamedSharding(mesh, PartitionSpec(sharding.BATCH_AXES))
+  placed = (jax.device_put(hidden, rows), jax.device_put(unembed, NamedSharding(mesh, PartitionSpec("fsdp"))),
+            jax.device_put(targets, rows), jax.device_put(weights, rows))
+  with sharding.context(mesh, rules):
+    compiled = jax.jit(value_and_grad).lower(*placed).compile()
+  assert "all-reduce" in compiled.as_text()  # really split: the log-sum-exp is reduced across devices
+  value, grads = compiled(*placed)
+  np.testing.assert_allclose(value, expected[0], rtol=1e-5)
+  for ours, reference in zip(grads, expected[1]):
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_loss_memory_per_device_at_llama3_vocabulary_with_fsdp():
+  """Vocabulary 128,256, d_model 2,048, 8 rows of 2,048 tokens on 8 devices (FSDP): the compiled
+  value-and-gradient's temporary memory per device is at most 1.5x one unembedding shard + its
+  gradient shard + one chunk of logits (compiled, not run)."""
+  from jax.sharding import NamedSharding, PartitionSpec
+  from flan_jax import sharding
+  rows, length, d, vocab, chunk = 8, 2048, 2048, 128_256, 128
+  mesh, rules = _fsdp_mesh()
+  by_row = NamedSharding(mesh, PartitionSpec(sharding.BATCH_AXES))
+  args = (jax.ShapeDtypeStruct((rows, length, d), jnp.float32, sharding=by_row),
+          jax.ShapeDtypeStruct((d, vocab), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec("fsdp"))),
+          jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=by_row),
+          jax.ShapeDtypeStruct((rows, length), jnp.float32, sharding=by_row))
+  fn = lambda h, u, t, w: loss.fused_cross_entropy(h, u, t, w, chunk_len=chunk, dtype="bfloat16")[0]
+  with sharding.context(mesh, rules):
+    compiled = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)),
+                       out_shardings=(None, (args[0].sharding, args[1].sharding))).lower(*args).compile()
+  shard_bytes = d * vocab * 4 / 8
+  logits_chunk_bytes = rows * chunk * vocab * 4 / 8
+  assert compiled.memory_analysis().temp_size_in_bytes <= 1.5 * (2 * shard_bytes + logits_chunk_bytes)

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flan_jax.loss import fused_cross_entropy
 from flan_jax.model import Decoder, ModelConfig, matmul, train_flops_per_token
 
 CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
@@ -166,13 +167,68 @@ def test_train_flops_per_token_counts_matmul_parameters_and_causal_attention():
   assert train_flops_per_token(cfg, seq_len=10) == 6 * matmul_params + 6 * 2 * 10 * 4 * 2
 
 
-@pytest.mark.parametrize("flags, expected", [("fpu avx2 fma", "float32"), ("avx2 amx_bf16 amx_tile", "bfloat16"),
-                                             ("avx512f avx512_bf16", "bfloat16")])
-def test_auto_compute_dtype_follows_the_cpus_bf16_support(monkeypatch, flags, expected):
+def test_train_flops_per_token_matches_xlas_count_of_the_compiled_train_step():
+  """XLA's cost_analysis counts every multiply-add of the compiled gradient; it computes attention
+  scores for the masked-out half too, which the model FLOPs (MaxText's count) leave out."""
+  cfg = ModelConfig(vocab_size=512, d_model=256, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=64,
+                    mlp_dim=1024, dtype="float32")
+  model, batch, length = Decoder(cfg), 4, 128
+  tokens = jnp.ones((batch, length), jnp.int32)
+  params = model.init(jax.random.key(0), tokens, tokens, tokens)["params"]
+
+  def loss(params):
+    hidden = model.apply({"params": params}, tokens, jnp.broadcast_to(jnp.arange(length), tokens.shape), tokens)
+    unembedding = model.apply({"params": params}, method=Decoder.unembedding)
+    # One chunk: cost_analysis counts a loop's body once.
+    return fused_cross_entropy(hidden, unembedding, tokens, jnp.ones(tokens.shape), chunk_len=length,
+                               dtype="float32")[0]
+
+  xla_flops = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()["flops"]
+  masked_half = 6 * cfg.num_layers * length * cfg.num_heads * cfg.head_dim
+  expected = (train_flops_per_token(cfg, length) + masked_half) * batch * length
+  assert 1.0 <= xla_flops / expected < 1.03  # the rest: norms, rotary, softmax, the loss's elementwise work
+
+
+def _packed_attention_inputs(sliding_window):
+  cfg = ModelConfig(**{**CFG.__dict__, "head_dim": 16, "sliding_window": sliding_window})
+  keys = jax.random.split(jax.random.key(0), 3)
+  batch, length = 2, 256
+  q = jax.random.normal(keys[0], (batch, length, cfg.num_heads, cfg.head_dim))
+  k, v = (jax.random.normal(key, (batch, length, cfg.num_kv_heads, cfg.head_dim)) for key in keys[1:])
+  segment_ids = np.zeros((batch, length), np.int32)
+  segment_ids[0, :100], segment_ids[0, 100:250], segment_ids[1] = 1, 2, 1  # two examples and padding; one
+  segment_ids = jnp.asarray(segment_ids)
+  return cfg, (q, k, v), segment_ids
+
+
+@pytest.mark.parametrize("sliding_window", [0, 24])
+@pytest.mark.parametrize("implementation", ["xla", "splash"])
+def test_attention_implementations_match_the_einsum_on_packed_rows_forward_and_backward(implementation,
+                                                                                      sliding_window):
+  """Splash is TPU-only: here its Pallas kernel runs in interpret mode, through the same wrapper."""
   from flan_jax import model as model_lib
-  monkeypatch.setattr(model_lib, "cpu_info", lambda: {"flags": flags})
-  assert model_lib.compute_dtype("auto") == expected
-  assert ModelConfig(**{**CFG.__dict__, "dtype": "auto"}).dtype == expected
-  assert model_lib.compute_dtype("float32") == "float32" and model_lib.compute_dtype("bfloat16") == "bfloat16"
-  with pytest.raises(ValueError, match="model.dtype='fp8': choose auto, bfloat16 or float32"):
-    model_lib.compute_dtype("fp8")
+  cfg, qkv, segment_ids = _packed_attention_inputs(sliding_window)
+  mask = model_lib.attention_mask(segment_ids, sliding_window)
+  window = (sliding_window - 1, 0) if sliding_window else None
+  run = {"xla": lambda q, k, v: model_lib.attend("xla", q, k, v, mask, segment_ids, cfg),
+         "splash": lambda q, k, v: model_lib._splash(q, k, v, segment_ids, cfg, window, interpret=True)}[implementation]
+  reference = lambda q, k, v: model_lib.attend("einsum", q, k, v, mask, segment_ids, cfg)
+  np.testing.assert_allclose(run(*qkv), reference(*qkv), atol=1e-5)
+  loss = lambda fn: jax.grad(lambda *qkv: jnp.sum(jnp.sin(fn(*qkv))), argnums=(0, 1, 2))(*qkv)
+  for ours, expected in zip(loss(run), loss(reference)):
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_the_attention_switch_reaches_every_block_and_kernels_are_refused_where_they_cannot_run():
+  cfg = ModelConfig(**{**CFG.__dict__, "attention": "xla"})
+  tokens = jnp.asarray(np.random.default_rng(0).integers(1, 64, (2, 16)), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(16), tokens.shape)
+  segment_ids = jnp.asarray([[1] * 10 + [2] * 6, [1] * 16], jnp.int32)
+  reference_model, params = _init(CFG)
+  ours = Decoder(cfg).apply(params, tokens, positions, segment_ids)
+  np.testing.assert_allclose(ours, reference_model.apply(params, tokens, positions, segment_ids), atol=1e-5)
+  for kernel, device in (("cudnn", "GPU"), ("splash", "TPU")):
+    with pytest.raises(ValueError, match=rf"model.attention='{kernel}' runs on {device} only; this run's devices are cpu"):
+      Decoder(ModelConfig(**{**CFG.__dict__, "attention": kernel})).apply(params, tokens, positions, segment_ids)
+  with pytest.raises(ValueError, match="model.attention='flash': choose from auto, einsum, xla, cudnn, splash"):
+    ModelConfig(**{**CFG.__dict__, "attention": "flash"})

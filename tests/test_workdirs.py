@@ -54,7 +54,7 @@ def test_a_bucket_workdir_gets_its_tokenizer_metrics_tensorboard_and_results_thr
   assert pipeline.get_tokenizer(tiny_config.data, workdirs.tokenizer_dir(workdir)).path == tokenizer.path  # read back
   workdirs.check_tokenizer(workdir, tokenizer, write=True)
   writer = metric_writer.Writer(workdir, total_steps=4, resumed_step=0)
-  writer.write(2, {"loss": 1.5, "learning_rate": 1e-3, "grad_norm": 1.0, "tokens_per_s": 10.0, "mfu": 0.1})
+  writer.write(2, {"loss": 1.5, "learning_rate": 1e-3, "grad_norm": 1.0, "tokens_per_s": 10.0, "mfu_vs_measured_peak": 0.1})
   writer.write_eval(2, {"eval/held_out": 40.0})
   evaluate.write_results({"held_out": 40.0, "seen": None, "clusters": {}, "tasks": {}}, workdir, 2)
   assert metric_writer.Writer(workdir, total_steps=4, resumed_step=1).lines == []  # resumed at 1: the step-2 records go

@@ -1,0 +1,46 @@
+import types
+
+import jax
+import pytest
+
+from flan_jax import hardware
+from flan_jax.model import ModelConfig
+
+
+def _device(platform, kind):
+  return types.SimpleNamespace(platform=platform, device_kind=kind)
+
+
+@pytest.mark.parametrize("kind, tflops", [("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756),
+                                          ("NVIDIA H200", 989), ("NVIDIA A100-SXM4-80GB", 312), ("TPU v4", 275),
+                                          ("TPU v5 lite", 197), ("TPU v5", 459), ("TPU v6 lite", 918)])
+def test_published_peaks_are_found_by_device_kind(kind, tflops):
+  assert hardware.published_peak_flops(_device("gpu", kind)) == tflops * 1e12
+
+
+def test_cpus_and_unknown_devices_have_no_published_peak_and_mfu_says_which_peak_it_used():
+  assert hardware.published_peak_flops(_device("gpu", "Some Future GPU")) is None
+  cpu = jax.devices("cpu")[0]
+  assert hardware.published_peak_flops(cpu) is None
+  measured = hardware.measured_peak_flops("float32")
+  assert set(hardware.mfu(0.5 * measured, cpu, "float32")) == {"mfu_vs_measured_peak"}
+  assert hardware.mfu(0.5 * measured, cpu, "float32")["mfu_vs_measured_peak"] == pytest.approx(0.5)
+  h100 = hardware.mfu(494.5e12, _device("gpu", "NVIDIA H100 80GB HBM3"), "float32", num_devices=2)
+  assert h100["mfu_vs_published_peak"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu avx2 fma", "float32"), ("avx2 amx_bf16 amx_tile", "bfloat16"),
+                                             ("avx512f avx512_bf16", "bfloat16")])
+def test_auto_compute_dtype_follows_the_cpus_bf16_support(monkeypatch, flags, expected):
+  monkeypatch.setattr(hardware, "cpu_info", lambda: {"flags": flags})
+  assert hardware.compute_dtype("auto") == expected
+  cfg = ModelConfig(vocab_size=8, d_model=8, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=8, mlp_dim=8)
+  assert cfg.dtype == expected
+  assert hardware.compute_dtype("float32") == "float32" and hardware.compute_dtype("bfloat16") == "bfloat16"
+  with pytest.raises(ValueError, match="model.dtype='fp8': choose auto, bfloat16 or float32"):
+    hardware.compute_dtype("fp8")
+
+
+def test_a_cpu_device_is_named_by_its_model_and_amx():
+  name = hardware.device_name(jax.devices("cpu")[0])
+  assert name.startswith("cpu (") and name.endswith((", AMX)", ", no AMX)")) and len(name) > len("cpu (, AMX)")
