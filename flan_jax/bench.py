@@ -147,7 +147,7 @@ def train_steps(results):
   peak of the dtype auto uses."""
   if "measured_peak_float32_tflops" not in results:
     results.update(peak(results))
-  device, auto = jax.devices()[0], hardware.compute_dtype("auto")
+  auto = hardware.compute_dtype("auto")
   out = {"train_dtype_auto": auto}
   for name, config in train_configs().items():
     for dtype in ("float32", "bfloat16"):

@@ -16,7 +16,6 @@ import functools
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from etils import epath
@@ -57,124 +56,166 @@ def task_examples(task: tasks.Task, eval_cfg, held_out: bool = True, skip_bad_re
 def score_sequences(params, model: Decoder, sequences, *, batch_size: int, seq_len: int, chunk_len: int, mesh):
   """Sum of log-probabilities of each (tokens, weights) sequence's weighted tokens, and their count.
 
-  Sequences are cut from the left to seq_len + 1 tokens (the prompt's oldest tokens go first)."""
+  Sequences are cut from the left to seq_len + 1 tokens (the prompt's oldest tokens go first), then
+  packed, longest first, several to a row (rows as long as the longest, rounded up to LENGTH_BUCKET),
+  and scored batch_size rows at a time: one compiled shape, few padding tokens."""
   features = [packing.example_features(t[-(seq_len + 1):], w[-(seq_len + 1):]) for t, w in sequences]
-  log_likelihoods, counts = [], []
-  for start in range(0, len(features), batch_size):
-    chunk = features[start:start + batch_size]
-    length = -(-max(len(f["inputs"]) for f in chunk) // LENGTH_BUCKET) * LENGTH_BUCKET
-    batch = {k: np.zeros((batch_size, length), np.float32 if k == "loss_weights" else np.int32)
+  lengths = [len(f["inputs"]) for f in features]
+  row_len = -(-max(lengths) // LENGTH_BUCKET) * LENGTH_BUCKET
+  rows = _first_fit_decreasing(lengths, row_len)
+  log_likelihoods = np.zeros(len(features))
+  counts = np.asarray([float(np.sum(f["loss_weights"])) for f in features])
+  for start in range(0, len(rows), batch_size):
+    batch = {k: np.zeros((batch_size, row_len), np.float32 if k == "loss_weights" else np.int32)
              for k in packing.BATCH_KEYS}
-    for row, f in enumerate(chunk):
-      n = len(f["inputs"])
-      for key in ("inputs", "targets", "loss_weights"):
-        batch[key][row, :n] = f[key]
-      batch["segment_ids"][row, :n] = 1
-      batch["positions"][row, :n] = np.arange(n)
+    spans = []  # (sequence, row, first column, end column)
+    for row, members in enumerate(rows[start:start + batch_size]):
+      column = 0
+      for segment, i in enumerate(members, 1):
+        n = lengths[i]
+        for key in ("inputs", "targets", "loss_weights"):
+          batch[key][row, column:column + n] = features[i][key]
+        batch["segment_ids"][row, column:column + n] = segment
+        batch["positions"][row, column:column + n] = np.arange(n)
+        spans.append((i, row, column, column + n))
+        column += n
     # Every process builds the same batch and gives its devices their rows; every process gets all scores.
     batch = {k: jax.make_array_from_callback(v.shape, sharding.batch_sharding(mesh), lambda index, v=v: v[index])
              for k, v in batch.items()}
-    ll, count = multihost_utils.process_allgather(
-        _log_likelihoods(params, batch, model=model, chunk_len=chunk_len), tiled=True)
-    log_likelihoods += ll[:len(chunk)].tolist()
-    counts += count[:len(chunk)].tolist()
-  return np.asarray(log_likelihoods), np.asarray(counts)
+    token_scores = multihost_utils.process_allgather(_token_log_likelihoods(params, batch, model=model,
+                                                                            chunk_len=chunk_len), tiled=True)
+    for i, row, begin, end in spans:
+      log_likelihoods[i] = token_scores[row, begin:end].sum()
+  return log_likelihoods, counts
+
+
+def _first_fit_decreasing(lengths, capacity: int) -> list[list[int]]:
+  """Indices of `lengths` in rows whose lengths sum to at most `capacity`: longest first, each into
+  the first row with room."""
+  rows, room = [], []
+  for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+    row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+    if row is None:
+      rows.append([]), room.append(capacity)
+      row = len(rows) - 1
+    rows[row].append(i)
+    room[row] -= lengths[i]
+  return rows
 
 
 @functools.partial(jax.jit, static_argnames=("model", "chunk_len"))
-def _log_likelihoods(params, batch, *, model: Decoder, chunk_len: int):
+def _token_log_likelihoods(params, batch, *, model: Decoder, chunk_len: int):
+  """[b, l]: each target token's log-probability times its loss weight."""
   hidden = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
   unembedding = model.apply({"params": params}, method=Decoder.unembedding)
   nll = losses.token_nll(hidden, unembedding, batch["targets"], chunk_len=chunk_len, dtype=model.cfg.dtype)
-  weights = batch["loss_weights"]
-  return -jnp.sum(nll * weights, axis=1), jnp.sum(weights, axis=1)
+  return -nll * batch["loss_weights"]
 
 
-def rank_classification(params, model, tokenizer, task, fields, template, config, mesh):
-  """(predicted option, target) per example: the option of highest (optionally length-normalised)
-  log-likelihood as the response to the rendered prompt."""
+def rank_classification(params, model, tokenizer, items, config, mesh):
+  """For each (task, fields, template) of `items`, (predicted option, target) per example: the option of
+  highest (optionally length-normalised) log-likelihood as the response to the rendered prompt. Every
+  option of every item is scored in one pass."""
   sequences, spans = [], []
-  for f in fields:
-    context = pipeline.conversation(task, f, template, config.data.template)[:-1]  # all before the answer
-    options = task.example_options(f)
-    spans.append((len(sequences), options))
-    sequences += [tokenizer.encode_conversation([*context, ("assistant", option)], config.data.template.format)
-                  for option in options]
+  for task, fields, template in items:
+    item_spans = []
+    for f in fields:
+      context = pipeline.conversation(task, f, template, config.data.template)[:-1]  # all before the answer
+      options = task.example_options(f)
+      item_spans.append((len(sequences), options))
+      sequences += [tokenizer.encode_conversation([*context, ("assistant", option)], config.data.template.format)
+                    for option in options]
+    spans.append(item_spans)
   scores, counts = score_sequences(params, model, sequences, batch_size=config.eval.batch_size,
                                    seq_len=config.data.seq_len, chunk_len=config.loss.chunk_len, mesh=mesh)
   if config.eval.length_normalize:
     scores = scores / np.maximum(counts, 1)
-  predictions = [options[int(np.argmax(scores[start:start + len(options)]))] for start, options in spans]
-  return predictions, [f["answer"] for f in fields]
+  return [([options[int(np.argmax(scores[start:start + len(options)]))] for start, options in item_spans],
+           [f["answer"] for f in fields])
+          for item_spans, (_, fields, _) in zip(spans, items)]
 
 
-def generation(params, model, tokenizer, task, fields, template, config):
-  """(generated answer, target, prompt text) per example, by greedy decoding from the rendered prompt.
-  The target is the last assistant turn, or all of an example's references where it has several; the
-  prompt text is what a person would have typed (templates.user_text)."""
-  prompts, targets, texts = [], [], []
-  for f in fields:
-    turns = pipeline.conversation(task, f, template, config.data.template)
-    texts.append(templates.user_text(turns[:-1]))
-    prompt = tokenizer.generation_prompt(turns[:-1], config.data.template.format)  # all before the last answer
-    prompts.append(prompt[-(config.data.seq_len - config.eval.max_new_tokens):])
-    several = len(f.get("references") or ()) > 1 and turns[-1][1] == f["answer"]
-    targets.append(list(f["references"]) if several else turns[-1][1])
-  outputs = decode.generate(params, model, prompts, max_new_tokens=config.eval.max_new_tokens,
+def generation(params, model, tokenizer, items, config):
+  """For each (task, fields, template) of `items`, (generated answer, target, prompt text) per example,
+  by greedy decoding from the rendered prompt. The target is the last assistant turn, or all of an
+  example's references where it has several; the prompt text is what a person would have typed
+  (templates.user_text). Every item's prompts are decoded together, in batches of similar length."""
+  prompts, targets, texts, sizes = [], [], [], []
+  for task, fields, template in items:
+    for f in fields:
+      turns = pipeline.conversation(task, f, template, config.data.template)
+      texts.append(templates.user_text(turns[:-1]))
+      prompt = tokenizer.generation_prompt(turns[:-1], config.data.template.format)  # all before the last answer
+      prompts.append(prompt[-(config.data.seq_len - config.eval.max_new_tokens):])
+      several = len(f.get("references") or ()) > 1 and turns[-1][1] == f["answer"]
+      targets.append(list(f["references"]) if several else turns[-1][1])
+    sizes.append(len(fields))
+  order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+  outputs = decode.generate(params, model, [prompts[i] for i in order], max_new_tokens=config.eval.max_new_tokens,
                             stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id, bucket=LENGTH_BUCKET,
                             batch_size=config.eval.batch_size)
-  predictions = [tokenizer.decode(o.tolist()).strip() for o in outputs]
-  return predictions, targets, texts
-
-
-def evaluate_task(params, model, tokenizer, task, config, mesh, held_out: bool = True) -> dict | None:
-  """A task's scores per template, their mean and best; None if it has no evaluation examples. A
-  generation task's answers come along as `answers`, rows {prompt, answer, category, task, template,
-  reference} (the form flan_jax.judge reads)."""
-  fields, task_templates, skipped = task_examples(task, config.eval, held_out, config.data.skip_bad_records)
-  if not fields:
-    return None
-  per_template, answers = [], []
-  for index, template in enumerate(task_templates):
-    if task.is_classification:
-      predictions, targets = rank_classification(params, model, tokenizer, task, fields, template, config, mesh)
-    else:
-      predictions, targets, texts = generation(params, model, tokenizer, task, fields, template, config)
-      answers += [{"prompt": text, "answer": prediction, "category": task.cluster, "task": task.name,
-                   "template": index, "reference": target}
-                  for text, prediction, target in zip(texts, predictions, targets)]
-    refuse = [bool(f["refuse"]) for f in fields] if all("refuse" in f for f in fields) else None
-    per_template.append(metrics.compute(task.metrics, predictions, targets, refuse))
-  names = list(per_template[0])
-  result = {
-      "cluster": task.cluster,
-      "examples": len(fields),
-      "skipped_records": skipped,
-      "metric": names[0],
-      "templates": per_template,
-      "mean": {n: float(np.mean([s[n] for s in per_template])) for n in names},
-      "best": {n: float(np.max([s[n] for s in per_template])) for n in names},
-  }
-  if task.is_classification:  # the expected accuracy of a uniform guess
-    result["chance"] = float(np.mean([100.0 / len(task.example_options(f)) for f in fields]))
-  else:
-    result["answers"] = answers
-  return result
+  predictions = [""] * len(prompts)
+  for i, output in zip(order, outputs):
+    predictions[i] = tokenizer.decode(output.tolist()).strip()
+  ends = np.cumsum(sizes)
+  return [(predictions[end - n:end], targets[end - n:end], texts[end - n:end]) for n, end in zip(sizes, ends)]
 
 
 def evaluate(params, model, tokenizer, config, mesh, *, seen: bool) -> dict:
-  """Scores of every held-out task (and of the training tasks' validation splits if `seen`)."""
+  """Scores of every held-out task (and of the training tasks' validation splits if `seen`).
+
+  A task's score per template, their mean and best; a generation task's answers come along as
+  `answers`, rows {prompt, answer, category, task, template, reference} (the form flan_jax.judge
+  reads). All tasks' and templates' rank classifications are scored together, and all their
+  generations decoded together, so that batches are full and few shapes compile."""
   train, held_out = pipeline.split_tasks(config.data)
   groups = {"held_out": held_out, **({"seen": train} if seen else {})}
   results = {"tasks": {}, "clusters": {}, "unscored": {}}
+  jobs = []  # (group, task, fields, templates, skipped)
   for group, group_tasks in groups.items():
     for task in group_tasks:
-      scores = evaluate_task(params, model, tokenizer, task, config, mesh, held_out=group == "held_out")
-      if scores is None:
+      fields, task_templates, skipped = task_examples(task, config.eval, group == "held_out",
+                                                      config.data.skip_bad_records)
+      if fields:
+        jobs.append((group, task, fields, task_templates, skipped))
+      else:
         logging.warning("task %s has no evaluation examples (no validation split): not scored", task.name)
         results["unscored"][task.name] = "no evaluation examples (give a validation split)"
+  items = {kind: [(task, fields, template) for _, task, fields, task_templates, _ in jobs
+                  if task.is_classification == (kind == "classification") for template in task_templates]
+           for kind in ("classification", "generation")}
+  outcomes = iter(rank_classification(params, model, tokenizer, items["classification"], config, mesh)
+                  if items["classification"] else [])
+  generated = iter(generation(params, model, tokenizer, items["generation"], config)
+                   if items["generation"] else [])
+  for group, task, fields, task_templates, skipped in jobs:
+    per_template, answers = [], []
+    for index, _ in enumerate(task_templates):
+      if task.is_classification:
+        predictions, targets = next(outcomes)
       else:
-        results["tasks"][task.name] = {"group": group, **scores}
+        predictions, targets, texts = next(generated)
+        answers += [{"prompt": text, "answer": prediction, "category": task.cluster, "task": task.name,
+                     "template": index, "reference": target}
+                    for text, prediction, target in zip(texts, predictions, targets)]
+      refuse = [bool(f["refuse"]) for f in fields] if all("refuse" in f for f in fields) else None
+      per_template.append(metrics.compute(task.metrics, predictions, targets, refuse))
+    names = list(per_template[0])
+    scores = {
+        "group": group,
+        "cluster": task.cluster,
+        "examples": len(fields),
+        "skipped_records": skipped,
+        "metric": names[0],
+        "templates": per_template,
+        "mean": {n: float(np.mean([s[n] for s in per_template])) for n in names},
+        "best": {n: float(np.max([s[n] for s in per_template])) for n in names},
+    }
+    if task.is_classification:  # the expected accuracy of a uniform guess
+      scores["chance"] = float(np.mean([100.0 / len(task.example_options(f)) for f in fields]))
+    else:
+      scores["answers"] = answers
+    results["tasks"][task.name] = scores
   for name, r in results["tasks"].items():
     cluster = results["clusters"].setdefault(r["cluster"], {"group": r["group"], "tasks": []})
     cluster["tasks"].append(name)

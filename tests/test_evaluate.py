@@ -37,20 +37,31 @@ def brute_force_log_likelihood(model, params, tokens, weights):
 
 
 def test_rank_classification_picks_what_a_full_forward_pass_per_option_picks(tiny_config, tokenizer):
+  """Two tasks (fixed and per-example options) and two templates scored in one packed pass."""
   config = eval_config(tiny_config)
   model, params = small_model(tokenizer.vocab_size)
-  for name in ("mini_nli_quantity", "mini_physical"):  # fixed and per-example options
+  items = []
+  for name in ("mini_nli_quantity", "mini_physical"):
     task = tasks.get(name)
     fields, templates, _ = evaluate.task_examples(task, config.eval)
-    predictions, targets = evaluate.rank_classification(params, model, tokenizer, task, fields, templates[0],
-                                                        config, one_device_mesh())
+    items += [(task, fields, template) for template in templates[:2]]
+  outcomes = evaluate.rank_classification(params, model, tokenizer, items, config, one_device_mesh())
+  assert len(outcomes) == len(items) == 4
+  for (task, fields, template), (predictions, targets) in zip(items, outcomes):
     assert targets == [f["answer"] for f in fields]
     for f, predicted in zip(fields, predictions):
-      prompt = pipeline.conversation(task, f, templates[0], config.data.template)[0]
+      prompt = pipeline.conversation(task, f, template, config.data.template)[0]
       scores = {o: brute_force_log_likelihood(model, params, *tokenizer.encode_conversation(
                     [prompt, ("assistant", o)], config.data.template.format))
                 for o in task.example_options(f)}
       assert predicted == max(scores, key=scores.get)
+
+
+def test_scored_sequences_are_packed_several_to_a_row_longest_first():
+  lengths = [50, 10, 30, 64, 5, 20]
+  rows = evaluate._first_fit_decreasing(lengths, 64)
+  assert sorted(i for row in rows for i in row) == list(range(6)) and len(rows) == 3
+  assert all(sum(lengths[i] for i in row) <= 64 for row in rows)
 
 
 def test_evaluate_reports_every_held_out_task_and_cluster_and_writes_results(tiny_config, tokenizer, tmp_path):
@@ -127,7 +138,7 @@ def test_local_tasks_are_scored_on_their_last_turn_options_and_references(tiny_c
   assert tokenizer.generation_prompt(context, config.data.template.format) in seen_prompts
   task = tasks.get("ev_refs")
   fields, _, _ = evaluate.task_examples(task, config.eval)
-  assert evaluate.generation(params, model, tokenizer, task, fields, None, config)[1] == [["down", "below"]]
+  assert evaluate.generation(params, model, tokenizer, [(task, fields, None)], config)[0][1] == [["down", "below"]]
 
 
 def test_evaluation_skips_unlabeled_records_and_bad_ones_only_with_skip_bad_records(tiny_config):
