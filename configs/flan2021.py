@@ -12,7 +12,8 @@ The TFDS datasets must already be prepared in TFDS's data directory (nothing is 
 time). Arguments: checkpoint=DIR, held_out=CLUSTER, model=PRESET (without a checkpoint).
 """
 
-from configs import common, finetune, models, tiny
+from configs import common, finetune, tiny
+from flan_jax import presets
 
 
 def get_config(arg: str | None = None):
@@ -25,7 +26,7 @@ def get_config(arg: str | None = None):
     config.data.tokenizer.vocab_size = 32_000
     config.data.tokenizer.num_texts = 200_000
     with config.unlocked():
-      config.model = models.get(arg["model"], vocab_size=config.data.tokenizer.get_ref("vocab_size"))
+      config.model = presets.get(arg["model"], vocab_size=config.data.tokenizer.get_ref("vocab_size"))
 
   config.data.mixture = ("flan2021",)
   config.data.held_out_clusters = (arg["held_out"],)

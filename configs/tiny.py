@@ -4,7 +4,7 @@
 import ml_collections
 from ml_collections import config_dict
 
-from configs import models
+from flan_jax import presets
 from flan_jax.data import templates
 
 
@@ -68,7 +68,7 @@ def get_config(arg: str | None = None):
   data.tokenizer.eos_id = -1
   data.tokenizer.bos_id = -1
 
-  config.model = models.get("tiny", vocab_size=data.tokenizer.get_ref("vocab_size"))
+  config.model = presets.get("tiny", vocab_size=data.tokenizer.get_ref("vocab_size"))
 
   # Multi-process runs: an explicit coordinator, or "" for what JAX detects (SLURM, MPI, GKE, TPU VMs; distributed.py).
   config.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0))

@@ -1,6 +1,10 @@
 r"""Speed, memory and efficiency, each figure a ratio taken inside one run.
 
   python -m flan_jax.bench [--json] [--write] [--only peak,train,loss,sharding,decode,packing,stall,...]
+                           [--config configs/tiny.py] [--scale_config configs/flan2021.py]
+
+The sections measure the configs given (defaults above; "the tiny config" below is --config):
+this module imports no experiment config, and the model shapes come from flan_jax.presets.
 
 peak      measured bf16 x bf16 -> f32 and f32 matmul throughput; the published peak where known (hardware.py).
 train     train-step tokens/s for the tiny config and a d_model-512 one, one device, with bf16 and f32
@@ -21,9 +25,9 @@ stall     input_stall_fraction: the tiny config's train loop fed by its real pip
           pre-built batches, minus 1 (the share of time the device waits for input).
 decontamination  training examples/s streamed past an 8-gram index of evaluation instances (T0 files).
 checkpoint  save and restore seconds per GB; the slowdown of training steps while an async save runs.
-scale     per-device memory of flan2021's train step compiled (not run) for Llama-3-8B on 64 simulated
+scale     per-device memory of the --scale_config's train step compiled (not run) for Llama-3-8B on 64 simulated
           devices (FSDP) and Llama-3.2-1B on 8, against TPU v5p (95 GiB) and v5e (16 GiB) HBM.
-lora      Llama-3.2-1B's trainable parameters and AdamW state: full fine-tuning versus LoRA rank 16.
+lora      Llama-3.2-1B's trainable parameters and optimiser state (--config's): full fine-tuning versus LoRA rank 16.
 
 --write replaces this backend's section of BENCHMARKS.md with the results.
 """
@@ -35,6 +39,7 @@ import os
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
+import copy  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
@@ -50,9 +55,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from etils import epath  # noqa: E402
 
-from configs import flan2021, models, tiny  # noqa: E402
 from flan_jax import loss as losses  # noqa: E402
-from flan_jax import checkpoint, decode, hardware, lora, optim, sharding, train, workdirs  # noqa: E402
+from flan_jax import checkpoint, decode, hardware, lora, optim, presets, sharding, train, workdirs  # noqa: E402
 from flan_jax.data import decontamination, packing, pipeline  # noqa: E402
 from flan_jax.model import Decoder, ModelConfig, from_config, matmul, train_flops_per_token  # noqa: E402
 
@@ -76,7 +80,7 @@ def _seconds_per_call(fn, *args, repeats: int) -> float:
   return float(np.median(times))
 
 
-def peak(results):
+def peak(results, config):
   """The best measured throughput over a few square matmuls, bf16 operands with f32 accumulation, and f32;
   and the device's published dense bf16 peak where hardware.PUBLISHED_PEAK_TFLOPS has it."""
   del results
@@ -131,28 +135,28 @@ def measure_train_step(config, repeats: int) -> dict:
           "flops_per_token": train_flops_per_token(ModelConfig(**config.model), config.data.seq_len)}
 
 
-def train_configs():
-  """The tiny config as it trains, and the same data with the d_model-512 model."""
-  tiny_config = tiny.get_config()
-  d512_config = tiny.get_config()
-  d512_config.model = models.get("d512", vocab_size=tiny_config.data.tokenizer.vocab_size)
+def train_configs(config):
+  """The --config as it trains (`tiny`), and the same data with the d_model-512 model."""
+  tiny_config = copy.deepcopy(config)
+  d512_config = copy.deepcopy(config)
+  d512_config.model = presets.get("d512", vocab_size=config.data.tokenizer.vocab_size)
   d512_config.data.batch_size = 8
   return {"tiny": tiny_config, "d512": d512_config}
 
 
-def train_steps(results):
+def train_steps(results, config):
   """Each shape trained with bf16 and with f32 matmul operands, and `train_tokens_per_s_<name>` the one
   model.dtype=auto picks on this device (`train_auto_over_best_dtype_<name>`: auto / the faster of the
   two). MFU against the published peak where the device has one, and against the measured matmul
   peak of the dtype auto uses."""
   if "measured_peak_float32_tflops" not in results:
-    results.update(peak(results))
+    results.update(peak(results, config))
   auto = hardware.compute_dtype("auto")
   out = {"train_dtype_auto": auto}
-  for name, config in train_configs().items():
+  for name, shape_config in train_configs(config).items():
     for dtype in ("float32", "bfloat16"):
-      config.model.dtype = dtype
-      measured = measure_train_step(config, repeats=5 if name == "tiny" else 3)
+      shape_config.model.dtype = dtype
+      measured = measure_train_step(shape_config, repeats=5 if name == "tiny" else 3)
       out[f"train_tokens_per_s_{name}_{dtype}"] = measured["tokens_per_s"]
       out[f"train_step_s_{name}_{dtype}"] = measured["step_s"]
     rate = out[f"train_tokens_per_s_{name}"] = out[f"train_tokens_per_s_{name}_{auto}"]
@@ -165,14 +169,15 @@ def train_steps(results):
   return out
 
 
-def peer_training(results):
+def peer_training(results, config):
   """Hugging Face transformers + PyTorch training the d512 shape (same layers, heads, MLP, tied
   vocabulary, sequence length and batch; AdamW) on the same device, as a Llama in its own code with
   SDPA attention over plain causal rows (it has no packed-row masking), in f32 and in bf16 autocast;
   `peer_train_ratio` is our d512 tokens/s with model.dtype=auto over the faster of the two."""
   import torch  # only this section needs PyTorch (installed for the parity tests)
   import transformers
-  config = train_configs()["d512"]
+  config = train_configs(config)["d512"]
+  config.model.dtype = "auto"
   cfg = ModelConfig(**config.model)
   hf_config = transformers.LlamaConfig(
       vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
@@ -203,14 +208,13 @@ def peer_training(results):
     out[f"peer_train_tokens_per_s_d512_{dtype}"] = tokens.numel() / float(np.median(times))
   ours = results.get("train_tokens_per_s_d512")
   if ours is None:
-    config.model.dtype = "auto"
     ours = measure_train_step(config, repeats=3)["tokens_per_s"]
   out["peer_torch_threads"] = torch.get_num_threads()
   out["peer_train_ratio"] = ours / max(out[f"peer_train_tokens_per_s_d512_{d}"] for d in ("float32", "bfloat16"))
   return out
 
 
-def fused_loss(results):
+def fused_loss(results, config):
   del results
   batch, length, d, vocab = 8, 2048, 512, 32_000
   keys = jax.random.split(jax.random.key(0), 3)
@@ -231,10 +235,10 @@ def fused_loss(results):
           "fused_loss_step_time_ratio": seconds["fused"] / seconds["naive"]}
 
 
-def fsdp_memory(results):
+def fsdp_memory(results, config):
   """Bytes of parameters and AdamW state on the first of 8 CPU devices: d512 model, FSDP versus replicated."""
   del results
-  config = train_configs()["d512"]
+  config = train_configs(config)["d512"]
   devices = jax.devices("cpu")[:8]
   model = from_config(config.model)
   optimizer, _ = optim.make(config.optim, config.train.steps)
@@ -250,11 +254,11 @@ def fsdp_memory(results):
           "fsdp_memory_ratio": per_device["fsdp"] / (per_device["dp"] / 8)}
 
 
-def kv_cache_decoding(results):
+def kv_cache_decoding(results, config):
   """Greedy decoding of 64 new tokens after 128-token prompts, batch 8, d512 model: with the KV cache
   (decode.py) versus recomputing the full forward pass over the [8, 192] buffer for every token."""
   del results
-  config = train_configs()["d512"]
+  config = train_configs(config)["d512"]
   model = from_config(config.model)
   batch, prompt_len, new = 8, 128, 64
   params = jax.jit(model.init)(jax.random.key(0), *[jnp.zeros((1, 8), jnp.int32)] * 3)["params"]
@@ -289,13 +293,12 @@ def _packed_efficiency(lengths, seq_len: int, packer: str, rows: int) -> float:
   return float(np.mean([packing.efficiency(next(packed)["segment_ids"]) for _ in range(rows)]))
 
 
-def packing_efficiency(results):
+def packing_efficiency(results, config):
   """Best fit, first fit and one example per row: on lognormal lengths like real instruction data
   (median 200 tokens, sequence length 2,048) and on flan_mini's own lengths (tiny config)."""
   del results
   out = {}
   lognormal = np.clip(np.random.default_rng(0).lognormal(np.log(200), 0.9, 40_000).astype(int), 8, 2048)
-  config = tiny.get_config()
   data = config.data
   mix = pipeline.resolve_mixture(data)
   tokenizer = _tokenizer(config)
@@ -309,13 +312,13 @@ def packing_efficiency(results):
 
 
 def _tokenizer(config):
-  """The tiny config's tokenizer, cached where `python -m flan_jax.train --config configs/tiny.py` keeps it."""
-  return pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdirs.default("configs/tiny.py")))
+  """The --config's tokenizer, cached where `python -m flan_jax.train --config <the same file>` keeps it."""
+  workdir = workdirs.default(flags.FLAGS["config"].config_filename)
+  return pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
 
 
-def input_pipeline(results):
+def input_pipeline(results, config):
   """Tokens/s the tiny config's input pipeline produces on one process, over what its train step consumes."""
-  config = tiny.get_config()
   data = config.data
   batches = iter(pipeline.batches(data, pipeline.resolve_mixture(data), _tokenizer(config), pipeline.Stats(), seed=0))
   next(batches)  # opens the sources
@@ -328,13 +331,12 @@ def input_pipeline(results):
   return {"pipeline_tokens_per_s": produced, "pipeline_to_train_ratio": produced / consumed}
 
 
-def input_stall(results):
+def input_stall(results, config):
   """The share of the tiny config's train-loop time spent waiting for input, one process on one device:
   (steps fed by the real pipeline, read ahead in its thread) / (steps fed with batches built before) - 1.
   Both go through train.device_batches, as the train loop does, for one packing cycle of steps
   (32 on the tiny config), which holds the pipeline's one burst of work per cycle."""
   del results
-  config = tiny.get_config()
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   rules = sharding.rules(config.sharding_rules)
   model = from_config(config.model)
@@ -366,7 +368,7 @@ def input_stall(results):
 T0_DIR = "../shared/real/t0_train"  # as configs/t0.py: the T0 training files, beside the checkout
 
 
-def decontamination_speed(results):
+def decontamination_speed(results, config):
   """Training examples/s streamed past a decontamination index (8-grams, threshold 0.5), on the T0
   training files' prompts: every tenth file's first 200 rows stand in for evaluation sets, and
   the other files' rows stream past them."""
@@ -392,13 +394,13 @@ def decontamination_speed(results):
           "decontamination_flagged_examples": sum(len(v) for v in flagged.values())}
 
 
-def checkpoints(results):
+def checkpoints(results, config):
   """Save and restore speed of the d512 train state (AdamW), and what an asynchronous save adds to
   the tiny config's training: (5 steps right after starting a save, the save call included) over
   (5 steps without) - 1."""
   del results
   out = {}
-  for name, config in train_configs().items():
+  for name, config in train_configs(config).items():  # noqa: B020 (each shape's config in turn)
     mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     rules = sharding.rules(config.sharding_rules)
     model = from_config(config.model)
@@ -442,23 +444,28 @@ def checkpoints(results):
   return out
 
 
-def scale_on_paper(results):
-  """Compiles (never runs) flan2021's train step for Llama-3-8B on 64 simulated devices with FSDP and
-  for Llama-3.2-1B on 8, and reports per-device memory. Runs in a subprocess with 64 host devices."""
-  del results
+def scale_on_paper(results, config):
+  """Compiles (never runs) the --scale_config's train step (default configs/flan2021.py) for Llama-3-8B
+  on 64 simulated devices with FSDP and for Llama-3.2-1B on 8, and reports per-device memory. Runs in
+  a subprocess with 64 host devices, which takes --scale_config as its --config."""
+  del results, config
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=64", JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-m", "flan_jax.bench", "--json", "--only=compile_at_scale"], env=env,
+  result = subprocess.run([sys.executable, "-m", "flan_jax.bench", "--json", "--only=compile_at_scale",
+                           f"--config={flags.FLAGS['scale_config'].config_filename}"], env=env,
                           capture_output=True, text=True, check=True)
   figures = json.loads(result.stdout)
   return {k: v for k, v in figures.items() if k not in ("backend", "device")}
 
 
-def compile_at_scale(results):
+def compile_at_scale(results, scale_config):
+  """The scale config's train step with each model preset (keeping the config's remat and scan)."""
   del results
   out = {}
   for preset, devices, key in (("llama3_8b", 64, "llama3_8b_v5p64"), ("llama3_2_1b", 8, "llama3_2_1b_8dev")):
-    config = flan2021.get_config(f"model={preset}")
-    config.data.batch_size = devices  # one 2,048-token row per device
+    config = copy.deepcopy(scale_config)
+    config.model = presets.get(preset)
+    config.model.remat, config.model.scan_layers = scale_config.model.remat, scale_config.model.scan_layers
+    config.data.batch_size = devices  # one row per device
     mesh = sharding.make_mesh(dict(data=1, fsdp=-1, tensor=1), jax.devices()[:devices])
     rules = sharding.rules(config.sharding_rules)
     model = from_config(config.model)
@@ -478,17 +485,17 @@ def compile_at_scale(results):
   return out
 
 
-def lora_memory(results):
-  """Trainable parameters and AdamW state of Llama-3.2-1B: full fine-tuning vs LoRA of rank 16 on the
-  attention projections (shapes only, nothing allocated)."""
+def lora_memory(results, config):
+  """Trainable parameters and optimiser state (the --config's optimiser; AdamW for configs/tiny.py) of
+  Llama-3.2-1B: full fine-tuning vs LoRA of rank 16 on the attention projections (shapes only, nothing
+  allocated)."""
   del results
   out = {}
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   rules = sharding.rules("fsdp")
-  config = tiny.get_config()  # AdamW
   optimizer, _ = optim.make(config.optim, config.train.steps)
   for name, rank in (("full", 0), ("lora16", 16)):
-    model_config = models.get("llama3_2_1b")
+    model_config = presets.get("llama3_2_1b")
     model_config.lora_rank = rank
     with sharding.context(mesh, rules):
       shapes, _ = train.state_shapes(from_config(model_config), optimizer, mesh, rules)
@@ -524,7 +531,7 @@ def main(argv):
   results = {"backend": jax.default_backend(), "device": hardware.device_name(device)}
   for name in names:
     start = time.perf_counter()
-    results.update(sections[name](results))
+    results.update(sections[name](results, flags.FLAGS.config))
     print(f"[bench] {name}: {time.perf_counter() - start:.0f}s", file=sys.stderr)
   if flags.FLAGS.json:
     json.dump(results, sys.stdout, indent=1)
@@ -554,6 +561,11 @@ def write_benchmarks(results: dict, path: str, sections):
 
 if __name__ == "__main__":
   # Defined here, not at import, so that tests can import this module beside other commands.
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", "configs/tiny.py", "The config whose data, tokenizer, optimiser and "
+                                  "tiny model the CPU-scale sections measure (the d512 shape swaps in its model).")
+  config_flags.DEFINE_config_file("scale_config", "configs/flan2021.py", "The config the `scale` section compiles "
+                                  "for Llama-3-8B and Llama-3.2-1B.")
   flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
   flags.DEFINE_list("only", None, "Sections to run (default: all).")
   flags.DEFINE_bool("write", False, "Rewrite this backend's section of BENCHMARKS.md with the results.")

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from configs import tiny
 from flan_jax import bench
 from flan_jax.data import packing
 
@@ -30,7 +31,7 @@ def test_write_benchmarks_replaces_only_its_own_section(tmp_path):
 
 
 def test_lora_memory_counts_adapters_and_their_optimizer_state():
-  out = bench.lora_memory({})
+  out = bench.lora_memory({}, tiny.get_config())
   d, q, kv, layers, rank = 2048, 32 * 64, 8 * 64, 16, 16  # Llama-3.2-1B; LoRA on wq, wk, wv, wo
   assert out["llama3_2_1b_lora16_trainable_params"] == layers * rank * ((d + q) * 2 + (d + kv) * 2)
   assert 1.2e9 < out["llama3_2_1b_full_trainable_params"] < 1.3e9

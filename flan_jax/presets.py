@@ -1,4 +1,4 @@
-"""Model shapes shared by the configs: `models.get(name)` gives a config.model ConfigDict.
+"""Model shapes the configs and the benchmark choose from: `presets.get(name)` gives a config.model ConfigDict.
 
 `tiny` and `d512` are CPU-scale. The others are the shapes of public checkpoints
 that `flan_jax.convert` can import (their vocabularies are the checkpoints' own).
