@@ -68,3 +68,24 @@ def test_a_batch_decodes_until_its_last_row_ends():
   for out, reference in zip(outputs, references):
     expected = reference[:reference.index(stop)] if stop in reference else reference
     assert out.tolist() == expected
+
+
+def test_decoding_on_eight_devices_splits_the_batch_and_decodes_the_same():
+  """Under a mesh the model's batch constraints split the rows (and their KV cache) over data x fsdp."""
+  from flan_jax import sharding
+  model, params = _params()
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(3, 50, n).tolist() for n in rng.integers(2, 30, 16)]
+  expected = decode.generate(params, model, prompts, max_new_tokens=48, stop_ids=(), pad_id=0)
+  temp = {}
+  for devices in (1, 8):
+    mesh = sharding.make_mesh(dict(data=devices, fsdp=1, tensor=1), jax.devices("cpu")[:devices])
+    with sharding.context(mesh, sharding.rules("dp")):
+      placed = jax.device_put(params, sharding.replicated(mesh))
+      outputs = decode.generate(placed, model, prompts, max_new_tokens=48, stop_ids=(), pad_id=0)
+      assert [o.tolist() for o in outputs] == [e.tolist() for e in expected]
+      inputs = decode.left_pad(prompts, 0, 1)
+      compiled = decode._generate.lower(placed, *inputs, jax.random.key(0), model=model, max_new_tokens=48,
+                                        stop_ids=(), temperature=0.0, top_k=0, top_p=1.0).compile()
+      temp[devices] = compiled.memory_analysis().temp_size_in_bytes
+  assert temp[8] < temp[1] / 4  # each device holds 2 of the 16 rows' caches and activations
