@@ -53,40 +53,56 @@ def task_examples(task: tasks.Task, eval_cfg, held_out: bool = True, skip_bad_re
   return fields, task_templates, skipped
 
 
-def score_sequences(params, model: Decoder, sequences, *, batch_size: int, seq_len: int, chunk_len: int, mesh):
-  """Sum of log-probabilities of each (tokens, weights) sequence's weighted tokens, and their count.
+def score_continuations(params, model: Decoder, requests, *, batch_size: int, seq_len: int, chunk_len: int, mesh):
+  """Log-likelihoods of continuations given their prompt, each prompt run through the model once.
 
-  Sequences are cut from the left to seq_len + 1 tokens (the prompt's oldest tokens go first), then
-  packed, longest first, several to a row (rows as long as the longest, rounded up to LENGTH_BUCKET),
-  and scored batch_size rows at a time: one compiled shape, few padding tokens."""
-  features = [packing.example_features(t[-(seq_len + 1):], w[-(seq_len + 1):]) for t, w in sequences]
-  lengths = [len(f["inputs"]) for f in features]
+  `requests` are (prompt ids, [(continuation ids, loss weights), ...]), prompts of one token or more;
+  the result has, per request, each continuation's sum of weighted token log-probabilities. A prompt
+  is cut from the left so that it and its longest continuation fit in seq_len + 1 tokens.
+
+  A request becomes one unit: all of its prompt but the last token (segment s), then each
+  continuation led by that token (segments s + 1, s + 2, ...), each seeing the prompt as its context
+  (Decoder's context_ids) but not the other continuations. Units are packed, longest first, several
+  to a row (rows as long as the longest unit, rounded up to LENGTH_BUCKET) and scored batch_size rows
+  at a time: one compiled shape, few padding tokens."""
+  if any(len(prompt) == 0 for prompt, _ in requests):
+    raise ValueError("every scored prompt needs at least one token")
+  units = []  # per request: [(tokens, targets, weights, positions, segment offset, context offset)] in row order
+  for prompt, continuations in requests:
+    prompt = list(prompt)[-max(1, seq_len + 1 - max(len(c) for c, _ in continuations)):]
+    parts = [(prompt[:-1], prompt[1:], np.zeros(len(prompt) - 1), np.arange(len(prompt) - 1), 1, 0)]
+    for j, (continuation, weights) in enumerate(continuations):
+      parts.append(([prompt[-1], *continuation[:-1]], continuation, weights,
+                    len(prompt) - 1 + np.arange(len(continuation)), j + 2, 1))
+    units.append(parts)
+  lengths = [sum(len(part[0]) for part in parts) for parts in units]
   row_len = -(-max(lengths) // LENGTH_BUCKET) * LENGTH_BUCKET
   rows = _first_fit_decreasing(lengths, row_len)
-  log_likelihoods = np.zeros(len(features))
-  counts = np.asarray([float(np.sum(f["loss_weights"])) for f in features])
+  scores = [np.zeros(len(continuations)) for _, continuations in requests]
   for start in range(0, len(rows), batch_size):
     batch = {k: np.zeros((batch_size, row_len), np.float32 if k == "loss_weights" else np.int32)
-             for k in packing.BATCH_KEYS}
-    spans = []  # (sequence, row, first column, end column)
+             for k in (*packing.BATCH_KEYS, "context_ids")}
+    spans = []  # (request, continuation, row, first column, end column)
     for row, members in enumerate(rows[start:start + batch_size]):
-      column = 0
-      for segment, i in enumerate(members, 1):
-        n = lengths[i]
-        for key in ("inputs", "targets", "loss_weights"):
-          batch[key][row, column:column + n] = features[i][key]
-        batch["segment_ids"][row, column:column + n] = segment
-        batch["positions"][row, column:column + n] = np.arange(n)
-        spans.append((i, row, column, column + n))
-        column += n
-    # Every process builds the same batch and gives its devices their rows; every process gets all scores.
+      column, segment = 0, 0
+      for i in members:
+        for j, (tokens, targets, weights, positions, offset, context) in enumerate(units[i]):
+          end = column + len(tokens)
+          batch["inputs"][row, column:end], batch["targets"][row, column:end] = tokens, targets
+          batch["loss_weights"][row, column:end], batch["positions"][row, column:end] = weights, positions
+          batch["segment_ids"][row, column:end] = segment + offset
+          batch["context_ids"][row, column:end] = segment + context if context else 0
+          if j:
+            spans.append((i, j - 1, row, column, end))
+          column = end
+        segment += len(units[i])
     batch = {k: jax.make_array_from_callback(v.shape, sharding.batch_sharding(mesh), lambda index, v=v: v[index])
-             for k, v in batch.items()}
+             for k, v in batch.items()}  # every process builds the same batch; its devices get their rows
     token_scores = multihost_utils.process_allgather(_token_log_likelihoods(params, batch, model=model,
                                                                             chunk_len=chunk_len), tiled=True)
-    for i, row, begin, end in spans:
-      log_likelihoods[i] = token_scores[row, begin:end].sum()
-  return log_likelihoods, counts
+    for i, j, row, begin, end in spans:
+      scores[i][j] = token_scores[row, begin:end].sum()
+  return scores
 
 
 def _first_fit_decreasing(lengths, capacity: int) -> list[list[int]]:
@@ -106,7 +122,8 @@ def _first_fit_decreasing(lengths, capacity: int) -> list[list[int]]:
 @functools.partial(jax.jit, static_argnames=("model", "chunk_len"))
 def _token_log_likelihoods(params, batch, *, model: Decoder, chunk_len: int):
   """[b, l]: each target token's log-probability times its loss weight."""
-  hidden = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
+  hidden = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"],
+                       context_ids=batch["context_ids"])
   unembedding = model.apply({"params": params}, method=Decoder.unembedding)
   nll = losses.token_nll(hidden, unembedding, batch["targets"], chunk_len=chunk_len, dtype=model.cfg.dtype)
   return -nll * batch["loss_weights"]
@@ -115,24 +132,34 @@ def _token_log_likelihoods(params, batch, *, model: Decoder, chunk_len: int):
 def rank_classification(params, model, tokenizer, items, config, mesh):
   """For each (task, fields, template) of `items`, (predicted option, target) per example: the option of
   highest (optionally length-normalised) log-likelihood as the response to the rendered prompt. Every
-  option of every item is scored in one pass."""
-  sequences, spans = [], []
+  option of every item is scored in one pass, each example's prompt run once (score_continuations)."""
+  requests, counts, options = [], [], []
   for task, fields, template in items:
-    item_spans = []
     for f in fields:
       context = pipeline.conversation(task, f, template, config.data.template)[:-1]  # all before the answer
-      options = task.example_options(f)
-      item_spans.append((len(sequences), options))
-      sequences += [tokenizer.encode_conversation([*context, ("assistant", option)], config.data.template.format)
-                    for option in options]
-    spans.append(item_spans)
-  scores, counts = score_sequences(params, model, sequences, batch_size=config.eval.batch_size,
-                                   seq_len=config.data.seq_len, chunk_len=config.loss.chunk_len, mesh=mesh)
+      options.append(task.example_options(f))
+      encoded = [tokenizer.encode_conversation([*context, ("assistant", option)], config.data.template.format)
+                 for option in options[-1]]
+      split = _shared_prompt_length(encoded)
+      requests.append((encoded[0][0][:split], [(tokens[split:], weights[split:]) for tokens, weights in encoded]))
+      counts.append(np.asarray([weights.sum() for _, weights in encoded]))
+  scores = score_continuations(params, model, requests, batch_size=config.eval.batch_size,
+                               seq_len=config.data.seq_len, chunk_len=config.loss.chunk_len, mesh=mesh)
   if config.eval.length_normalize:
-    scores = scores / np.maximum(counts, 1)
-  return [([options[int(np.argmax(scores[start:start + len(options)]))] for start, options in item_spans],
-           [f["answer"] for f in fields])
-          for item_spans, (_, fields, _) in zip(spans, items)]
+    scores = [s / np.maximum(c, 1) for s, c in zip(scores, counts)]
+  predictions = iter(o[int(np.argmax(s))] for o, s in zip(options, scores))
+  return [([next(predictions) for _ in fields], [f["answer"] for f in fields]) for _, fields, _ in items]
+
+
+def _shared_prompt_length(encoded) -> int:
+  """How many leading tokens the (tokens, weights) encodings of one prompt's options share, up to the first
+  weighted (scored) one, and at least one: the prompt they are scored after."""
+  first_scored = min(int(np.argmax(weights > 0)) if weights.any() else len(weights) for _, weights in encoded)
+  shared = first_scored
+  for tokens, _ in encoded[1:]:
+    n = min(shared, len(tokens))
+    shared = int(np.argmin(np.append(encoded[0][0][:n] == tokens[:n], False)))
+  return max(1, shared)
 
 
 def generation(params, model, tokenizer, items, config):

@@ -103,17 +103,14 @@ def continue_texts(loaded: LoadedModel, prompts, *, max_new_tokens: int, batch_s
 def choose(loaded: LoadedModel, prompts, labels, *, batch_size: int = 8) -> np.ndarray:
   """[len(prompts), len(labels)] log-probabilities of each label text as the continuation of each
   token-id prompt (a label of several tokens: their sum)."""
-  sequences = []
-  for prompt in prompts:
-    for label in labels:
-      ids = loaded.tokenizer.encode(label)
-      sequences.append((np.asarray([*prompt, *ids]), np.asarray([0] * len(prompt) + [1] * len(ids))))
-  longest = max(len(t) for t, _ in sequences)
+  label_ids = [np.asarray(loaded.tokenizer.encode(label)) for label in labels]
+  requests = [(prompt, [(ids, np.ones(len(ids))) for ids in label_ids]) for prompt in prompts]
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   with sharding.context(mesh, sharding.rules("fsdp")):
-    scores, _ = evaluate.score_sequences(loaded.params, loaded.model, sequences, batch_size=batch_size,
-                                         seq_len=longest, chunk_len=SCORE_CHUNK_LEN, mesh=mesh)
-  return scores.reshape(len(prompts), len(labels))
+    scores = evaluate.score_continuations(loaded.params, loaded.model, requests, batch_size=batch_size,
+                                          seq_len=max(len(p) for p in prompts) + max(map(len, label_ids)),
+                                          chunk_len=SCORE_CHUNK_LEN, mesh=mesh)
+  return np.stack(scores)
 
 
 def read_jsonl(path) -> list[tuple[dict, str]]:

@@ -181,12 +181,19 @@ def rotary(x, positions, cfg: ModelConfig):
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def attention_mask(segment_ids, sliding_window: int = 0):
-  """[b, l, l]: a token sees earlier tokens of its own example only (within `sliding_window`
-  positions, if set); every token sees itself."""
+def attention_mask(segment_ids, positions, sliding_window: int = 0, context_ids=None):
+  """[b, l, l]: a token sees earlier tokens of its own segment (example) only, and with `context_ids`
+  [b, l] also those of the segment its id names (> 0): answer options scored side by side, each seeing
+  one shared prompt but not each other. Within `sliding_window` positions, if set; every token sees
+  itself."""
   length = segment_ids.shape[1]
   mask = segment_ids[:, :, None] == segment_ids[:, None, :]
-  return mask & _causal(jnp.arange(length), jnp.arange(length), sliding_window)[None]
+  if context_ids is not None:
+    mask |= (context_ids[:, :, None] == segment_ids[:, None, :]) & (context_ids[:, :, None] > 0)
+  mask &= _causal(jnp.arange(length), jnp.arange(length), 0)[None]
+  if sliding_window:
+    mask &= positions[:, :, None] - positions[:, None, :] < sliding_window
+  return mask
 
 
 def _causal(query_slots, key_slots, sliding_window: int):
@@ -227,14 +234,8 @@ def attend(implementation: str, q, k, v, mask, segment_ids, cfg: ModelConfig):
   if needed and platform != needed:
     raise ValueError(f"model.attention={implementation!r} runs on {needed.upper()} only; this run's devices are "
                      f"{platform} (choose auto, einsum or xla)")
-  b, length, heads, head_dim = q.shape
-  groups = heads // cfg.num_kv_heads
   if implementation == "einsum":
-    q = q.reshape(b, length, cfg.num_kv_heads, groups, head_dim) * head_dim ** -0.5
-    scores = matmul("blkgd,bskd->bkgls", q, k, cfg.dtype)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    return matmul("bkgls,bskd->blkgd", probs, v, cfg.dtype).reshape(b, length, heads, head_dim)
+    return einsum_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, cfg)
   q, k, v = (y.astype(cfg.dtype) for y in (q, k, v))
   if implementation == "xla":
     return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="xla").astype(jnp.float32)
@@ -244,6 +245,30 @@ def attend(implementation: str, q, k, v, mask, segment_ids, cfg: ModelConfig):
     return jax.nn.dot_product_attention(q, k, v, mask=same_segment, is_causal=True, local_window_size=window,
                                         implementation="cudnn").astype(jnp.float32)
   return _splash(q, k, v, segment_ids, cfg, window).astype(jnp.float32)
+
+
+def einsum_attention(q, k, v, mask, cfg: ModelConfig):
+  """The reference: q [b, l, heads, d] over k, v [b, kv_heads, s, d] (the KV cache's layout, in which
+  the matmuls need no transposed copy) with `mask` [b, l, s]; scores and probabilities in f32."""
+  b, length, heads, head_dim = q.shape
+  q = q.reshape(b, length, cfg.num_kv_heads, heads // cfg.num_kv_heads, head_dim) * head_dim ** -0.5
+  scores = matmul("blkgd,bksd->bkgls", q, k, cfg.dtype)
+  scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1)
+  # Heads-major out, then transposed: XLA:CPU has no bf16 kernel for this product written as "->blkgd".
+  out = matmul("bkgls,bksd->bkgld", probs, v, cfg.dtype)
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, length, heads, head_dim)
+
+
+def _write_cache(cache, update, cache_index):
+  """`cache` [b, kv_heads, s, d] with `update` [b, kv_heads, l, d] written at slot cache_index, in place.
+  The write is done on the bits (as unsigned integers): XLA:CPU computes a bf16 dynamic-update-slice in
+  f32, which copies the whole cache at every step."""
+  bits = jnp.dtype(f"uint{cache.dtype.itemsize * 8}")
+  updated = jax.lax.dynamic_update_slice(jax.lax.bitcast_convert_type(cache, bits),
+                                         jax.lax.bitcast_convert_type(update.astype(cache.dtype), bits),
+                                         (0, 0, cache_index, 0))
+  return jax.lax.bitcast_convert_type(updated, cache.dtype)
 
 
 def _splash(q, k, v, segment_ids, cfg: ModelConfig, window, interpret: bool = False):
@@ -305,9 +330,10 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x, positions, mask, segment_ids, cache_index=None):
     """mask [b, l, s] (what the einsum and xla implementations use), segment_ids [b, l] (what the
-    kernels use, with their own causal and sliding-window masks). With `cache_index`, keys and values
-    of these l tokens are written into the "cache" collection at that offset, and the queries attend
-    over all s cached positions (always with the einsum)."""
+    kernels use, with their own causal and sliding-window masks; None where the mask says more than
+    segments can, and the einsum attends). With `cache_index`, keys and values of these l tokens are
+    written into the "cache" collection at that offset, and the queries attend over all s cached
+    positions (always with the einsum)."""
     cfg = self.cfg
     heads = {"wq": cfg.num_heads, "wk": cfg.num_kv_heads, "wv": cfg.num_kv_heads}
     q, k, v = (_weight_projection(self, name, "bld,dhk->blhk", x, (cfg.d_model, n, cfg.head_dim), cfg.d_model)
@@ -318,15 +344,17 @@ class Attention(nn.Module):
                  for y, (name, n) in zip((q, k, v), heads.items()))
     q, k = rotary(q, positions, cfg), rotary(k, positions, cfg)
     q = nn.with_logical_constraint(q, (BATCH, LENGTH, HEADS, HEAD_DIM))
-    if cache_index is not None:
-      # Created by init with the full decode length; written at cache_index afterwards.
+    if cache_index is None:
+      implementation = "einsum" if segment_ids is None else attention_implementation(cfg, q.shape[1])
+      out = attend(implementation, q, k, v, mask, segment_ids, cfg)
+    else:
+      # [b, kv_heads, s, d], created by init with the full decode length; written at cache_index afterwards.
+      k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
       cached_k = self.variable("cache", "k", jnp.zeros, k.shape, jnp.dtype(cfg.dtype))
       cached_v = self.variable("cache", "v", jnp.zeros, v.shape, jnp.dtype(cfg.dtype))
-      start = (0, cache_index, 0, 0)
-      cached_k.value = k = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
-      cached_v.value = v = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
-    implementation = "einsum" if cache_index is not None else attention_implementation(cfg, q.shape[1])
-    out = attend(implementation, q, k, v, mask, segment_ids, cfg)
+      cached_k.value = _write_cache(cached_k.value, k, cache_index)
+      cached_v.value = _write_cache(cached_v.value, v, cache_index)
+      out = einsum_attention(q, cached_k.value, cached_v.value, mask, cfg)
     out = nn.with_logical_constraint(out, (BATCH, LENGTH, HEADS, HEAD_DIM))
     return _weight_projection(self, "wo", "blhk,hkd->bld", out, (cfg.num_heads, cfg.head_dim, cfg.d_model),
                               cfg.num_heads * cfg.head_dim)
@@ -380,8 +408,9 @@ class Decoder(nn.Module):
       self.blocks = [block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
     self.final_norm = RMSNorm(cfg)
 
-  def __call__(self, tokens, positions, segment_ids, cache_index=None, cache_segment_ids=None):
-    """[b, l] int32 each -> final hidden states [b, l, d_model] in f32.
+  def __call__(self, tokens, positions, segment_ids, cache_index=None, cache_segment_ids=None, context_ids=None):
+    """[b, l] int32 each -> final hidden states [b, l, d_model] in f32. `context_ids` [b, l]: a segment
+    each token sees besides its own (see attention_mask), attended by the einsum.
 
     Decoding (decode.py) passes `cache_index`, where these tokens go in the key/value cache,
     and `cache_segment_ids` [b, s], the segment id of every cache slot after this write.
@@ -391,12 +420,14 @@ class Decoder(nn.Module):
       x = x * jnp.sqrt(jnp.float32(self.cfg.d_model))
     x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
     if cache_index is None:
-      mask = attention_mask(segment_ids, self.cfg.sliding_window)
+      mask = attention_mask(segment_ids, positions, self.cfg.sliding_window, context_ids)
     else:  # causal in cache order, and within the same segment
       query_slots = cache_index + jnp.arange(tokens.shape[1])
       key_slots = jnp.arange(cache_segment_ids.shape[1])
       mask = (_causal(query_slots, key_slots, self.cfg.sliding_window)[None]
               & (segment_ids[:, :, None] == cache_segment_ids[:, None, :]))
+    if context_ids is not None:
+      segment_ids = None  # the mask says more than segments do: every layer attends by the mask (the einsum)
     for block in self.blocks:
       x, _ = block(x, positions, mask, segment_ids, cache_index)
     return self.final_norm(x)

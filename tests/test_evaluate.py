@@ -57,11 +57,32 @@ def test_rank_classification_picks_what_a_full_forward_pass_per_option_picks(tin
       assert predicted == max(scores, key=scores.get)
 
 
-def test_scored_sequences_are_packed_several_to_a_row_longest_first():
+def test_scored_units_are_packed_several_to_a_row_longest_first():
   lengths = [50, 10, 30, 64, 5, 20]
   rows = evaluate._first_fit_decreasing(lengths, 64)
   assert sorted(i for row in rows for i in row) == list(range(6)) and len(rows) == 3
   assert all(sum(lengths[i] for i in row) <= 64 for row in rows)
+
+
+def test_continuations_scored_after_one_shared_prompt_equal_full_forward_passes():
+  """Prompts of different lengths (several to a row, over several batches), 1-3 continuations each,
+  partly weighted: each score is that of a full forward pass over prompt + continuation alone."""
+  model, params = small_model(50)
+  rng = np.random.default_rng(0)
+  requests = []
+  for prompt_len in (1, 3, 9, 70, 5, 2, 66):
+    continuations = []
+    for n in rng.integers(1, 6, size=rng.integers(1, 4)):
+      weights = np.ones(n, np.float32)
+      weights[-1] = rng.integers(0, 2)  # e.g. a trailing token that is not scored
+      continuations.append((rng.integers(1, 50, n), weights))
+    requests.append((rng.integers(1, 50, prompt_len), continuations))
+  scores = evaluate.score_continuations(params, model, requests, batch_size=3, seq_len=128, chunk_len=8,
+                                        mesh=one_device_mesh())
+  for (prompt, continuations), got in zip(requests, scores):
+    expected = [brute_force_log_likelihood(model, params, np.concatenate([prompt, c]),
+                                           np.concatenate([np.zeros(len(prompt)), w])) for c, w in continuations]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_evaluate_reports_every_held_out_task_and_cluster_and_writes_results(tiny_config, tokenizer, tmp_path):

@@ -37,6 +37,27 @@ def test_packed_row_equals_each_example_alone():
   np.testing.assert_allclose(packed[5:12], alone_b[:7], atol=1e-5)
 
 
+@pytest.mark.parametrize("sliding_window", [0, 4])
+def test_options_sharing_a_prompt_through_context_ids_equal_each_option_after_it_alone(sliding_window):
+  """[prompt | option 1 | option 2] in one row, the options seeing the prompt (context_ids) but not each
+  other, and positions (so the window) counting on from the prompt in both."""
+  model, params = _init(ModelConfig(**{**CFG.__dict__, "sliding_window": sliding_window}))
+  rng = np.random.default_rng(1)
+  prompt, first, second = rng.integers(1, 64, 6), rng.integers(1, 64, 3), rng.integers(1, 64, 4)
+  row = np.concatenate([prompt, first, second, [0, 0, 0]])
+  positions = np.concatenate([np.arange(6), 6 + np.arange(3), 6 + np.arange(4), [0, 0, 0]])
+  segments = np.array([1] * 6 + [2] * 3 + [3] * 4 + [0] * 3)
+  context = np.array([0] * 6 + [1] * 7 + [0] * 3)
+  shared = np.asarray(jax.jit(model.apply)(params, *(jnp.asarray([a]) for a in (row, positions, segments)),
+                                           context_ids=jnp.asarray([context]))[0])
+  for option, columns in ((first, slice(6, 9)), (second, slice(9, 13))):
+    n = 6 + len(option)
+    alone = _run(model, params, np.pad(np.concatenate([prompt, option]), (0, 16 - n)),
+                 np.pad(np.arange(n), (0, 16 - n)), [1] * n + [0] * (16 - n))
+    np.testing.assert_allclose(shared[columns], alone[6:n], atol=1e-5)
+  np.testing.assert_allclose(shared[:6], alone[:6], atol=1e-5)
+
+
 def test_changing_one_example_changes_no_other():
   model, params = _init()
   row = np.arange(1, 17)
@@ -197,8 +218,9 @@ def _packed_attention_inputs(sliding_window):
   k, v = (jax.random.normal(key, (batch, length, cfg.num_kv_heads, cfg.head_dim)) for key in keys[1:])
   segment_ids = np.zeros((batch, length), np.int32)
   segment_ids[0, :100], segment_ids[0, 100:250], segment_ids[1] = 1, 2, 1  # two examples and padding; one
-  segment_ids = jnp.asarray(segment_ids)
-  return cfg, (q, k, v), segment_ids
+  positions = np.concatenate([np.arange(100), np.arange(156)])[None].repeat(batch, 0)
+  positions[1] = np.arange(length)
+  return cfg, (q, k, v), jnp.asarray(segment_ids), jnp.asarray(positions)
 
 
 @pytest.mark.parametrize("sliding_window", [0, 24])
@@ -207,8 +229,8 @@ def test_attention_implementations_match_the_einsum_on_packed_rows_forward_and_b
                                                                                       sliding_window):
   """Splash is TPU-only: here its Pallas kernel runs in interpret mode, through the same wrapper."""
   from flan_jax import model as model_lib
-  cfg, qkv, segment_ids = _packed_attention_inputs(sliding_window)
-  mask = model_lib.attention_mask(segment_ids, sliding_window)
+  cfg, qkv, segment_ids, positions = _packed_attention_inputs(sliding_window)
+  mask = model_lib.attention_mask(segment_ids, positions, sliding_window)
   window = (sliding_window - 1, 0) if sliding_window else None
   run = {"xla": lambda q, k, v: model_lib.attend("xla", q, k, v, mask, segment_ids, cfg),
          "splash": lambda q, k, v: model_lib._splash(q, k, v, segment_ids, cfg, window, interpret=True)}[implementation]
