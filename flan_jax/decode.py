@@ -103,23 +103,22 @@ def generate(params, model: Decoder, prompts, *, max_new_tokens: int, stop_ids, 
   copies of its first prompt), so one batch shape compiles; batch i samples with fold_in(rng, i)."""
   rng = jax.random.key(0) if rng is None else rng
   if batch_size:
-    out = []
-    for i, start in enumerate(range(0, len(prompts), batch_size)):
-      batch = list(prompts[start:start + batch_size])
-      n = len(batch)
-      batch += [batch[0]] * (batch_size - n)
-      out += generate(params, model, batch, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
-                      temperature=temperature, top_k=top_k, top_p=top_p, rng=jax.random.fold_in(rng, i),
-                      bucket=bucket)[:n]
-    return out
-  tokens, positions, segment_ids = left_pad(prompts, pad_id, bucket)
-  # All of the output on every process, however it is sharded (the parameters may span processes).
-  generated = multihost_utils.process_allgather(
-      _generate(params, tokens, positions, segment_ids, rng, model=model, max_new_tokens=max_new_tokens,
-                stop_ids=tuple(int(i) for i in stop_ids), temperature=temperature, top_k=top_k, top_p=top_p),
-      tiled=True)
+    batches = [list(prompts[start:start + batch_size]) for start in range(0, len(prompts), batch_size)]
+    batches = [(b + [b[0]] * (batch_size - len(b)), jax.random.fold_in(rng, i)) for i, b in enumerate(batches)]
+  else:
+    batches = [(list(prompts), rng)]
+  # Every batch is dispatched before any is read back: the host pads the next batch (and compiles a new
+  # prompt length) while the device still decodes the previous ones.
+  pending = []
+  for batch, batch_rng in batches:
+    tokens, positions, segment_ids = left_pad(batch, pad_id, bucket)
+    pending.append(_generate(params, tokens, positions, segment_ids, batch_rng, model=model,
+                             max_new_tokens=max_new_tokens, stop_ids=tuple(int(i) for i in stop_ids),
+                             temperature=temperature, top_k=top_k, top_p=top_p))
   out = []
-  for row in generated:
-    stop = np.flatnonzero(np.isin(row, stop_ids))
-    out.append(row[:stop[0]] if len(stop) else row)
+  for generated in pending:
+    # All of the output on every process, however it is sharded (the parameters may span processes).
+    for row in multihost_utils.process_allgather(generated, tiled=True)[:len(prompts) - len(out)]:
+      stop = np.flatnonzero(np.isin(row, stop_ids))
+      out.append(row[:stop[0]] if len(stop) else row)
   return out

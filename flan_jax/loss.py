@@ -132,8 +132,10 @@ def _chunked_pass(chunk_len, dtype, z_loss, label_smoothing, hidden, unembedding
 
 
 def _to_chunks(x, chunk_len: int):
-  """[b, l, ...] -> [num_chunks, b, chunk_len, ...], the length padded up to whole chunks."""
+  """[b, l, ...] -> [num_chunks, b, chunk_len, ...], the length padded up to whole chunks (one chunk of
+  length l where l < chunk_len: padding would only add logits to compute)."""
   b, length = x.shape[:2]
+  chunk_len = min(chunk_len, length)
   num_chunks = -(-length // chunk_len)
   x = jnp.pad(x, [(0, 0), (0, num_chunks * chunk_len - length)] + [(0, 0)] * (x.ndim - 2))
   return jnp.swapaxes(x.reshape(b, num_chunks, chunk_len, *x.shape[2:]), 0, 1)

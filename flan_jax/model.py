@@ -251,8 +251,9 @@ def einsum_attention(q, k, v, mask, cfg: ModelConfig):
   """The reference: q [b, l, heads, d] over k, v [b, kv_heads, s, d] (the KV cache's layout, in which
   the matmuls need no transposed copy) with `mask` [b, l, s]; scores and probabilities in f32."""
   b, length, heads, head_dim = q.shape
-  q = q.reshape(b, length, cfg.num_kv_heads, heads // cfg.num_kv_heads, head_dim) * head_dim ** -0.5
-  scores = matmul("blkgd,bksd->bkgls", q, k, cfg.dtype)
+  q = (q * head_dim ** -0.5).transpose(0, 2, 1, 3).reshape(b, cfg.num_kv_heads, heads // cfg.num_kv_heads, length,
+                                                            head_dim)
+  scores = matmul("bkgld,bksd->bkgls", q, k, cfg.dtype)
   scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1)
   # Heads-major out, then transposed: XLA:CPU has no bf16 kernel for this product written as "->blkgd".
