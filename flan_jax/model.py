@@ -31,7 +31,8 @@ from flan_jax.sharding import BATCH, EMBED, HEAD_DIM, HEADS, KV_HEADS, LAYERS, L
 ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True)}
 PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
-ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "splash")
+ATTENTION_IMPLEMENTATIONS = ("einsum", "chunked", "xla", "cudnn", "splash")
+ATTENTION_CHUNK = 128  # query slots per chunk of the chunked einsum (of 64, 128, 256 the fastest on CPU)
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -67,7 +68,7 @@ class ModelConfig:
   lora_alpha: float = 16.0  # adapter outputs are scaled by alpha / rank
   lora_dropout: float = 0.0  # on adapter inputs, when a "dropout" rng is given (training)
   lora_targets: tuple = ("wq", "wk", "wv", "wo")  # among wq wk wv wo w_gate w_up w_down
-  attention: str = "auto"  # auto | einsum (the reference) | xla | cudnn (GPU) | splash (TPU); see attend()
+  attention: str = "auto"  # auto | einsum (the reference) | chunked | xla | cudnn (GPU) | splash (TPU); see attend()
   dtype: str = "auto"  # matmul operands: auto (hardware.compute_dtype) | bfloat16 | float32
   param_dtype: str = "float32"
   remat: str = "none"  # none | full | save_projections
@@ -203,18 +204,21 @@ def _causal(query_slots, key_slots, sliding_window: int):
   return (distance >= 0) & ((distance < sliding_window) if sliding_window else True)
 
 
-def attention_implementation(cfg: ModelConfig, length: int) -> str:
+def attention_implementation(cfg: ModelConfig, length: int, kernels: bool = True) -> str:
   """model.attention, with "auto" resolved: cuDNN's flash attention on GPUs when the operands are
-  bf16, Splash attention on TPUs when the length is a multiple of its 128-token blocks, and the einsum
-  elsewhere (on CPUs it is as fast as XLA's own composite, which does the same work)."""
-  if cfg.attention != "auto":
-    return cfg.attention
+  bf16, Splash attention on TPUs when the length is a multiple of its 128-token blocks, and elsewhere
+  the chunked einsum for rows longer than one chunk (the einsum for shorter ones; on CPUs XLA's own
+  composite does the einsum's work, no faster). Without `kernels` (a mask that segment ids cannot
+  express: scoring's shared prompts), a kernel gives way to that last choice."""
+  chosen = cfg.attention
   platform = jax.devices()[0].platform
-  if platform == "gpu" and cfg.dtype == "bfloat16":
-    return "cudnn"
-  if platform == "tpu" and length % 128 == 0:
-    return "splash"
-  return "einsum"
+  if chosen == "auto" and kernels and platform == "gpu" and cfg.dtype == "bfloat16":
+    chosen = "cudnn"
+  if chosen == "auto" and kernels and platform == "tpu" and length % 128 == 0:
+    chosen = "splash"
+  if chosen == "auto" or (chosen in KERNEL_PLATFORMS and not kernels):
+    chosen = "chunked" if length > ATTENTION_CHUNK else "einsum"
+  return chosen
 
 
 KERNEL_PLATFORMS = {"cudnn": "gpu", "splash": "tpu"}
@@ -224,6 +228,7 @@ def attend(implementation: str, q, k, v, mask, segment_ids, cfg: ModelConfig):
   """Softmax attention of q [b, l, heads, d] over k, v [b, s, kv_heads, d] -> [b, l, heads, d] (f32).
 
   einsum: the reference, scores and probabilities materialised in f32 with `mask` [b, l, s];
+  chunked: the same over chunks of queries, each against the keys up to its end (self-attention only);
   xla: jax.nn.dot_product_attention's XLA composite with the same mask;
   cudnn: cuDNN's fused flash attention (GPU), causal and windowed by the kernel, packed rows
   through a segment mask; splash: Pallas Splash attention (TPU), causal / local block-sparse masks
@@ -234,8 +239,9 @@ def attend(implementation: str, q, k, v, mask, segment_ids, cfg: ModelConfig):
   if needed and platform != needed:
     raise ValueError(f"model.attention={implementation!r} runs on {needed.upper()} only; this run's devices are "
                      f"{platform} (choose auto, einsum or xla)")
-  if implementation == "einsum":
-    return einsum_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, cfg)
+  if implementation in ("einsum", "chunked"):
+    attention = einsum_attention if implementation == "einsum" else chunked_attention
+    return attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, cfg)
   q, k, v = (y.astype(cfg.dtype) for y in (q, k, v))
   if implementation == "xla":
     return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="xla").astype(jnp.float32)
@@ -259,6 +265,16 @@ def einsum_attention(q, k, v, mask, cfg: ModelConfig):
   # Heads-major out, then transposed: XLA:CPU has no bf16 kernel for this product written as "->blkgd".
   out = matmul("bkgls,bksd->bkgld", probs, v, cfg.dtype)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, length, heads, head_dim)
+
+
+def chunked_attention(q, k, v, mask, cfg: ModelConfig):
+  """einsum_attention over chunks of ATTENTION_CHUNK queries, each against the keys up to its own last
+  slot: the later keys are masked for all of its queries (every mask here is causal in slots), so
+  nearly half of the scores of a long row are never computed. Keys and values as long as the queries."""
+  chunk = ATTENTION_CHUNK
+  return jnp.concatenate([einsum_attention(q[:, start:start + chunk], k[:, :, :start + chunk], v[:, :, :start + chunk],
+                                           mask[:, start:start + chunk, :start + chunk], cfg)
+                          for start in range(0, q.shape[1], chunk)], axis=1)
 
 
 def _write_cache(cache, update, cache_index):
@@ -330,9 +346,9 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x, positions, mask, segment_ids, cache_index=None):
-    """mask [b, l, s] (what the einsum and xla implementations use), segment_ids [b, l] (what the
-    kernels use, with their own causal and sliding-window masks; None where the mask says more than
-    segments can, and the einsum attends). With `cache_index`, keys and values of these l tokens are
+    """mask [b, l, s] (what the einsum, chunked and xla implementations use), segment_ids [b, l] (what
+    the kernels use, with their own causal and sliding-window masks; None where the mask says more
+    than segments can, and no kernel attends). With `cache_index`, keys and values of these l tokens are
     written into the "cache" collection at that offset, and the queries attend over all s cached
     positions (always with the einsum)."""
     cfg = self.cfg
@@ -346,7 +362,7 @@ class Attention(nn.Module):
     q, k = rotary(q, positions, cfg), rotary(k, positions, cfg)
     q = nn.with_logical_constraint(q, (BATCH, LENGTH, HEADS, HEAD_DIM))
     if cache_index is None:
-      implementation = "einsum" if segment_ids is None else attention_implementation(cfg, q.shape[1])
+      implementation = attention_implementation(cfg, q.shape[1], kernels=segment_ids is not None)
       out = attend(implementation, q, k, v, mask, segment_ids, cfg)
     else:
       # [b, kv_heads, s, d], created by init with the full decode length; written at cache_index afterwards.
@@ -411,7 +427,7 @@ class Decoder(nn.Module):
 
   def __call__(self, tokens, positions, segment_ids, cache_index=None, cache_segment_ids=None, context_ids=None):
     """[b, l] int32 each -> final hidden states [b, l, d_model] in f32. `context_ids` [b, l]: a segment
-    each token sees besides its own (see attention_mask), attended by the einsum.
+    each token sees besides its own (see attention_mask), attended through the mask (no kernel).
 
     Decoding (decode.py) passes `cache_index`, where these tokens go in the key/value cache,
     and `cache_segment_ids` [b, s], the segment id of every cache slot after this write.
@@ -428,7 +444,7 @@ class Decoder(nn.Module):
       mask = (_causal(query_slots, key_slots, self.cfg.sliding_window)[None]
               & (segment_ids[:, :, None] == cache_segment_ids[:, None, :]))
     if context_ids is not None:
-      segment_ids = None  # the mask says more than segments do: every layer attends by the mask (the einsum)
+      segment_ids = None  # the mask says more than segments do: every layer attends by the mask, no kernel
     for block in self.blocks:
       x, _ = block(x, positions, mask, segment_ids, cache_index)
     return self.final_norm(x)

@@ -58,6 +58,31 @@ def test_options_sharing_a_prompt_through_context_ids_equal_each_option_after_it
   np.testing.assert_allclose(shared[:6], alone[:6], atol=1e-5)
 
 
+def test_rows_longer_than_an_attention_chunk_attend_chunked_by_default_as_the_einsum_would():
+  """auto on CPU: the chunked einsum for rows over ATTENTION_CHUNK slots, the einsum for shorter ones,
+  and a kernel asked for gives way to it where the mask says more than segment ids. The decoder's
+  output is the einsum's, for packed rows and shared prompts (context_ids) alike, for fewer FLOPs."""
+  from flan_jax.model import ATTENTION_CHUNK, attention_implementation
+  assert CFG.attention == "auto"
+  assert attention_implementation(CFG, ATTENTION_CHUNK) == "einsum"
+  assert attention_implementation(CFG, ATTENTION_CHUNK + 1) == "chunked"
+  cudnn = ModelConfig(**{**CFG.__dict__, "attention": "cudnn"})
+  assert attention_implementation(cudnn, 3 * ATTENTION_CHUNK, kernels=False) == "chunked"
+  sizes = (150, 60, 80, 10)  # a prompt, two options after it, padding: 300 slots, three chunks
+  tokens = jnp.asarray(np.random.default_rng(0).integers(1, 64, (1, sum(sizes))), jnp.int32)
+  segments = jnp.asarray([np.repeat([1, 2, 3, 0], sizes)], jnp.int32)
+  positions = jnp.asarray([np.concatenate([np.arange(150), 150 + np.arange(60), 150 + np.arange(80), [0] * 10])])
+  context = jnp.asarray([np.repeat([0, 1, 1, 0], sizes)], jnp.int32)
+  model, params = _init(CFG)
+  einsum = Decoder(ModelConfig(**{**CFG.__dict__, "attention": "einsum"}))
+  for context_ids in (None, context):
+    run = {m: jax.jit(lambda p, m=m: m.apply(p, tokens, positions, segments, context_ids=context_ids))
+           for m in (model, einsum)}
+    np.testing.assert_allclose(run[model](params), run[einsum](params), atol=1e-5)
+    flops = {m: f.lower(params).compile().cost_analysis()["flops"] for m, f in run.items()}
+    assert flops[model] < flops[einsum]
+
+
 def test_changing_one_example_changes_no_other():
   model, params = _init()
   row = np.arange(1, 17)
@@ -224,15 +249,17 @@ def _packed_attention_inputs(sliding_window):
 
 
 @pytest.mark.parametrize("sliding_window", [0, 24])
-@pytest.mark.parametrize("implementation", ["xla", "splash"])
+@pytest.mark.parametrize("implementation", ["chunked", "xla", "splash"])
 def test_attention_implementations_match_the_einsum_on_packed_rows_forward_and_backward(implementation,
                                                                                       sliding_window):
-  """Splash is TPU-only: here its Pallas kernel runs in interpret mode, through the same wrapper."""
+  """Splash is TPU-only: here its Pallas kernel runs in interpret mode, through the same wrapper. The
+  256-slot rows are two chunks of the chunked einsum."""
   from flan_jax import model as model_lib
   cfg, qkv, segment_ids, positions = _packed_attention_inputs(sliding_window)
   mask = model_lib.attention_mask(segment_ids, positions, sliding_window)
   window = (sliding_window - 1, 0) if sliding_window else None
-  run = {"xla": lambda q, k, v: model_lib.attend("xla", q, k, v, mask, segment_ids, cfg),
+  run = {"chunked": lambda q, k, v: model_lib.attend("chunked", q, k, v, mask, segment_ids, cfg),
+         "xla": lambda q, k, v: model_lib.attend("xla", q, k, v, mask, segment_ids, cfg),
          "splash": lambda q, k, v: model_lib._splash(q, k, v, segment_ids, cfg, window, interpret=True)}[implementation]
   reference = lambda q, k, v: model_lib.attend("einsum", q, k, v, mask, segment_ids, cfg)
   np.testing.assert_allclose(run(*qkv), reference(*qkv), atol=1e-5)
@@ -252,5 +279,5 @@ def test_the_attention_switch_reaches_every_block_and_kernels_are_refused_where_
   for kernel, device in (("cudnn", "GPU"), ("splash", "TPU")):
     with pytest.raises(ValueError, match=rf"model.attention='{kernel}' runs on {device} only; this run's devices are cpu"):
       Decoder(ModelConfig(**{**CFG.__dict__, "attention": kernel})).apply(params, tokens, positions, segment_ids)
-  with pytest.raises(ValueError, match="model.attention='flash': choose from auto, einsum, xla, cudnn, splash"):
+  with pytest.raises(ValueError, match="model.attention='flash': choose from auto, einsum, chunked, xla, cudnn, splash"):
     ModelConfig(**{**CFG.__dict__, "attention": "flash"})
