@@ -350,7 +350,7 @@ class Attention(nn.Module):
     the kernels use, with their own causal and sliding-window masks; None where the mask says more
     than segments can, and no kernel attends). With `cache_index`, keys and values of these l tokens are
     written into the "cache" collection at that offset, and the queries attend over all s cached
-    positions (always with the einsum)."""
+    positions (with the einsum; a prefill from slot 0 as self-attention would, chunked or not)."""
     cfg = self.cfg
     heads = {"wq": cfg.num_heads, "wk": cfg.num_kv_heads, "wv": cfg.num_kv_heads}
     q, k, v = (_weight_projection(self, name, "bld,dhk->blhk", x, (cfg.d_model, n, cfg.head_dim), cfg.d_model)
@@ -371,7 +371,10 @@ class Attention(nn.Module):
       cached_v = self.variable("cache", "v", jnp.zeros, v.shape, jnp.dtype(cfg.dtype))
       cached_k.value = _write_cache(cached_k.value, k, cache_index)
       cached_v.value = _write_cache(cached_v.value, v, cache_index)
-      out = einsum_attention(q, cached_k.value, cached_v.value, mask, cfg)
+      # A prefill (cache_index a static 0) puts its queries in slots 0..l-1, as self-attention does.
+      prefill = isinstance(cache_index, int) and cache_index == 0
+      chunked = prefill and attention_implementation(cfg, q.shape[1], kernels=False) == "chunked"
+      out = (chunked_attention if chunked else einsum_attention)(q, cached_k.value, cached_v.value, mask, cfg)
     out = nn.with_logical_constraint(out, (BATCH, LENGTH, HEADS, HEAD_DIM))
     return _weight_projection(self, "wo", "blhk,hkd->bld", out, (cfg.num_heads, cfg.head_dim, cfg.d_model),
                               cfg.num_heads * cfg.head_dim)

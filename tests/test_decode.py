@@ -39,6 +39,25 @@ def test_cached_greedy_decoding_equals_recompute_and_batched_equals_one_at_a_tim
     assert out.tolist() == alone.tolist() == greedy_by_recompute(model, params, prompt, 7)
 
 
+def test_a_prompt_longer_than_an_attention_chunk_is_prefilled_chunked_and_decodes_as_recomputed():
+  """auto's chunked attention serves the prefill too (its queries fill cache slots 0..l-1): the same
+  tokens as the full recompute, for fewer compiled FLOPs than the einsum over the whole cache."""
+  from flan_jax.model import ATTENTION_CHUNK
+  model, params = _params()
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(3, 50, n).tolist() for n in (ATTENTION_CHUNK + 20, 2 * ATTENTION_CHUNK + 5)]
+  for prompt, out in zip(prompts, decode.generate(params, model, prompts, max_new_tokens=5, stop_ids=(), pad_id=0)):
+    assert out.tolist() == greedy_by_recompute(model, params, prompt, 5)
+  tokens, positions, segment_ids = decode.left_pad(prompts, 0)
+  flops = {}
+  for attention in ("auto", "einsum"):
+    lowered = decode._generate.lower(params, tokens, positions, segment_ids, jax.random.key(0),
+                                     model=Decoder(ModelConfig(**{**CFG.__dict__, "attention": attention})),
+                                     max_new_tokens=5, stop_ids=(), temperature=0.0, top_k=0, top_p=1.0)
+    flops[attention] = lowered.compile().cost_analysis()["flops"]
+  assert flops["auto"] < flops["einsum"]
+
+
 def test_generation_stops_at_eos():
   model, params = _params()
   prompt = [5, 6, 7]
