@@ -238,7 +238,7 @@ def attend(implementation: str, q, k, v, mask, segment_ids, cfg: ModelConfig):
   platform = jax.devices()[0].platform
   if needed and platform != needed:
     raise ValueError(f"model.attention={implementation!r} runs on {needed.upper()} only; this run's devices are "
-                     f"{platform} (choose auto, einsum or xla)")
+                     f"{platform} (choose auto, einsum, chunked or xla)")
   if implementation in ("einsum", "chunked"):
     attention = einsum_attention if implementation == "einsum" else chunked_attention
     return attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, cfg)
@@ -270,7 +270,8 @@ def einsum_attention(q, k, v, mask, cfg: ModelConfig):
 def chunked_attention(q, k, v, mask, cfg: ModelConfig):
   """einsum_attention over chunks of ATTENTION_CHUNK queries, each against the keys up to its own last
   slot: the later keys are masked for all of its queries (every mask here is causal in slots), so
-  nearly half of the scores of a long row are never computed. Keys and values as long as the queries."""
+  nearly half of the scores of a long row are never computed. Query i sits in key slot i (self-attention,
+  or a prefill from cache slot 0); keys beyond the last chunk's end are never read."""
   chunk = ATTENTION_CHUNK
   return jnp.concatenate([einsum_attention(q[:, start:start + chunk], k[:, :, :start + chunk], v[:, :, :start + chunk],
                                            mask[:, start:start + chunk, :start + chunk], cfg)
