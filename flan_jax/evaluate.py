@@ -77,12 +77,13 @@ def score_continuations(params, model: Decoder, requests, *, batch_size: int, se
     units.append((prompt[:-1], [([prompt[-1], *c[:-1]], c, w) for c, w in continuations]))
   lengths = [len(context) + sum(len(c) for c, _, _ in continuations) for context, continuations in units]
   shortest = -(-max(lengths) // LENGTH_BUCKET) * LENGTH_BUCKET
+  packings = {n: _first_fit_decreasing(lengths, n) for n in range(shortest, 2 * shortest + 1, LENGTH_BUCKET)}
 
   def padded_flops(row_len):  # of all batches, padding rows included: longer rows pack better, attend longer
-    rows = -(-len(_first_fit_decreasing(lengths, row_len)) // batch_size) * batch_size
+    rows = -(-len(packings[row_len]) // batch_size) * batch_size
     return rows * row_len * train_flops_per_token(model.cfg, row_len)
-  row_len = min(range(shortest, 2 * shortest + 1, LENGTH_BUCKET), key=padded_flops)
-  rows = _first_fit_decreasing(lengths, row_len)
+  row_len = min(packings, key=padded_flops)
+  rows = packings[row_len]
   scored = [sum(lengths[i] - len(units[i][0]) for i in members) for members in rows]
   scored_len = -(-max(scored) // 16) * 16  # a few tokens of options a row: a finer bucket
   scores = [np.zeros(len(continuations)) for _, continuations in requests]
