@@ -12,11 +12,12 @@ train     train-step tokens/s for the tiny config and a d_model-512 one, one dev
           the published peak (`mfu_<name>_vs_published_peak`, GPUs and TPUs) and over the measured peak
           of the dtype used (`mfu_<name>_vs_measured_<dtype>_peak`), where FLOPs per token = 6 x matmul
           parameters + 6 x layers x seq_len x heads x head_dim (MaxText's count).
-peer      Hugging Face transformers + PyTorch training the d512 shape, f32 and bf16 autocast; peer_train_ratio
-          = our d512 tokens/s (model.dtype=auto) / the peer's faster dtype.
+peer      Hugging Face transformers + PyTorch training the d512 shape, f32 and bf16 autocast, in a process of
+          its own; peer_train_ratio = our d512 tokens/s (model.dtype=auto) / the peer's faster dtype.
 loss      fused versus naive cross-entropy at vocab 32,000, length 2,048, batch 8, d_model 512:
           compiled temporary memory and value-and-gradient time.
-sharding  per-device parameter + optimiser memory on 8 simulated CPU devices, FSDP versus replicated.
+sharding  per-device parameter + optimiser memory on 8 simulated CPU devices (a process of its own), FSDP
+          versus replicated.
 decode    greedy decoding of 64 tokens with the KV cache versus recomputing the whole sequence per token.
 packing   best-fit / first-fit / one-example-per-row efficiency, lognormal lengths (median 200, length 2,048)
           and flan_mini's lengths.
@@ -29,36 +30,32 @@ scale     per-device memory of the --scale_config's train step compiled (not run
           devices (FSDP) and Llama-3.2-1B on 8, against TPU v5p (95 GiB) and v5e (16 GiB) HBM.
 lora      Llama-3.2-1B's trainable parameters and optimiser state (--config's): full fine-tuning versus LoRA rank 16.
 
---write replaces this backend's section of BENCHMARKS.md with the results.
+The bench runs as the commands do (commands.start: glibc keeps freed host memory for reuse) on the
+devices a training run has; figures that need simulated devices or a clean process come from
+subprocesses. --write replaces this backend's section of BENCHMARKS.md with the results.
 """
 
+import copy
+import functools
+import json
 import os
+import subprocess
+import sys
+import tempfile
+import time
 
-# Eight simulated host devices for the sharding figures; set before jax starts. On GPU or TPU
-# hosts this adds CPU devices only, and the accelerator stays the default backend.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+import grain
+from grain import experimental as grain_experimental
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from etils import epath
 
-import copy  # noqa: E402
-import functools  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import grain  # noqa: E402
-from grain import experimental as grain_experimental  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from etils import epath  # noqa: E402
-
-from flan_jax import loss as losses  # noqa: E402
-from flan_jax import checkpoint, decode, hardware, lora, optim, presets, sharding, train, workdirs  # noqa: E402
-from flan_jax.data import decontamination, packing, pipeline  # noqa: E402
-from flan_jax.model import Decoder, ModelConfig, from_config, matmul, train_flops_per_token  # noqa: E402
+from flan_jax import loss as losses
+from flan_jax import checkpoint, commands, decode, hardware, lora, optim, presets, sharding, train, workdirs
+from flan_jax.data import decontamination, packing, pipeline
+from flan_jax.model import Decoder, ModelConfig, from_config, matmul, train_flops_per_token
 
 
 BENCHMARKS_HEADER = """# Benchmarks
@@ -170,14 +167,28 @@ def train_steps(results, config):
 
 
 def peer_training(results, config):
-  """Hugging Face transformers + PyTorch training the d512 shape (same layers, heads, MLP, tied
-  vocabulary, sequence length and batch; AdamW) on the same device, as a Llama in its own code with
-  SDPA attention over plain causal rows (it has no packed-row masking), in f32 and in bf16 autocast;
-  `peer_train_ratio` is our d512 tokens/s with model.dtype=auto over the faster of the two."""
+  """Hugging Face transformers + PyTorch training the d512 shape (see peer_model), in a process of its own
+  with glibc's default malloc, as it runs without flan_jax (commands.keep_freed_host_memory, which this
+  process runs under, slows its bf16 steps by a third); `peer_train_ratio` is our d512 tokens/s with
+  model.dtype=auto over the faster of the peer's two dtypes."""
+  out = _section_in_subprocess("peer_model", flags.FLAGS["config"].config_filename, GLIBC_TUNABLES="")
+  ours = results.get("train_tokens_per_s_d512")
+  if ours is None:
+    config = train_configs(config)["d512"]
+    config.model.dtype = "auto"
+    ours = measure_train_step(config, repeats=3)["tokens_per_s"]
+  out["peer_train_ratio"] = ours / max(out[f"peer_train_tokens_per_s_d512_{d}"] for d in ("float32", "bfloat16"))
+  return out
+
+
+def peer_model(results, config):
+  """The peer: the d512 shape (same layers, heads, MLP, tied vocabulary, sequence length and batch;
+  AdamW) as a transformers Llama in its own code with SDPA attention over plain causal rows (it has no
+  packed-row masking), trained on the same device in f32 and in bf16 autocast."""
+  del results
   import torch  # only this section needs PyTorch (installed for the parity tests)
   import transformers
   config = train_configs(config)["d512"]
-  config.model.dtype = "auto"
   cfg = ModelConfig(**config.model)
   hf_config = transformers.LlamaConfig(
       vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
@@ -206,11 +217,7 @@ def peer_training(results, config):
       step(dtype)
       times.append(time.perf_counter() - start)
     out[f"peer_train_tokens_per_s_d512_{dtype}"] = tokens.numel() / float(np.median(times))
-  ours = results.get("train_tokens_per_s_d512")
-  if ours is None:
-    ours = measure_train_step(config, repeats=3)["tokens_per_s"]
   out["peer_torch_threads"] = torch.get_num_threads()
-  out["peer_train_ratio"] = ours / max(out[f"peer_train_tokens_per_s_d512_{d}"] for d in ("float32", "bfloat16"))
   return out
 
 
@@ -236,6 +243,14 @@ def fused_loss(results, config):
 
 
 def fsdp_memory(results, config):
+  """fsdp_memory_on_8_devices in a process with 8 simulated CPU devices (this one keeps the device
+  count training has, which the train figures need: simulated devices share the host's cores)."""
+  del results, config
+  return _section_in_subprocess("fsdp_memory_on_8_devices", flags.FLAGS["config"].config_filename,
+                                XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+
+
+def fsdp_memory_on_8_devices(results, config):
   """Bytes of parameters and AdamW state on the first of 8 CPU devices: d512 model, FSDP versus replicated."""
   del results
   config = train_configs(config)["d512"]
@@ -449,10 +464,16 @@ def scale_on_paper(results, config):
   on 64 simulated devices with FSDP and for Llama-3.2-1B on 8, and reports per-device memory. Runs in
   a subprocess with 64 host devices, which takes --scale_config as its --config."""
   del results, config
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=64", JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-m", "flan_jax.bench", "--json", "--only=compile_at_scale",
-                           f"--config={flags.FLAGS['scale_config'].config_filename}"], env=env,
-                          capture_output=True, text=True, check=True)
+  return _section_in_subprocess("compile_at_scale", flags.FLAGS["scale_config"].config_filename,
+                                XLA_FLAGS="--xla_force_host_platform_device_count=64", JAX_PLATFORMS="cpu")
+
+
+def _section_in_subprocess(section: str, config_file: str, **env) -> dict:
+  """The figures of `python -m flan_jax.bench --only=<section> --config=<config_file>` run with `env` added."""
+  command = [sys.executable, "-m", "flan_jax.bench", "--json", f"--only={section}", f"--config={config_file}"]
+  result = subprocess.run(command, env=dict(os.environ, **env), capture_output=True, text=True)
+  if result.returncode:
+    raise RuntimeError(f"{' '.join(command)} (with {env}) failed:\n{result.stderr[-3000:]}")
   figures = json.loads(result.stdout)
   return {k: v for k, v in figures.items() if k not in ("backend", "device")}
 
@@ -510,7 +531,9 @@ SECTIONS = {"peak": peak, "train": train_steps, "peer": peer_training, "loss": f
             "decode": kv_cache_decoding, "packing": packing_efficiency, "pipeline": input_pipeline, "stall": input_stall,
             "decontamination": decontamination_speed,
             "checkpoint": checkpoints, "scale": scale_on_paper, "lora": lora_memory}
-INTERNAL_SECTIONS = {"compile_at_scale": compile_at_scale}  # run by `scale` in a 64-device subprocess
+# Run by the sections above in processes of their own: `scale` (64 simulated devices), `sharding` (8), `peer`.
+INTERNAL_SECTIONS = {"compile_at_scale": compile_at_scale, "fsdp_memory_on_8_devices": fsdp_memory_on_8_devices,
+                     "peer_model": peer_model}
 
 
 def _format(value) -> str:
@@ -520,8 +543,7 @@ def _format(value) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  commands.start(argv)
   names = flags.FLAGS.only or list(SECTIONS)
   sections = {**SECTIONS, **INTERNAL_SECTIONS}
   unknown = sorted(set(names) - set(sections))
