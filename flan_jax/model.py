@@ -271,11 +271,55 @@ def chunked_attention(q, k, v, mask, cfg: ModelConfig):
   """einsum_attention over chunks of ATTENTION_CHUNK queries, each against the keys up to its own last
   slot: the later keys are masked for all of its queries (every mask here is causal in slots), so
   nearly half of the scores of a long row are never computed. Query i sits in key slot i (self-attention,
-  or a prefill from cache slot 0); keys beyond the last chunk's end are never read."""
+  or a prefill from cache slot 0); keys beyond the last chunk's end are never read. Each chunk's
+  backward pass is written out (_chunk_attention), not derived."""
   chunk = ATTENTION_CHUNK
-  return jnp.concatenate([einsum_attention(q[:, start:start + chunk], k[:, :, :start + chunk], v[:, :, :start + chunk],
-                                           mask[:, start:start + chunk, :start + chunk], cfg)
+  q = q.astype(jnp.float32)  # as it is in training; its gradient comes back in f32
+  return jnp.concatenate([_chunk_attention(q[:, start:start + chunk], k[:, :, :start + chunk], v[:, :, :start + chunk],
+                                           mask[:, start:start + chunk, :start + chunk], cfg.num_kv_heads,
+                                           jnp.dtype(cfg.dtype))
                           for start in range(0, q.shape[1], chunk)], axis=1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _chunk_attention(q, k, v, mask, num_kv_heads, dtype):
+  """einsum_attention of q [b, l, heads, d] (f32) over k, v [b, kv_heads, s, d], products in `dtype`.
+  The gradients come back in the inputs' dtypes (f32 in training), so that the chunks' sum is in f32."""
+  return _chunk_attention_fwd(q, k, v, mask, num_kv_heads, dtype)[0]
+
+
+def _chunk_attention_fwd(q, k, v, mask, num_kv_heads, dtype):
+  b, length, heads, head_dim = q.shape
+  q = (q * head_dim ** -0.5).transpose(0, 2, 1, 3).reshape(b, num_kv_heads, heads // num_kv_heads, length,
+                                                            head_dim).astype(dtype)
+  scores = jnp.einsum("bkgld,bksd->bkgls", q, k.astype(dtype), preferred_element_type=jnp.float32)
+  probs = jax.nn.softmax(jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min), axis=-1).astype(dtype)
+  out = jnp.einsum("bkgls,bksd->bkgld", probs, v.astype(dtype), preferred_element_type=jnp.float32)
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, length, heads, head_dim), (q, k, v, probs, out)
+
+
+def _chunk_attention_bwd(num_kv_heads, dtype, residuals, d_out):
+  """Flash attention's backward: d_scores = probs * (d_probs - rowsum(d_out * out)), one pass over the
+  scores where autodiff through the softmax, the mask's select and the casts makes several; of the
+  forward pass only the compute-dtype probabilities are kept, not the f32 scores. Masked scores get no
+  gradient because their probabilities are 0, except in a row with every key masked (padding), whose
+  probabilities are uniform as in the reference: its d_out is 0 wherever padding carries no loss (no
+  other row attends to it), and then so is its gradient."""
+  q, k, v, probs, out = residuals  # q scaled, heads-major and in `dtype`; k and v as given
+  b, length, heads, head_dim = d_out.shape
+  d_out = d_out.reshape(b, length, num_kv_heads, heads // num_kv_heads, head_dim).transpose(0, 2, 3, 1, 4)
+  d_out_rounded = d_out.astype(dtype)
+  d_probs = jnp.einsum("bkgld,bksd->bkgls", d_out_rounded, v.astype(dtype), preferred_element_type=jnp.float32)
+  rowsum = jnp.sum(d_out * out, axis=-1, keepdims=True)
+  d_scores = (probs * (d_probs - rowsum)).astype(dtype)
+  d_q = jnp.einsum("bkgls,bksd->bkgld", d_scores, k.astype(dtype), preferred_element_type=jnp.float32)
+  d_k = jnp.einsum("bkgls,bkgld->bksd", d_scores, q, preferred_element_type=jnp.float32)
+  d_v = jnp.einsum("bkgls,bkgld->bksd", probs, d_out_rounded, preferred_element_type=jnp.float32)
+  d_q = (d_q * head_dim ** -0.5).transpose(0, 3, 1, 2, 4).reshape(b, length, heads, head_dim)
+  return d_q, d_k.astype(k.dtype), d_v.astype(v.dtype), None
+
+
+_chunk_attention.defvjp(_chunk_attention_fwd, _chunk_attention_bwd)
 
 
 def _write_cache(cache, update, cache_index):
