@@ -4,10 +4,11 @@ import ctypes
 import ctypes.util
 import os
 
+import jax
 from absl import app, flags, logging
 
 # mallopt(3) parameters (glibc's malloc.h).
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 
 
 def quiet_absl_logging():
@@ -19,18 +20,22 @@ def quiet_absl_logging():
 
 def keep_freed_host_memory() -> bool:
   """Has glibc's malloc keep the memory the process frees for reuse rather than give it back to the
-  kernel; True where it did. Takes effect for threads that have not allocated yet, so it runs before
-  JAX starts its own.
+  kernel, and single-device CPU programs run on the thread that calls them; True where malloc was set.
+  Runs before JAX starts its backends and threads.
 
   XLA:CPU allocates each execution's temporary buffer anew (2.3 GB for the d512 train step) and frees
-  it afterwards. By default glibc serves such blocks with mmap, or from per-thread arenas that it
-  trims, so every step page-faults the whole buffer in again: ~600k faults and 17% of the d512 step's
-  time on a 2-core Xeon. Here every thread allocates from the one main heap (M_ARENA_MAX 1), never by
-  mmap (M_MMAP_MAX 0), and the heap is never trimmed (M_TRIM_THRESHOLD the largest size_t), so the
-  freed buffer is the next step's, already mapped. The price: the process keeps its peak host memory
-  until it exits. Left alone off glibc and where GLIBC_TUNABLES is set (the user's own malloc
-  settings; the benchmark runs its PyTorch peer under an empty one, as it would run without flan_jax).
+  it afterwards. By default glibc serves such a block with mmap, so every step page-faults the whole
+  buffer in again: ~600k faults and 17% of the d512 step's time on a 2-core Xeon. Here large blocks come
+  from the heap (M_MMAP_MAX 0), which is never trimmed (M_TRIM_THRESHOLD the largest size_t), so the
+  freed buffer is the next step's, already mapped. That holds for the main thread's heap only: the
+  other threads' arenas are capped at 64 MiB and map larger blocks anyway (one arena for all threads
+  instead costs evaluation 9% in lock contention), hence inline dispatch, which runs (and allocates
+  for) a program on the calling thread; multi-device programs keep their own threads. The price: the
+  process keeps its peak host memory until it exits. malloc is left alone off glibc and where
+  GLIBC_TUNABLES is set (the user's own settings; the benchmark runs its PyTorch peer under an empty
+  one, as it would run without flan_jax).
   """
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
   if "GLIBC_TUNABLES" in os.environ:
     return False
   try:
@@ -38,8 +43,7 @@ def keep_freed_host_memory() -> bool:
     libc.gnu_get_libc_version  # noqa: B018 (glibc's alone: musl's and macOS's libc lack it)
   except (OSError, AttributeError, TypeError):
     return False
-  return all(libc.mallopt(param, value) == 1
-             for param, value in ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1)))
+  return all(libc.mallopt(param, value) == 1 for param, value in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1)))
 
 
 def start(argv):

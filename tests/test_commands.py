@@ -5,45 +5,55 @@ import textwrap
 
 import pytest
 
-# A thread allocates, touches and frees a 64 MiB buffer twice and prints the page faults of each round.
-FAULTS_OF_TWO_BUFFERS = textwrap.dedent("""
-    import resource, sys, threading
-    import numpy as np
+# The tiny config's train step (its temporary buffer ~0.5 GB) run three times; prints what
+# keep_freed_host_memory returned and the page faults of the second and third steps (the first compiles).
+FAULTS_OF_TRAIN_STEPS = textwrap.dedent("""
+    import resource, sys
     from flan_jax import commands
     kept = commands.keep_freed_host_memory() if sys.argv[1] == "keep" else None
+    import jax
+    from configs import tiny
+    from flan_jax import bench, optim, sharding, train
+    from flan_jax.model import from_config
+    config = tiny.get_config()
+    mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    rules = sharding.rules(config.sharding_rules)
+    model = from_config(config.model)
+    optimizer, schedule = optim.make(config.optim, config.train.steps)
+    batch = bench.synthetic_batch(config.data.batch_size, config.data.seq_len, config.model.vocab_size)
     faults = []
-    def allocate_twice():
-      for _ in range(2):
-        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-        buffer = np.ones(64 * 2**20 // 8)
-        faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
-        del buffer
-    thread = threading.Thread(target=allocate_twice)
-    thread.start()
-    thread.join()
-    print(kept, *faults)
+    with sharding.context(mesh, rules):
+      _, shardings = train.state_shapes(model, optimizer, mesh, rules)
+      state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
+      step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
+      for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(kept, *faults[1:])
 """)
 
 
-def _faults(mode, **tunables):
-  """(what keep_freed_host_memory returned, faults of the first buffer, of the second) in a new process,
-  so that this one's malloc stays as it was; GLIBC_TUNABLES only as given."""
+def _step_faults(mode, **tunables):
+  """(what keep_freed_host_memory returned, the page faults of two train steps) in a new process, so
+  that this one stays as it was; GLIBC_TUNABLES only as given."""
   env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | tunables
-  result = subprocess.run([sys.executable, "-c", FAULTS_OF_TWO_BUFFERS, mode], capture_output=True, text=True,
+  result = subprocess.run([sys.executable, "-c", FAULTS_OF_TRAIN_STEPS, mode], capture_output=True, text=True,
                           check=True, env=env)
-  kept, first, second = result.stdout.split()
-  return kept, int(first), int(second)
+  kept, *faults = result.stdout.split()
+  return kept, [int(f) for f in faults]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
-def test_freed_host_memory_is_reused_without_page_faults():
-  default = _faults("default")
-  kept = _faults("keep")
-  assert default[2] >= 8  # glibc gave the first buffer back, and the second faults in again
-  assert kept[0] == "True" and kept[2] <= 2  # the second buffer is the first one's memory
+def test_train_steps_reuse_the_freed_temporary_buffer():
+  _, default = _step_faults("default")
+  kept, faults = _step_faults("keep")
+  assert min(default) > 10_000  # glibc unmapped the last step's temporary buffer, and it faults in again
+  assert kept == "True" and faults[-1] < min(default) / 100  # the heap settles after the first steps
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_user_glibc_tunables_are_left_alone():
-  kept, _, second = _faults("keep", GLIBC_TUNABLES="")
-  assert kept == "False" and second >= 8
+  kept, faults = _step_faults("keep", GLIBC_TUNABLES="glibc.malloc.check=0")
+  assert kept == "False" and min(faults) > 10_000
