@@ -107,8 +107,9 @@ def generate(params, model: Decoder, prompts, *, max_new_tokens: int, stop_ids, 
     batches = [(b + [b[0]] * (batch_size - len(b)), jax.random.fold_in(rng, i)) for i, b in enumerate(batches)]
   else:
     batches = [(list(prompts), rng)]
-  # Every batch is dispatched before any is read back: the host pads the next batch (and compiles a new
-  # prompt length) while the device still decodes the previous ones.
+  # Every batch is dispatched before any is read back: on an accelerator the host pads the next batch (and
+  # compiles a new prompt length) while the device still decodes the previous ones. (The commands run
+  # CPU programs inline, as commands.keep_freed_host_memory says, where this order costs nothing.)
   pending = []
   for batch, batch_rng in batches:
     tokens, positions, segment_ids = left_pad(batch, pad_id, bucket)
