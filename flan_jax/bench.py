@@ -35,6 +35,7 @@ devices a training run has; figures that need simulated devices or a clean proce
 subprocesses. --write replaces this backend's section of BENCHMARKS.md with the results.
 """
 
+import contextlib
 import copy
 import functools
 import json
@@ -107,8 +108,10 @@ def synthetic_batch(rows: int, length: int, vocab: int, seed: int = 0):
   return batch
 
 
-def measure_train_step(config, repeats: int) -> dict:
-  """Tokens/s of the jitted train step on one device, and the model FLOPs behind each token."""
+@contextlib.contextmanager
+def one_device_train_step(config):
+  """(the jitted train step, its initial state, a synthetic batch) for `config` on one device, to be
+  called inside this context (the mesh's sharding rules)."""
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   rules = sharding.rules(config.sharding_rules)
   model = from_config(config.model)
@@ -117,7 +120,12 @@ def measure_train_step(config, repeats: int) -> dict:
   with sharding.context(mesh, rules):
     _, shardings = train.state_shapes(model, optimizer, mesh, rules)
     state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
-    step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
+    yield train.jit_train_step(model, optimizer, schedule, config, mesh, shardings), state, batch
+
+
+def measure_train_step(config, repeats: int) -> dict:
+  """Tokens/s of the jitted train step on one device, and the model FLOPs behind each token."""
+  with one_device_train_step(config) as (step, state, batch):
     state, metrics = step(state, batch)  # compile
     jax.block_until_ready(metrics)
     times = []

@@ -13,19 +13,9 @@ FAULTS_OF_TRAIN_STEPS = textwrap.dedent("""
     kept = commands.keep_freed_host_memory() if sys.argv[1] == "keep" else None
     import jax
     from configs import tiny
-    from flan_jax import bench, optim, sharding, train
-    from flan_jax.model import from_config
-    config = tiny.get_config()
-    mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-    rules = sharding.rules(config.sharding_rules)
-    model = from_config(config.model)
-    optimizer, schedule = optim.make(config.optim, config.train.steps)
-    batch = bench.synthetic_batch(config.data.batch_size, config.data.seq_len, config.model.vocab_size)
+    from flan_jax import bench
     faults = []
-    with sharding.context(mesh, rules):
-      _, shardings = train.state_shapes(model, optimizer, mesh, rules)
-      state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
-      step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
+    with bench.one_device_train_step(tiny.get_config()) as (step, state, batch):
       for _ in range(3):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         state, metrics = step(state, batch)
@@ -37,8 +27,9 @@ FAULTS_OF_TRAIN_STEPS = textwrap.dedent("""
 
 def _step_faults(mode, **tunables):
   """(what keep_freed_host_memory returned, the page faults of two train steps) in a new process, so
-  that this one stays as it was; GLIBC_TUNABLES only as given."""
-  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | tunables
+  that this one stays as it was, with one CPU device as a command has (not conftest's eight, whose
+  threads allocate too); GLIBC_TUNABLES only as given."""
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "XLA_FLAGS")} | tunables
   result = subprocess.run([sys.executable, "-c", FAULTS_OF_TRAIN_STEPS, mode], capture_output=True, text=True,
                           check=True, env=env)
   kept, *faults = result.stdout.split()
