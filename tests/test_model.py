@@ -184,12 +184,15 @@ def test_remat_and_scanned_layers_compute_the_same_function_and_gradients(remat,
   assert jax.tree.map(jnp.shape, nn.unbox(abstract)) == jax.tree.map(jnp.shape, other_params)
   row = jnp.asarray([np.arange(1, 17)])
   positions, segments = jnp.asarray([np.arange(16)]), jnp.ones((1, 16), jnp.int32)
-  loss = lambda m: jax.jit(jax.value_and_grad(lambda p: jnp.sum(m.apply({"params": p}, row, positions, segments) ** 2)))
+  # A random projection of the final hidden states: the sum of their squares, normalised as they are, is
+  # nearly flat in every weight below the final norm, whose gradients would then be rounding noise.
+  probe = jax.random.normal(jax.random.key(1), (1, 16, CFG.d_model))
+  loss = lambda m: jax.jit(jax.value_and_grad(lambda p: jnp.sum(m.apply({"params": p}, row, positions, segments) * probe)))
   value, grads = loss(model)(params)
   other_value, other_grads = loss(other)(other_params)
   np.testing.assert_allclose(other_value, value, rtol=1e-5)
   grads = _stacked(grads) if scan else grads
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), other_grads, grads)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), other_grads, grads)
 
 
 def test_backward_matmuls_take_bf16_operands():
