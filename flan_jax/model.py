@@ -173,15 +173,22 @@ def rope_frequencies(cfg: ModelConfig, half: int):
   return jnp.where(long, inv_freq / cfg.rope_scaling_factor, jnp.where(short, inv_freq, interpolated))
 
 
-def rotary(x, positions, cfg: ModelConfig):
-  """Rotates pairs (x[i], x[i + d/2]) of `x` [b, l, h, d] by angles from `positions` [b, l]:
-  x·cos + (-x[d/2:], x[:d/2])·sin, with [b, l, 1, d] tables of cosines and signed sines. The tables are
-  materialised (the barrier): fused into their consumers, XLA computes the sines and cosines again for
-  every head and element of q, k and their gradients (a tenth of the d512 train step on CPU)."""
-  half = x.shape[-1] // 2
+def rotary_tables(positions, cfg: ModelConfig):
+  """(cos, signed sin), each [b, l, 1, head_dim], for the angles of `positions` [b, l]: built once per
+  call of the model, for every layer. They are materialised (the barrier): fused into their consumers,
+  XLA computes the sines and cosines again for every head and element of q, k and their gradients (a
+  tenth of the d512 train step on CPU)."""
+  half = cfg.head_dim // 2
   angles = positions[:, :, None, None].astype(jnp.float32) * rope_frequencies(cfg, half)
   sin, cos = jnp.sin(angles), jnp.cos(angles)
-  sin, cos = jax.lax.optimization_barrier((jnp.concatenate([-sin, sin], -1), jnp.concatenate([cos, cos], -1)))
+  return jax.lax.optimization_barrier((jnp.concatenate([cos, cos], -1), jnp.concatenate([-sin, sin], -1)))
+
+
+def rotary(x, tables):
+  """Rotates pairs (x[i], x[i + d/2]) of `x` [b, l, h, d] by the angles of `tables` (rotary_tables):
+  x·cos + (x[d/2:], x[:d/2])·sin, the sine table's first half negated."""
+  cos, sin = tables
+  half = x.shape[-1] // 2
   return x * cos + jnp.concatenate([x[..., half:], x[..., :half]], axis=-1) * sin
 
 
@@ -393,12 +400,13 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, segment_ids, cache_index=None):
-    """mask [b, l, s] (what the einsum, chunked and xla implementations use), segment_ids [b, l] (what
-    the kernels use, with their own causal and sliding-window masks; None where the mask says more
-    than segments can, and no kernel attends). With `cache_index`, keys and values of these l tokens are
-    written into the "cache" collection at that offset, and the queries attend over all s cached
-    positions (with the einsum; a prefill from slot 0 as self-attention would, chunked or not)."""
+  def __call__(self, x, rope, mask, segment_ids, cache_index=None):
+    """rope: rotary_tables of the tokens' positions; mask [b, l, s] (what the einsum, chunked and xla
+    implementations use), segment_ids [b, l] (what the kernels use, with their own causal and
+    sliding-window masks; None where the mask says more than segments can, and no kernel attends).
+    With `cache_index`, keys and values of these l tokens are written into the "cache" collection at
+    that offset, and the queries attend over all s cached positions (with the einsum; a prefill from
+    slot 0 as self-attention would, chunked or not)."""
     cfg = self.cfg
     heads = {"wq": cfg.num_heads, "wk": cfg.num_kv_heads, "wv": cfg.num_kv_heads}
     q, k, v = (_weight_projection(self, name, "bld,dhk->blhk", x, (cfg.d_model, n, cfg.head_dim), cfg.d_model)
@@ -407,7 +415,7 @@ class Attention(nn.Module):
       q, k, v = (y + _param(self, f"b{name[1]}", (n, cfg.head_dim), WEIGHT_AXES[name][1:], nn.initializers.zeros,
                             cfg).astype(jnp.float32)
                  for y, (name, n) in zip((q, k, v), heads.items()))
-    q, k = rotary(q, positions, cfg), rotary(k, positions, cfg)
+    q, k = rotary(q, rope), rotary(k, rope)
     q = nn.with_logical_constraint(q, (BATCH, LENGTH, HEADS, HEAD_DIM))
     if cache_index is None:
       implementation = attention_implementation(cfg, q.shape[1], kernels=segment_ids is not None)
@@ -444,10 +452,10 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, segment_ids, cache_index=None):
+  def __call__(self, x, rope, mask, segment_ids, cache_index=None):
     """Returns (x, None): a (carry, output) pair, so that nn.scan can stack blocks."""
     attention_input = RMSNorm(self.cfg, name="attention_norm")(x)
-    x = x + Attention(self.cfg, name="attention")(attention_input, positions, mask, segment_ids, cache_index)
+    x = x + Attention(self.cfg, name="attention")(attention_input, rope, mask, segment_ids, cache_index)
     x = x + FeedForward(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
     return nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED)), None
 
@@ -496,8 +504,9 @@ class Decoder(nn.Module):
               & (segment_ids[:, :, None] == cache_segment_ids[:, None, :]))
     if context_ids is not None:
       segment_ids = None  # the mask says more than segments do: every layer attends by the mask, no kernel
+    rope = rotary_tables(positions, self.cfg)
     for block in self.blocks:
-      x, _ = block(x, positions, mask, segment_ids, cache_index)
+      x, _ = block(x, rope, mask, segment_ids, cache_index)
     return self.final_norm(x)
 
   def unembedding(self):
