@@ -25,7 +25,8 @@ pipeline  tokens/s the tiny config's input pipeline produces, over what its trai
 stall     input_stall_fraction: the tiny config's train loop fed by its real pipeline over the same loop fed
           pre-built batches, minus 1 (the share of time the device waits for input).
 decontamination  training examples/s streamed past an 8-gram index of evaluation instances (T0 files).
-checkpoint  save and restore seconds per GB; the slowdown of training steps while an async save runs.
+checkpoint  save and restore seconds per GB; the seconds an async save adds to the tiny config's training, and
+          that over its training time between two saves (train.checkpoint_every steps).
 scale     per-device memory of the --scale_config's train step compiled (not run) for Llama-3-8B on 64 simulated
           devices (FSDP) and Llama-3.2-1B on 8, against TPU v5p (95 GiB) and v5e (16 GiB) HBM.
 lora      Llama-3.2-1B's trainable parameters and optimiser state (--config's): full fine-tuning versus LoRA rank 16.
@@ -357,8 +358,9 @@ def input_pipeline(results, config):
 def input_stall(results, config):
   """The share of the tiny config's train-loop time spent waiting for input, one process on one device:
   (steps fed by the real pipeline, read ahead in its thread) / (steps fed with batches built before) - 1.
-  Both go through train.device_batches, as the train loop does, for one packing cycle of steps
-  (32 on the tiny config), which holds the pipeline's one burst of work per cycle."""
+  Both go through train.device_batches, as the train loop does, for packing cycles of steps (32 on the
+  tiny config; each holds the pipeline's one burst of work per cycle), three each, alternated, since
+  a 2-core machine's speed drifts by tens of percent from one half minute to the next."""
   del results
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   rules = sharding.rules(config.sharding_rules)
@@ -374,7 +376,7 @@ def input_stall(results, config):
     feeds = {"real": train.device_batches(real, mesh), "prebuilt": train.device_batches(prebuilt, mesh)}
     state, _ = step(state, next(feeds["prebuilt"])[0])  # compile
     seconds, steps = {"real": 0.0, "prebuilt": 0.0}, pipeline.packing_cycle(data)  # the pipeline's cost, whole
-    for name in ("prebuilt", "real"):
+    for name in ("prebuilt", "real") * 3:
       batch, _ = next(feeds[name])
       jax.block_until_ready(state)
       start = time.perf_counter()
@@ -385,7 +387,8 @@ def input_stall(results, config):
       seconds[name] += time.perf_counter() - start
   real.close()
   return {"input_stall_fraction": seconds["real"] / seconds["prebuilt"] - 1,
-          "input_stall_step_s_real": seconds["real"] / steps, "input_stall_step_s_prebuilt": seconds["prebuilt"] / steps}
+          "input_stall_step_s_real": seconds["real"] / (3 * steps),
+          "input_stall_step_s_prebuilt": seconds["prebuilt"] / (3 * steps)}
 
 
 T0_DIR = "../shared/real/t0_train"  # as configs/t0.py: the T0 training files, beside the checkout
@@ -418,9 +421,12 @@ def decontamination_speed(results, config):
 
 
 def checkpoints(results, config):
-  """Save and restore speed of the d512 train state (AdamW), and what an asynchronous save adds to
-  the tiny config's training: (5 steps right after starting a save, the save call included) over
-  (5 steps without) - 1."""
+  """Save and restore speed of the d512 train state (AdamW), and what an asynchronous save costs the
+  tiny config's training: `async_checkpoint_extra_s`, the seconds 5 steps right after starting a save
+  (the save call included) take beyond 5 steps without, the mean of 5 such pairs; and
+  `async_checkpoint_overhead`, that over the time the config trains between two saves
+  (train.checkpoint_every steps). The save's threads take cores the step's thread pool is using, so
+  a save costs more than its own time (~0.15 s alone for the tiny state on 2 cores)."""
   del results
   out = {}
   for name, config in train_configs(config).items():  # noqa: B020 (each shape's config in turn)
@@ -446,7 +452,9 @@ def checkpoints(results, config):
       step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
       batch = synthetic_batch(config.data.batch_size, config.data.seq_len, config.model.vocab_size)
 
-      def steps(state, count=5):
+      window = 5  # steps timed after starting a save, and without one
+
+      def steps(state, count=window):
         for _ in range(count):
           state, metrics = step(state, batch)
           jax.block_until_ready(metrics)
@@ -454,7 +462,7 @@ def checkpoints(results, config):
 
       state = steps(state, 2)  # compile
       timings = []
-      for with_save in (False, True) * 3:
+      for with_save in (False, True) * 5:
         start = time.perf_counter()
         if with_save:
           checkpoint.save(manager, int(state.step), state, data.get_state(), data_shards=1)
@@ -462,8 +470,8 @@ def checkpoints(results, config):
         timings.append((with_save, time.perf_counter() - start))
         manager.wait_until_finished()
       plain = np.mean([t for saved, t in timings if not saved])
-      saving = np.mean([t for saved, t in timings if saved])
-      out["async_checkpoint_overhead"] = float(saving / plain - 1)
+      extra = out["async_checkpoint_extra_s"] = float(np.mean([t for saved, t in timings if saved]) - plain)
+      out["async_checkpoint_overhead"] = extra / (plain / window * config.train.checkpoint_every)
   return out
 
 

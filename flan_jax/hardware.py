@@ -33,7 +33,8 @@ PUBLISHED_PEAK_TFLOPS = {
     "TPU v6e": 918.0,
 }
 
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # CPUs with these multiply bf16 faster than f32; others slower
+# CPUs with one of these flags multiply bf16 faster than f32 (others slower), by the unit's name.
+BF16_CPU_FLAGS = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16"}
 
 
 def published_peak_flops(device) -> float | None:
@@ -57,13 +58,15 @@ def cpu_info() -> dict[str, str]:
 
 
 def device_name(device) -> str:
-  """The accelerator's kind; for the CPU, its model and whether it has AMX (bf16 matmuls several
-  times faster than f32 with it, slower without), since CPU figures mean nothing without them."""
+  """The accelerator's kind; for the CPU, its model and its bf16 unit (AMX, AVX512-BF16 or none: bf16
+  matmuls several times faster than f32 with one, slower without), since CPU figures mean nothing
+  without them."""
   if device.platform != "cpu" or not cpu_info():
     return device.device_kind
   info = cpu_info()
-  amx = "amx_bf16" in info.get("flags", "").split()
-  return f"cpu ({info.get('model name', 'unknown model')}, {'AMX' if amx else 'no AMX'})"
+  flags = info.get("flags", "").split()
+  unit = next((name for flag, name in BF16_CPU_FLAGS.items() if flag in flags), "no bf16 unit")
+  return f"cpu ({info.get('model name', 'unknown model')}, {unit})"
 
 
 def compute_dtype(requested: str) -> str:

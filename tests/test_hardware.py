@@ -41,6 +41,9 @@ def test_auto_compute_dtype_follows_the_cpus_bf16_support(monkeypatch, flags, ex
     hardware.compute_dtype("fp8")
 
 
-def test_a_cpu_device_is_named_by_its_model_and_amx():
-  name = hardware.device_name(jax.devices("cpu")[0])
-  assert name.startswith("cpu (") and name.endswith((", AMX)", ", no AMX)")) and len(name) > len("cpu (, AMX)")
+@pytest.mark.parametrize("flags, unit", [("fpu avx2 amx_bf16 avx512_bf16", "AMX"),
+                                         ("fpu avx2 avx512f avx512_bf16", "AVX512-BF16"),
+                                         ("fpu avx2 fma", "no bf16 unit")])
+def test_a_cpu_device_is_named_by_its_model_and_bf16_unit(monkeypatch, flags, unit):
+  monkeypatch.setattr(hardware, "cpu_info", lambda: {"model name": "Some CPU", "flags": flags})
+  assert hardware.device_name(jax.devices("cpu")[0]) == f"cpu (Some CPU, {unit})"
