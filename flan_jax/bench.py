@@ -376,7 +376,8 @@ def input_stall(results, config):
     feeds = {"real": train.device_batches(real, mesh), "prebuilt": train.device_batches(prebuilt, mesh)}
     state, _ = step(state, next(feeds["prebuilt"])[0])  # compile
     seconds, steps = {"real": 0.0, "prebuilt": 0.0}, pipeline.packing_cycle(data)  # the pipeline's cost, whole
-    for name in ("prebuilt", "real") * 3:
+    cycles = 3
+    for name in ("prebuilt", "real") * cycles:
       batch, _ = next(feeds[name])
       jax.block_until_ready(state)
       start = time.perf_counter()
@@ -387,8 +388,8 @@ def input_stall(results, config):
       seconds[name] += time.perf_counter() - start
   real.close()
   return {"input_stall_fraction": seconds["real"] / seconds["prebuilt"] - 1,
-          "input_stall_step_s_real": seconds["real"] / (3 * steps),
-          "input_stall_step_s_prebuilt": seconds["prebuilt"] / (3 * steps)}
+          "input_stall_step_s_real": seconds["real"] / (cycles * steps),
+          "input_stall_step_s_prebuilt": seconds["prebuilt"] / (cycles * steps)}
 
 
 T0_DIR = "../shared/real/t0_train"  # as configs/t0.py: the T0 training files, beside the checkout
