@@ -57,16 +57,19 @@ def cpu_info() -> dict[str, str]:
   return info
 
 
+def cpu_bf16_unit() -> str | None:
+  """The name of this CPU's bf16 matmul unit (BF16_CPU_FLAGS), None where it has none."""
+  flags = cpu_info().get("flags", "").split()
+  return next((name for flag, name in BF16_CPU_FLAGS.items() if flag in flags), None)
+
+
 def device_name(device) -> str:
   """The accelerator's kind; for the CPU, its model and its bf16 unit (AMX, AVX512-BF16 or none: bf16
   matmuls several times faster than f32 with one, slower without), since CPU figures mean nothing
   without them."""
   if device.platform != "cpu" or not cpu_info():
     return device.device_kind
-  info = cpu_info()
-  flags = info.get("flags", "").split()
-  unit = next((name for flag, name in BF16_CPU_FLAGS.items() if flag in flags), "no bf16 unit")
-  return f"cpu ({info.get('model name', 'unknown model')}, {unit})"
+  return f"cpu ({cpu_info().get('model name', 'unknown model')}, {cpu_bf16_unit() or 'no bf16 unit'})"
 
 
 def compute_dtype(requested: str) -> str:
@@ -76,8 +79,7 @@ def compute_dtype(requested: str) -> str:
   if requested == "auto":
     if jax.devices()[0].platform != "cpu":
       return "bfloat16"
-    flags = cpu_info().get("flags", "").split()
-    return "bfloat16" if any(f in flags for f in BF16_CPU_FLAGS) else "float32"
+    return "bfloat16" if cpu_bf16_unit() else "float32"
   if requested not in ("bfloat16", "float32"):
     raise ValueError(f"model.dtype={requested!r}: choose auto, bfloat16 or float32")
   return requested
