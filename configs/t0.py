@@ -48,7 +48,7 @@ def get_config(arg: str | None = None):
       for cluster, datasets in CLUSTERS.items() for dataset in datasets)
   data.held_out_clusters = tuple(arg["held_out"].split("+"))
   data.seq_len = 512  # 12% of examples are longer: their prompts lose their oldest tokens
-  data.batch_size = 8
+  data.rows_per_shard = 8  # 8 rows a step on one device, 8 more for each further data x fsdp shard
   data.shards = 8
   data.packing_bins = 16
 

@@ -23,6 +23,7 @@ def get_config(arg: str | None = None):
   data.skip_bad_records = False
   data.seq_len = 512
   data.batch_size = 16  # packed rows per step, all processes together
+  data.rows_per_shard = 0  # > 0: data.batch_size is this many rows per data x fsdp shard of the mesh
   data.shards = 8  # independently packed parts of the stream; a multiple of the process count
   data.truncation = "prompt_left"
   data.packer = "best_fit"

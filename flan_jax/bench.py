@@ -1,7 +1,7 @@
 r"""Speed, memory and efficiency, each figure a ratio taken inside one run.
 
   python -m flan_jax.bench [--json] [--write] [--only peak,train,loss,sharding,decode,packing,stall,...]
-                           [--config configs/tiny.py] [--scale_config configs/flan2021.py]
+                           [--config configs/tiny.py]
 
 The sections measure the configs given (defaults above; "the tiny config" below is --config):
 this module imports no experiment config, and the model shapes come from flan_jax.presets.
@@ -27,9 +27,9 @@ stall     input_stall_fraction: the tiny config's train loop fed by its real pip
 decontamination  training examples/s streamed past an 8-gram index of evaluation instances (T0 files).
 checkpoint  save and restore seconds per GB; the seconds an async save adds to the tiny config's training, and
           that over its training time between two saves (train.checkpoint_every steps).
-scale     per-device memory of the --scale_config's train step compiled (not run) for Llama-3-8B on 64 simulated
-          devices (FSDP) and Llama-3.2-1B on 8, against TPU v5p (95 GiB) and v5e (16 GiB) HBM.
 lora      Llama-3.2-1B's trainable parameters and optimiser state (--config's): full fine-tuning versus LoRA rank 16.
+attention train-step tokens/s and MFU of --attention_preset's shape with each attention implementation the
+          platform runs (launch/gpu_check.sh on a GPU host).
 
 The bench runs as the commands do (commands.start: glibc keeps freed host memory for reuse) on the
 devices a training run has; figures that need simulated devices or a clean process come from
@@ -81,7 +81,7 @@ def _seconds_per_call(fn, *args, repeats: int) -> float:
 
 def peak(results, config):
   """The best measured throughput over a few square matmuls, bf16 operands with f32 accumulation, and f32;
-  and the device's published dense bf16 peak where hardware.PUBLISHED_PEAK_TFLOPS has it."""
+  and the device's published dense bf16 peak where hardware.CHIPS has it."""
   del results
   out = {f"measured_peak_{dtype}_tflops": hardware.measured_peak_flops(dtype, (1024, 2048, 4096)) / 1e12
          for dtype in ("bfloat16", "float32")}
@@ -476,15 +476,6 @@ def checkpoints(results, config):
   return out
 
 
-def scale_on_paper(results, config):
-  """Compiles (never runs) the --scale_config's train step (default configs/flan2021.py) for Llama-3-8B
-  on 64 simulated devices with FSDP and for Llama-3.2-1B on 8, and reports per-device memory. Runs in
-  a subprocess with 64 host devices, which takes --scale_config as its --config."""
-  del results, config
-  return _section_in_subprocess("compile_at_scale", flags.FLAGS["scale_config"].config_filename,
-                                XLA_FLAGS="--xla_force_host_platform_device_count=64", JAX_PLATFORMS="cpu")
-
-
 def _section_in_subprocess(section: str, config_file: str, **env) -> dict:
   """The figures of `python -m flan_jax.bench --only=<section> --config=<config_file>` run with `env` added."""
   command = [sys.executable, "-m", "flan_jax.bench", "--json", f"--only={section}", f"--config={config_file}"]
@@ -495,31 +486,32 @@ def _section_in_subprocess(section: str, config_file: str, **env) -> dict:
   return {k: v for k, v in figures.items() if k not in ("backend", "device")}
 
 
-def compile_at_scale(results, scale_config):
-  """The scale config's train step with each model preset (keeping the config's remat and scan)."""
-  del results
-  out = {}
-  for preset, devices, key in (("llama3_8b", 64, "llama3_8b_v5p64"), ("llama3_2_1b", 8, "llama3_2_1b_8dev")):
-    config = copy.deepcopy(scale_config)
-    config.model = presets.get(preset)
-    config.model.remat, config.model.scan_layers = scale_config.model.remat, scale_config.model.scan_layers
-    config.data.batch_size = devices  # one row per device
-    mesh = sharding.make_mesh(dict(data=1, fsdp=-1, tensor=1), jax.devices()[:devices])
-    rules = sharding.rules(config.sharding_rules)
-    model = from_config(config.model)
-    optimizer, schedule = optim.make(config.optim, config.train.steps)
-    with sharding.context(mesh, rules):
-      shapes, shardings = train.state_shapes(model, optimizer, mesh, rules)
-      batch = {k: jax.ShapeDtypeStruct((devices, config.data.seq_len),
-                                       jnp.float32 if k == "loss_weights" else jnp.int32,
-                                       sharding=sharding.batch_sharding(mesh)) for k in packing.BATCH_KEYS}
-      step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
-      memory = step.lower(checkpoint.abstract(shapes, shardings), batch).compile().memory_analysis()
-    per_device = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-                  + memory.temp_size_in_bytes)
-    out[f"{key}_bytes_per_device"] = int(per_device)
-    out[f"{key}_fits_v5p_95gib"] = per_device < 95 * 2**30
-    out[f"{key}_fits_v5e_16gib"] = per_device < 16 * 2**30
+def attention_implementations(results, config):
+  """The train step of --attention_preset (default Llama-3.2-1B's shape; 2 rows of 2,048 tokens, full
+  remat, bf16) on one device with each attention implementation this platform runs: einsum, chunked
+  and xla everywhere, cudnn on GPUs, splash on TPUs. Tokens/s and MFU against the published peak (the
+  measured bf16 peak where there is none); an implementation that fails is reported with its error.
+  What launch/gpu_check.sh runs on a GPU host."""
+  if "measured_peak_bfloat16_tflops" not in results:
+    results.update(peak(results, config))
+  shape_config = copy.deepcopy(config)
+  shape_config.model = presets.get(flags.FLAGS.attention_preset, vocab_size=config.data.tokenizer.vocab_size)
+  shape_config.model.update(dtype="bfloat16", remat="full")
+  shape_config.data.batch_size, shape_config.data.seq_len = 2, 2048
+  platform = jax.devices()[0].platform
+  kernels = {"gpu": ("cudnn",), "tpu": ("splash",)}.get(platform, ())
+  peak_flops = results.get("published_peak_tflops", results["measured_peak_bfloat16_tflops"]) * 1e12
+  out = {"attention_preset": flags.FLAGS.attention_preset,
+         "attention_mfu_peak": "published" if "published_peak_tflops" in results else "measured bf16"}
+  for implementation in ("einsum", "chunked", "xla") + kernels:
+    shape_config.model.attention = implementation
+    try:
+      measured = measure_train_step(shape_config, repeats=3)
+    except Exception as error:  # a kernel this device cannot serve: its error is the figure
+      out[f"attention_{implementation}_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+      continue
+    out[f"attention_{implementation}_tokens_per_s"] = measured["tokens_per_s"]
+    out[f"attention_{implementation}_mfu"] = measured["tokens_per_s"] * measured["flops_per_token"] / peak_flops
   return out
 
 
@@ -547,9 +539,9 @@ def lora_memory(results, config):
 SECTIONS = {"peak": peak, "train": train_steps, "peer": peer_training, "loss": fused_loss, "sharding": fsdp_memory,
             "decode": kv_cache_decoding, "packing": packing_efficiency, "pipeline": input_pipeline, "stall": input_stall,
             "decontamination": decontamination_speed,
-            "checkpoint": checkpoints, "scale": scale_on_paper, "lora": lora_memory}
-# Run by the sections above in processes of their own: `scale` (64 simulated devices), `sharding` (8), `peer`.
-INTERNAL_SECTIONS = {"compile_at_scale": compile_at_scale, "fsdp_memory_on_8_devices": fsdp_memory_on_8_devices,
+            "checkpoint": checkpoints, "lora": lora_memory, "attention": attention_implementations}
+# Run by the sections above in processes of their own: `sharding` (8 simulated devices), `peer`.
+INTERNAL_SECTIONS = {"fsdp_memory_on_8_devices": fsdp_memory_on_8_devices,
                      "peer_model": peer_model}
 
 
@@ -603,8 +595,7 @@ if __name__ == "__main__":
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", "configs/tiny.py", "The config whose data, tokenizer, optimiser and "
                                   "tiny model the CPU-scale sections measure (the d512 shape swaps in its model).")
-  config_flags.DEFINE_config_file("scale_config", "configs/flan2021.py", "The config the `scale` section compiles "
-                                  "for Llama-3-8B and Llama-3.2-1B.")
+  flags.DEFINE_string("attention_preset", "llama3_2_1b", "The model shape the `attention` section trains.")
   flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
   flags.DEFINE_list("only", None, "Sections to run (default: all).")
   flags.DEFINE_bool("write", False, "Rewrite this backend's section of BENCHMARKS.md with the results.")

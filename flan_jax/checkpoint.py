@@ -229,13 +229,13 @@ def restore_run_params(workdir: str, init_from: str, target_params, step: int | 
 
 def load_for_inference(model_fields: dict, *, checkpoint_dir: str = "", workdir: str = "", init_from: str = "",
                        step: int | None = None):
-  """(step, parameters on one device) of a checkpoint directory (e.g. an imported one), or of a training
-  run's workdir (see restore_run_params)."""
+  """(step, parameters, their mesh) of a checkpoint directory (e.g. an imported one), or of a training
+  run's workdir (see restore_run_params): the parameters split over every device (FSDP,
+  sharding.inference_mesh), so that a model larger than one device's memory loads."""
   model = from_config(model_fields)
-  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-  rules = sharding.rules("fsdp")
+  mesh, rules = sharding.inference_mesh(model)
   with sharding.context(mesh, rules):
     target = sharding.param_shapes(model, mesh, rules)
     if checkpoint_dir:
-      return restore_params(checkpoint_dir, target, step)
-    return restore_run_params(workdir, init_from, target, step)
+      return (*restore_params(checkpoint_dir, target, step), mesh)
+    return (*restore_run_params(workdir, init_from, target, step), mesh)

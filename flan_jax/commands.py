@@ -2,6 +2,7 @@
 
 import ctypes
 import ctypes.util
+import glob
 import os
 
 import jax
@@ -31,12 +32,13 @@ def keep_freed_host_memory() -> bool:
   other threads' arenas are capped at 64 MiB and map larger blocks anyway (one arena for all threads
   instead costs evaluation 9% in lock contention), hence inline dispatch, which runs (and allocates
   for) a program on the calling thread; multi-device programs keep their own threads. The price: the
-  process keeps its peak host memory until it exits. malloc is left alone off glibc and where
+  process keeps its peak host memory until it exits. malloc is left alone off glibc, where
   GLIBC_TUNABLES is set (the user's own settings; the benchmark runs its PyTorch peer under an empty
-  one, as it would run without flan_jax).
+  one, as it would run without flan_jax), and where the process may run on an accelerator (its host
+  memory holds the input pipeline, not the model's temporaries).
   """
-  jax.config.update("jax_cpu_enable_async_dispatch", False)
-  if "GLIBC_TUNABLES" in os.environ:
+  jax.config.update("jax_cpu_enable_async_dispatch", False)  # only CPU devices read it
+  if "GLIBC_TUNABLES" in os.environ or not runs_on_cpu():
     return False
   try:
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
@@ -44,6 +46,19 @@ def keep_freed_host_memory() -> bool:
   except (OSError, AttributeError, TypeError):
     return False
   return all(libc.mallopt(param, value) == 1 for param, value in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1)))
+
+
+# Device files of accelerators JAX runs on: TPUs (accel, vfio), NVIDIA GPUs, AMD GPUs (kfd).
+ACCELERATOR_DEVICE_FILES = ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*", "/dev/kfd")
+
+
+def runs_on_cpu() -> bool:
+  """Whether this process computes on the CPU, told without starting JAX's backends (which must wait
+  for jax.distributed): JAX_PLATFORMS names only cpu, or the machine has no accelerator's device
+  files (a CPU host with libtpu installed for flan_jax.plan still computes on its CPU)."""
+  if jax.config.jax_platforms:
+    return set(jax.config.jax_platforms.split(",")) == {"cpu"}
+  return not any(glob.glob(pattern) for pattern in ACCELERATOR_DEVICE_FILES)
 
 
 def start(argv):

@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
+from etils import epath
 from jax.experimental import multihost_utils
 from flax import traverse_util
 from safetensors import safe_open
@@ -394,11 +395,10 @@ def _import(hf: dict, config_path: str, reader, out: str, scan_layers: bool, dev
 
 def read_info(checkpoint_dir: str) -> dict:
   """CKPT/model.json of an imported checkpoint."""
-  path = os.path.join(checkpoint_dir, "model.json")
-  if not os.path.isfile(path):
+  path = epath.Path(checkpoint_dir) / "model.json"
+  if not path.is_file():
     raise FileNotFoundError(f"{path} does not exist: expected a checkpoint written by flan_jax.convert import")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def to_hf_tensors(params, cfg: ModelConfig, family: str, dtype) -> dict[str, np.ndarray]:
@@ -466,14 +466,14 @@ def main(argv):
     raise app.UsageError("export needs one of --checkpoint CKPT (imported) or --workdir RUN (trained)")
   if flag.checkpoint:
     fields, source = read_info(flag.checkpoint)["model"], flag.checkpoint
-    step, params = checkpoint.load_for_inference(fields, checkpoint_dir=flag.checkpoint, step=flag.step)
+    step, params, _ = checkpoint.load_for_inference(fields, checkpoint_dir=flag.checkpoint, step=flag.step)
   else:
     with open(os.path.join(flag.workdir, "config.json")) as f:
       config = ml_collections.ConfigDict(json.load(f))
     fields, source = config.model.to_dict(), config.train.init_from
     if not source:
       raise ValueError(f"{flag.workdir}: export needs a run started from an imported checkpoint (train.init_from)")
-    step, params = checkpoint.load_for_inference(fields, workdir=flag.workdir, init_from=source, step=flag.step)
+    step, params, _ = checkpoint.load_for_inference(fields, workdir=flag.workdir, init_from=source, step=flag.step)
   export_checkpoint(params, ModelConfig(**fields), source, flag.out)
   print(f"exported step {step} to {flag.out}")
 

@@ -50,26 +50,37 @@ def left_pad(prompts, pad_id: int, bucket: int = 1):
   return tokens, positions, segment_ids
 
 
+def cache_shapes(model: Decoder, rows: int, length: int):
+  """The key/value cache of `rows` rows of `length` slots, as ShapeDtypeStructs ([b, kv_heads, s, d] per layer)."""
+  def init():  # traced, never run: no array is made on the devices (which may be compile-only)
+    full = jnp.zeros((rows, length), jnp.int32)
+    return model.init(jax.random.key(0), full, full, full, cache_index=0, cache_segment_ids=full)["cache"]
+  return jax.eval_shape(init)
+
+
+def forward(params, cache, tokens, positions, segment_ids, cache_index, cache_segment_ids, *, model: Decoder):
+  """(f32 logits [b, vocab] after the last of `tokens` [b, l], the cache with their keys and values written at
+  `cache_index`): one decoding step (l = 1), or the prefill (cache_index 0)."""
+  hidden, variables = model.apply({"params": params, "cache": cache}, tokens, positions, segment_ids,
+                                  cache_index=cache_index, cache_segment_ids=cache_segment_ids, mutable=["cache"])
+  unembedding = model.apply({"params": params}, method=Decoder.unembedding)
+  return matmul("bd,dv->bv", hidden[:, -1], unembedding, model.cfg.dtype), variables["cache"]
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "stop_ids", "temperature", "top_k", "top_p"))
 def _generate(params, tokens, positions, segment_ids, rng, *, model: Decoder, max_new_tokens: int, stop_ids: tuple,
               temperature: float, top_k: int, top_p: float):
   b, prompt_len = tokens.shape
   # Slots after the prompt hold generated tokens (segment 1); until written, the causal mask hides them.
   cache_segment_ids = jnp.concatenate([segment_ids, jnp.ones((b, max_new_tokens), jnp.int32)], axis=1)
-  full = jnp.zeros((b, prompt_len + max_new_tokens), jnp.int32)
-  cache_shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), full, full, full, cache_index=0,
-                                                   cache_segment_ids=cache_segment_ids)["cache"])
-  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
-  unembedding = model.apply({"params": params}, method=Decoder.unembedding)
+  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes(model, b, prompt_len + max_new_tokens))
   pick = functools.partial(sample, temperature=temperature, top_k=top_k, top_p=top_p)
   stop = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
 
-  def forward(cache, tokens, positions, segments, index):
-    hidden, variables = model.apply({"params": params, "cache": cache}, tokens, positions, segments,
-                                    cache_index=index, cache_segment_ids=cache_segment_ids, mutable=["cache"])
-    return matmul("bd,dv->bv", hidden[:, -1], unembedding, model.cfg.dtype), variables["cache"]
+  def forward_step(cache, tokens, positions, segments, index):
+    return forward(params, cache, tokens, positions, segments, index, cache_segment_ids, model=model)
 
-  logits, cache = forward(cache, tokens, positions, segment_ids, 0)
+  logits, cache = forward_step(cache, tokens, positions, segment_ids, 0)
   rng, step_rng = jax.random.split(rng)
   first = pick(logits, step_rng)
 
@@ -83,7 +94,8 @@ def _generate(params, tokens, positions, segment_ids, rng, *, model: Decoder, ma
     index, cache, token, position, rng, ended, generated = carry
     generated = jax.lax.dynamic_update_slice(generated, token[:, None], (0, index))
     ended = ended | jnp.any(token[:, None] == stop[None, :], axis=1)
-    logits, cache = forward(cache, token[:, None], position[:, None], jnp.ones((b, 1), jnp.int32), prompt_len + index)
+    logits, cache = forward_step(cache, token[:, None], position[:, None], jnp.ones((b, 1), jnp.int32),
+                                 prompt_len + index)
     rng, step_rng = jax.random.split(rng)
     return index + 1, cache, pick(logits, step_rng), position + 1, rng, ended, generated
 

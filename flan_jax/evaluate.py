@@ -22,7 +22,7 @@ from absl import app, flags, logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from flan_jax import checkpoint, commands, decode, metrics, sharding, workdirs
+from flan_jax import checkpoint, commands, decode, distributed, metrics, sharding, workdirs
 from flan_jax import loss as losses
 from flan_jax.data import pipeline, tasks, templates
 from flan_jax.model import Decoder, from_config, train_flops_per_token
@@ -115,7 +115,7 @@ def score_continuations(params, model: Decoder, requests, *, batch_size: int, se
         segment += len(continuations)
     batch = {k: jax.make_array_from_callback(v.shape, sharding.batch_sharding(mesh), lambda index, v=v: v[index])
              for k, v in batch.items()}  # every process builds the same batch; its devices get their rows
-    token_scores = multihost_utils.process_allgather(_token_log_likelihoods(params, batch, model=model,
+    token_scores = multihost_utils.process_allgather(token_log_likelihoods(params, batch, model=model,
                                                                             chunk_len=chunk_len), tiled=True)
     for i, j, row, begin, end in spans:
       scores[i][j] = token_scores[row, begin:end].sum()
@@ -137,7 +137,7 @@ def _first_fit_decreasing(lengths, capacity: int) -> list[list[int]]:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "chunk_len"))
-def _token_log_likelihoods(params, batch, *, model: Decoder, chunk_len: int):
+def token_log_likelihoods(params, batch, *, model: Decoder, chunk_len: int):
   """[b, k]: the log-probability of each target token, times its loss weight, after the hidden state at
   its `scored_columns` [b, k] of the [b, l] rows."""
   hidden = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"],
@@ -319,16 +319,19 @@ def main(argv):
   commands.start(argv)
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir or workdirs.default(flags.FLAGS["config"].config_filename)
+  distributed.initialize(config.distributed)  # a pod evaluates as it trains: every host, one mesh
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules(config.sharding_rules)
+  sharding.resolve_batch_size(config, mesh)
   tokenizer = pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
   model = from_config(config.model)
   with sharding.context(mesh, rules):
     target = sharding.param_shapes(model, mesh, rules)
     step, params = checkpoint.restore_run_params(workdir, config.train.init_from, target, step=flags.FLAGS.step)
     results = evaluate(params, model, tokenizer, config, mesh, seen=flags.FLAGS.seen)
-  directory = write_results(results, workdir, step)
-  print((directory / "results.md").read_text())
+  if jax.process_index() == 0:
+    directory = write_results(results, workdir, step)
+    print((directory / "results.md").read_text())
 
 
 if __name__ == "__main__":

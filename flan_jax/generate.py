@@ -37,13 +37,15 @@ SCORE_CHUNK_LEN = 128  # positions whose logits are built at once when scoring
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
-  """A model ready to answer: parameters on one device, its tokenizer and its instruction format."""
+  """A model ready to answer: parameters split over the devices of `mesh`, its tokenizer and its
+  instruction format."""
   params: Any
   model: Decoder
   tokenizer: tokenizer_lib.Tokenizer
   fmt: str  # the output format user turns are rendered in (templates.FORMATS or chat_template)
   step: int
   path: str
+  mesh: Any
 
 
 def load(*, workdir: str = "", checkpoint_dir: str = "", step: int | None = None) -> LoadedModel:
@@ -54,7 +56,7 @@ def load(*, workdir: str = "", checkpoint_dir: str = "", step: int | None = None
     info = convert.read_info(checkpoint_dir)
     fields, fmt = info["model"], info["chat_format"]
     tokenizer = tokenizer_lib.load(str(epath.Path(checkpoint_dir) / "hf"))
-    step, params = checkpoint.load_for_inference(fields, checkpoint_dir=checkpoint_dir, step=step)
+    step, params, mesh = checkpoint.load_for_inference(fields, checkpoint_dir=checkpoint_dir, step=step)
   else:
     config_path = epath.Path(workdir) / "config.json"
     if not config_path.exists():
@@ -62,8 +64,9 @@ def load(*, workdir: str = "", checkpoint_dir: str = "", step: int | None = None
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     fields, fmt = config.model.to_dict(), config.data.template.format
     tokenizer = pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
-    step, params = checkpoint.load_for_inference(fields, workdir=workdir, init_from=config.train.init_from, step=step)
-  return LoadedModel(params, from_config(fields), tokenizer, fmt, step, checkpoint_dir or workdir)
+    step, params, mesh = checkpoint.load_for_inference(fields, workdir=workdir, init_from=config.train.init_from,
+                                                       step=step)
+  return LoadedModel(params, from_config(fields), tokenizer, fmt, step, checkpoint_dir or workdir, mesh)
 
 
 def define_model_flags(role: str):
@@ -105,9 +108,11 @@ def choose(loaded: LoadedModel, prompts, labels, *, batch_size: int = 8) -> np.n
   token-id prompt (a label of several tokens: their sum)."""
   label_ids = [np.asarray(loaded.tokenizer.encode(label)) for label in labels]
   requests = [(prompt, [(ids, np.ones(len(ids))) for ids in label_ids]) for prompt in prompts]
-  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  mesh = loaded.mesh
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
   with sharding.context(mesh, sharding.rules("fsdp")):
-    scores = evaluate.score_continuations(loaded.params, loaded.model, requests, batch_size=batch_size,
+    scores = evaluate.score_continuations(loaded.params, loaded.model, requests,
+                                          batch_size=-(-batch_size // shards) * shards,  # whole rows per device
                                           seq_len=max(len(p) for p in prompts) + max(map(len, label_ids)),
                                           chunk_len=SCORE_CHUNK_LEN, mesh=mesh)
   return np.stack(scores)

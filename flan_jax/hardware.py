@@ -1,12 +1,13 @@
 """What the device can do: its published peak, its measured matmul peaks, and the compute dtype to use.
 
 MFU (model FLOPs utilisation) follows MaxText: model FLOPs per second over the device's
-published dense bf16 peak (PUBLISHED_PEAK_TFLOPS). CPUs have no such figure, so on them MFU
+published dense bf16 peak (CHIPS). CPUs have no such figure, so on them MFU
 is against the matmul peak measured on the machine in the dtype the model computes in; the
 two are reported under different names (`mfu_vs_published_peak`, `mfu_vs_measured_peak`) so
 that neither passes for the other.
 """
 
+import dataclasses
 import functools
 import os
 import time
@@ -14,23 +15,41 @@ import time
 import jax
 import jax.numpy as jnp
 
-# Dense bf16 TFLOP/s per chip as the vendors publish them, by a substring of jax's device_kind.
-# Longer keys are matched first ("TPU v5 lite" before "TPU v5").
-PUBLISHED_PEAK_TFLOPS = {
-    "H100 PCIe": 756.0,
-    "H100": 989.0,
-    "H200": 989.0,
-    "GH200": 989.0,
-    "B200": 2250.0,
-    "A100": 312.0,
-    "L4": 121.0,
-    "TPU v4": 275.0,
-    "TPU v5 lite": 197.0,
-    "TPU v5e": 197.0,
-    "TPU v5p": 459.0,
-    "TPU v5": 459.0,
-    "TPU v6 lite": 918.0,
-    "TPU v6e": 918.0,
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """An accelerator's published figures, per chip: dense bf16 TFLOP/s, HBM (GiB, GB/s), the
+  inter-chip interconnect (ICI on TPUs, NVLink on GPUs: bidirectional GB/s per chip) and the
+  data-centre network between slices or hosts (DCN: GB/s per chip), and where they come from."""
+  peak_tflops: float
+  hbm_gib: float | None = None
+  hbm_gb_per_s: float | None = None
+  ici_gb_per_s: float | None = None
+  dcn_gb_per_s: float | None = None
+  source: str = ""
+
+
+_TPU_DOCS = "Cloud TPU system architecture pages (cloud.google.com/tpu/docs/<version>)"
+# By jax's device_kind, matched exactly (a name contained in another, "L4" in "L40S", is another chip).
+CHIPS = {
+    "TPU v4": Chip(275, 32, 1200, 600, 6.25, _TPU_DOCS + "; ICI: 6 links x 50 GB/s (Jouppi et al. 2023); "
+                   "DCN not published, taken as v5p's"),
+    "TPU v5 lite": Chip(197, 16, 819, 400, 3.125, _TPU_DOCS + "; DCN: 2 x 100 Gb/s NICs per 8-chip host"),
+    "TPU v5": Chip(459, 95, 2765, 1200, 6.25, _TPU_DOCS + "; DCN: 50 Gb/s per chip"),
+    "TPU v6 lite": Chip(918, 32, 1638, 800, 3.125, _TPU_DOCS + "; DCN not published, taken as v5e's"),
+    "NVIDIA H100 80GB HBM3": Chip(989, 80, 3350, 900, 50, "NVIDIA H100 SXM datasheet; DCN: one 400 Gb/s "
+                                  "InfiniBand NIC per GPU"),
+    "NVIDIA H100 PCIe": Chip(756, 80, 2000, source="NVIDIA H100 PCIe datasheet"),
+    "NVIDIA H100 NVL": Chip(835, 94, 3900, source="NVIDIA H100 NVL datasheet"),
+    "NVIDIA H200": Chip(989, 141, 4800, 900, 50, "NVIDIA H200 SXM datasheet; DCN: one 400 Gb/s InfiniBand "
+                        "NIC per GPU"),
+    "NVIDIA GH200 480GB": Chip(989, 96, 4000, 900, source="NVIDIA GH200 datasheet"),
+    "NVIDIA B200": Chip(2250, 180, 8000, 1800, source="NVIDIA B200 datasheet"),
+    "NVIDIA A100-SXM4-80GB": Chip(312, 80, 2039, 600, source="NVIDIA A100 datasheet"),
+    "NVIDIA A100-SXM4-40GB": Chip(312, 40, 1555, 600, source="NVIDIA A100 datasheet"),
+    "NVIDIA A100 80GB PCIe": Chip(312, 80, 1935, source="NVIDIA A100 datasheet"),
+    "NVIDIA A100-PCIE-40GB": Chip(312, 40, 1555, source="NVIDIA A100 datasheet"),
+    "NVIDIA L4": Chip(121, 24, 300, source="NVIDIA L4 datasheet"),
+    "NVIDIA L40S": Chip(362, 48, 864, source="NVIDIA L40S datasheet"),
 }
 
 # CPUs with one of these flags multiply bf16 faster than f32 (others slower), by the unit's name.
@@ -39,12 +58,8 @@ BF16_CPU_FLAGS = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16"}
 
 def published_peak_flops(device) -> float | None:
   """The published dense bf16 FLOP/s of one such device; None where there is none (CPUs, unknown kinds)."""
-  if device.platform == "cpu":
-    return None
-  for key in sorted(PUBLISHED_PEAK_TFLOPS, key=len, reverse=True):
-    if key.lower() in device.device_kind.lower():
-      return PUBLISHED_PEAK_TFLOPS[key] * 1e12
-  return None
+  chip = CHIPS.get(device.device_kind) if device.platform != "cpu" else None
+  return chip.peak_tflops * 1e12 if chip else None
 
 
 def cpu_info() -> dict[str, str]:
@@ -72,17 +87,35 @@ def device_name(device) -> str:
   return f"cpu ({cpu_info().get('model name', 'unknown model')}, {cpu_bf16_unit() or 'no bf16 unit'})"
 
 
-def compute_dtype(requested: str) -> str:
+def compute_dtype(requested: str, platform: str | None = None) -> str:
   """`model.dtype`: "auto" is bfloat16 (f32 accumulation) where the device multiplies bf16 faster than
   f32 (TPUs, GPUs, CPUs with AMX or AVX512-BF16) and float32 elsewhere (AVX2-only CPUs run bf16 matmuls
-  at about two thirds of f32's speed); anything else is kept, and checked."""
+  at about two thirds of f32's speed); anything else is kept, and checked. `platform`: the one compiled
+  for (default: this process's devices')."""
   if requested == "auto":
-    if jax.devices()[0].platform != "cpu":
+    if (platform or jax.devices()[0].platform) != "cpu":
       return "bfloat16"
     return "bfloat16" if cpu_bf16_unit() else "float32"
   if requested not in ("bfloat16", "float32"):
     raise ValueError(f"model.dtype={requested!r}: choose auto, bfloat16 or float32")
   return requested
+
+
+def cudnn_attention_unsupported(head_dim: int, device=None) -> str | None:
+  """Why cuDNN's fused attention cannot serve this GPU (default: the first device) and head size, or
+  None where it can: it needs NVIDIA's CUDA (not ROCm), compute capability 8.0 (Ampere) or newer, and
+  heads of at most 128 (256 from 9.0, Hopper)."""
+  device = device or jax.devices()[0]
+  client = getattr(device, "client", None)
+  runtime = f"{getattr(client, 'platform_name', '')} {getattr(client, 'platform_version', '')}".lower()
+  if "rocm" in runtime:
+    return "ROCm GPUs have no cuDNN"
+  capability = float(getattr(device, "compute_capability", 0) or 0)
+  if capability < 8.0:
+    return f"compute capability {capability} is below 8.0 (Ampere)"
+  if head_dim > (256 if capability >= 9.0 else 128):
+    return f"head_dim {head_dim} is above {256 if capability >= 9.0 else 128} at compute capability {capability}"
+  return None
 
 
 def measured_peak_flops(dtype: str, sizes=(2048,), repeats: int = 3) -> float:

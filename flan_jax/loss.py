@@ -8,13 +8,15 @@ states and the unembedding (a custom VJP). The backward pass then only scales
 them: three matmuls per chunk, as many as the naive loss, and no logits kept or
 recomputed.
 
-On a mesh of several devices the vocabulary is what is split: each device
-multiplies a chunk of every row (gathered: [batch, chunk, d_model], small) by
-its own columns of the unembedding, so the logits, their gradient and the
-`[d_model, vocab]` gradient carry are all 1/devices per device, and the log-sum-exp
-needs only a per-token all-reduce. Batch-split logits would instead need the whole
-unembedding and a whole-size gradient carry on every device (about 1 GB in f32
-for Llama 3's 128k vocabulary at d_model 2,048).
+On a mesh the vocabulary is what is split, over the fsdp and tensor axes (VOCAB_AXES): each
+device multiplies a chunk of its data replica's rows (gathered over fsdp: [batch / data, chunk,
+d_model], small) by its own columns of the unembedding, so the logits, their gradient and the
+`[d_model, vocab]` gradient carry are 1/(fsdp x tensor) per device, and the log-sum-exp needs only a
+per-token all-reduce. Batch-split logits would instead need the whole unembedding and a whole-size
+gradient carry on every device (about 1 GB in f32 for Llama 3's 128k vocabulary at d_model 2,048).
+Rows stay split over `data`, the axis that spans slices (DCN) on multi-slice meshes: no hidden state
+crosses it, and each data replica accumulates its own unembedding gradient (a leading `data` axis
+on the carry), summed once after the last chunk.
 """
 
 import functools
@@ -82,17 +84,23 @@ def _logits_grad(logits, lse, targets, weights, z_loss: float, label_smoothing: 
   return weights[..., None] * grad
 
 
-ALL_DEVICES = "all mesh axes"
+VOCAB_AXES = ("fsdp", "tensor")  # the mesh axes the vocabulary is split over
+
+
+def _mesh():
+  """The mesh in context (sharding.context); None outside one, or on a single device."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return None if mesh.empty or mesh.size == 1 else mesh
 
 
 def _place(x, *spec):
-  """x constrained to PartitionSpec(*spec), ALL_DEVICES standing for every mesh axis together; a no-op
-  outside a mesh of several devices (sharding.context sets the mesh)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh.size == 1:
-    return x
-  spec = [tuple(mesh.axis_names) if axes == ALL_DEVICES else axes for axes in spec]
-  return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
+  """x constrained to PartitionSpec(*spec); a no-op outside a mesh of several devices."""
+  return x if _mesh() is None else jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
+
+
+def _data_replicas() -> int:
+  mesh = _mesh()
+  return mesh.shape["data"] if mesh is not None and "data" in mesh.axis_names else 1
 
 
 def fused_cross_entropy(hidden, unembedding, targets, weights, *, chunk_len: int, dtype: str,
@@ -109,26 +117,32 @@ def fused_cross_entropy(hidden, unembedding, targets, weights, *, chunk_len: int
 
 def _chunked_pass(chunk_len, dtype, z_loss, label_smoothing, hidden, unembedding, targets, weights, with_grads):
   """(loss sum, nll sum), and with_grads also (d loss/d hidden, d loss/d unembedding)."""
+  replicas = _data_replicas()
+
   def step(carry, xs):
     loss_sum, nll_sum, d_unembedding = carry
-    h, t, w = (_place(x) for x in xs)  # every row of the chunk, on every device
-    logits = _place(matmul("bcd,dv->bcv", h, unembedding, dtype), None, None, ALL_DEVICES)
+    h, t, w = (_place(x, "data") for x in xs)  # the chunk's rows of this data replica, on each of its devices
+    logits = _place(matmul("bcd,dv->bcv", h, unembedding, dtype), "data", None, VOCAB_AXES)
     loss, nll, lse = _token_losses(logits, t, z_loss, label_smoothing)
     carry = (loss_sum + jnp.sum(w * loss), nll_sum + jnp.sum(w * nll), d_unembedding)
     if not with_grads:
       return carry, None
     d_logits = _logits_grad(logits, lse, t, w, z_loss, label_smoothing)
     d_h = _place(matmul("bcv,dv->bcd", d_logits, unembedding, dtype), BATCH_AXES)
-    d_unembedding = _place(d_unembedding + matmul("bcd,bcv->dv", h, d_logits, dtype), None, ALL_DEVICES)
+    by_replica = lambda x: x.reshape(replicas, -1, *x.shape[1:])  # [data, b / data, chunk, ...]
+    d_unembedding = _place(d_unembedding + matmul("nbcd,nbcv->ndv", by_replica(h), by_replica(d_logits), dtype),
+                           "data", None, VOCAB_AXES)
     return carry[:2] + (d_unembedding,), d_h
 
-  unembedding = _place(unembedding, None, ALL_DEVICES)
-  zeros = _place(jnp.zeros(unembedding.shape, jnp.float32), None, ALL_DEVICES) if with_grads else None
+  unembedding = _place(unembedding, None, VOCAB_AXES)
+  zeros = None
+  if with_grads:
+    zeros = _place(jnp.zeros((replicas, *unembedding.shape), jnp.float32), "data", None, VOCAB_AXES)
   xs = [_to_chunks(x, chunk_len) for x in (hidden, targets, weights.astype(jnp.float32))]
   (loss, nll, d_unembedding), d_hidden = jax.lax.scan(step, (jnp.float32(0.0), jnp.float32(0.0), zeros), xs)
   if not with_grads:
     return (loss, nll), None
-  return (loss, nll), (_from_chunks(d_hidden, hidden.shape[1]), d_unembedding)
+  return (loss, nll), (_from_chunks(d_hidden, hidden.shape[1]), d_unembedding.sum(axis=0))
 
 
 def _to_chunks(x, chunk_len: int):

@@ -21,10 +21,12 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
 from jax.ad_checkpoint import checkpoint_name
+from jax.sharding import PartitionSpec
 
-from flan_jax.hardware import compute_dtype
-from flan_jax.sharding import BATCH, EMBED, HEAD_DIM, HEADS, KV_HEADS, LAYERS, LENGTH, MLP, VOCAB
+from flan_jax import hardware
+from flan_jax.sharding import BATCH, BATCH_AXES, EMBED, HEAD_DIM, HEADS, KV_HEADS, LAYERS, LENGTH, MLP, VOCAB
 
 # What a rematerialised block keeps for the backward pass: nothing but its input
 # ("full"), or also the outputs of its weight matmuls ("save_projections").
@@ -70,6 +72,9 @@ class ModelConfig:
   lora_targets: tuple = ("wq", "wk", "wv", "wo")  # among wq wk wv wo w_gate w_up w_down
   attention: str = "auto"  # auto | einsum (the reference) | chunked | xla | cudnn (GPU) | splash (TPU); see attend()
   dtype: str = "auto"  # matmul operands: auto (hardware.compute_dtype) | bfloat16 | float32
+  # The platform compiled for (cpu | gpu | tpu): what `auto` choices follow; empty: the devices of the mesh
+  # in context (sharding.context), else this process's. Set to compile for another (jax.export's platforms).
+  platform: str = ""
   param_dtype: str = "float32"
   remat: str = "none"  # none | full | save_projections
   scan_layers: bool = False  # one compiled block applied num_layers times (faster compiles)
@@ -82,7 +87,9 @@ class ModelConfig:
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"model.activation={self.activation!r}: choose from {', '.join(ACTIVATIONS)}")
     object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # a list after a JSON round trip
-    object.__setattr__(self, "dtype", compute_dtype(self.dtype))
+    if self.platform not in ("", "cpu", "gpu", "tpu"):
+      raise ValueError(f"model.platform={self.platform!r}: choose cpu, gpu, tpu or empty (this run's devices)")
+    object.__setattr__(self, "dtype", hardware.compute_dtype(self.dtype, self.platform or None))
     if self.attention not in ("auto",) + ATTENTION_IMPLEMENTATIONS:
       raise ValueError(f"model.attention={self.attention!r}: choose from auto, {', '.join(ATTENTION_IMPLEMENTATIONS)}")
     unknown = set(self.lora_targets) - set(PROJECTIONS)
@@ -214,16 +221,27 @@ def _causal(query_slots, key_slots, sliding_window: int):
   return (distance >= 0) & ((distance < sliding_window) if sliding_window else True)
 
 
+def target_platform(cfg: ModelConfig) -> str:
+  """The platform the model is compiled for: model.platform, else that of the mesh in context (a TPU
+  topology's, when compiling ahead of time for one), else that of this process's devices."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return cfg.platform or (mesh.abstract_device.platform if not mesh.empty else jax.devices()[0].platform)
+
+
 def attention_implementation(cfg: ModelConfig, length: int, kernels: bool = True) -> str:
   """model.attention, with "auto" resolved: cuDNN's flash attention on GPUs when the operands are
-  bf16, Splash attention on TPUs when the length is a multiple of its 128-token blocks, and elsewhere
+  bf16 and cuDNN can serve the GPU (else, with a log line, what other devices get), Splash attention on TPUs when the length is a multiple of its 128-token blocks, and elsewhere
   the chunked einsum for rows longer than one chunk (the einsum for shorter ones; on CPUs XLA's own
   composite does the einsum's work, no faster). Without `kernels` (a mask that segment ids cannot
   express: scoring's shared prompts), a kernel gives way to that last choice."""
   chosen = cfg.attention
-  platform = jax.devices()[0].platform
+  platform = target_platform(cfg)
   if chosen == "auto" and kernels and platform == "gpu" and cfg.dtype == "bfloat16":
-    chosen = "cudnn"
+    unsupported = hardware.cudnn_attention_unsupported(cfg.head_dim)
+    if unsupported:
+      _log_once(f"model.attention=auto: not cuDNN's fused attention ({unsupported}); XLA's instead")
+    else:
+      chosen = "cudnn"
   if chosen == "auto" and kernels and platform == "tpu" and length % 128 == 0:
     chosen = "splash"
   if chosen == "auto" or (chosen in KERNEL_PLATFORMS and not kernels):
@@ -232,6 +250,11 @@ def attention_implementation(cfg: ModelConfig, length: int, kernels: bool = True
 
 
 KERNEL_PLATFORMS = {"cudnn": "gpu", "splash": "tpu"}
+
+
+@functools.cache
+def _log_once(message: str):
+  logging.warning(message)
 
 
 def attend(implementation: str, q, k, v, mask, segment_ids, cfg: ModelConfig):
@@ -245,9 +268,9 @@ def attend(implementation: str, q, k, v, mask, segment_ids, cfg: ModelConfig):
   and `segment_ids` [b, l]. A kernel asked for on a device that cannot run it is an error.
   """
   needed = KERNEL_PLATFORMS.get(implementation)
-  platform = jax.devices()[0].platform
+  platform = target_platform(cfg)
   if needed and platform != needed:
-    raise ValueError(f"model.attention={implementation!r} runs on {needed.upper()} only; this run's devices are "
+    raise ValueError(f"model.attention={implementation!r} runs on {needed.upper()} only; this run compiles for "
                      f"{platform} (choose auto, einsum, chunked or xla)")
   if implementation in ("einsum", "chunked"):
     attention = einsum_attention if implementation == "einsum" else chunked_attention
@@ -344,7 +367,27 @@ def _write_cache(cache, update, cache_index):
 
 
 def _splash(q, k, v, segment_ids, cfg: ModelConfig, window, interpret: bool = False):
-  """Splash attention, one multi-query kernel per (row, kv head): its queries are that head's group."""
+  """Splash attention, one multi-query kernel per (row, kv head): its queries are that head's group.
+
+  A Pallas kernel cannot be partitioned by XLA: on a mesh it runs inside shard_map, each device on its
+  own rows (split over the batch axes) and, where the tensor axis divides the kv heads, its own heads
+  (q's heads are kv-head-major, so a block of kv heads carries the block of their query groups)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return _splash_local(q, k, v, segment_ids, cfg, window, interpret)
+  batch = tuple(axis for axis in BATCH_AXES if axis in mesh.axis_names)
+  heads = "tensor" if "tensor" in mesh.axis_names and cfg.num_kv_heads % mesh.shape["tensor"] == 0 else None
+  kv_heads_per_device = cfg.num_kv_heads // (mesh.shape[heads] if heads else 1)
+  local = functools.partial(_splash_local, cfg=dataclasses.replace(
+      cfg, num_kv_heads=kv_heads_per_device, num_heads=cfg.num_heads * kv_heads_per_device // cfg.num_kv_heads),
+                            window=window, interpret=interpret)
+  heads_spec = PartitionSpec(batch, None, heads, None)
+  return jax.shard_map(local, in_specs=(heads_spec,) * 3 + (PartitionSpec(batch),),
+                       out_specs=heads_spec, check_vma=False)(q, k, v, segment_ids)
+
+
+def _splash_local(q, k, v, segment_ids, cfg: ModelConfig, window, interpret: bool = False):
+  """_splash on one device's q [b, l, heads, d], k, v [b, s, kv_heads, d] and segment_ids [b, l]."""
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
   b, length, heads, head_dim = q.shape
@@ -417,6 +460,7 @@ class Attention(nn.Module):
                  for y, (name, n) in zip((q, k, v), heads.items()))
     q, k = rotary(q, rope), rotary(k, rope)
     q = nn.with_logical_constraint(q, (BATCH, LENGTH, HEADS, HEAD_DIM))
+    k, v = (nn.with_logical_constraint(y, (BATCH, LENGTH, KV_HEADS, HEAD_DIM)) for y in (k, v))
     if cache_index is None:
       implementation = attention_implementation(cfg, q.shape[1], kernels=segment_ids is not None)
       out = attend(implementation, q, k, v, mask, segment_ids, cfg)

@@ -9,11 +9,11 @@ an array already uses (fsdp for its batch dimension, say) is not used twice.
 """
 
 import contextlib
-import functools
 import math
 
 import flax.linen as nn
 import jax
+from absl import logging
 import jax.numpy as jnp
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -78,6 +78,18 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
               MESH_AXES)
 
 
+def inference_mesh(model):
+  """(mesh, rules) for inference: the parameters split FSDP-style over all devices, so that a model
+  larger than one device loads; one device where some parameter does not divide over them."""
+  mesh, fsdp = make_mesh(dict(data=1, fsdp=-1, tensor=1)), RULES["fsdp"]
+  try:
+    param_shapes(model, mesh, fsdp)
+  except ValueError as error:
+    logging.warning("parameters on one device: %s", error)
+    mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  return mesh, fsdp
+
+
 def rules(name: str):
   if name not in RULES:
     raise ValueError(f"sharding_rules={name!r}: choose from {', '.join(RULES)}")
@@ -111,10 +123,24 @@ def init_params(model, mesh: Mesh, key):
 
 def param_shapes(model, mesh: Mesh, logical_rules):
   """Parameters as ShapeDtypeStructs carrying their shardings, computed without initialising."""
-  boxed = jax.eval_shape(functools.partial(init_params, model, mesh), jax.random.key(0))
+  # The key inside the trace: nothing runs eagerly, so the mesh may be a topology's compile-only devices.
+  boxed = jax.eval_shape(lambda: init_params(model, mesh, jax.random.key(0)))
   shardings = param_shardings(boxed, mesh, logical_rules)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_values(boxed),
                       shardings)
+
+
+def resolve_batch_size(config, mesh: Mesh):
+  """Sets data.batch_size to data.rows_per_shard rows for each data x fsdp shard of the mesh where
+  rows_per_shard is set (> 0), so that the global batch follows the device count; then checks, before
+  anything trains, that data.batch_size and eval.batch_size divide over the shards."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.data.rows_per_shard > 0:
+    config.data.batch_size = config.data.rows_per_shard * shards
+  check_batch(config.data.batch_size, config.train.microbatches, mesh)
+  if config.eval.batch_size % shards:
+    raise ValueError(f"eval.batch_size={config.eval.batch_size} must be a multiple of the {shards} data x fsdp "
+                     f"shards of mesh {dict(mesh.shape)}: evaluation splits its rows over them")
 
 
 def check_batch(batch_size: int, microbatches: int, mesh: Mesh):

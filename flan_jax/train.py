@@ -158,13 +158,13 @@ def main(argv):
   config = flags.FLAGS.config
   distributed.initialize(config.distributed)
   requested_dtype, config.model.dtype = config.model.dtype, hardware.compute_dtype(config.model.dtype)  # as config.json records
-  workdir = prepare_workdir(config, flags.FLAGS["config"].config_filename, flags.FLAGS.workdir)
 
-  # Mesh.
+  # Mesh, and the batch sizes it divides (before anything trains).
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules(config.sharding_rules)
-  sharding.check_batch(config.data.batch_size, config.train.microbatches, mesh)
+  sharding.resolve_batch_size(config, mesh)
   sharding.check_process_rows(mesh, config.data.batch_size)
+  workdir = prepare_workdir(config, flags.FLAGS["config"].config_filename, flags.FLAGS.workdir)
   if config.model.lora_rank and not config.train.init_from:
     raise ValueError("model.lora_rank > 0 trains adapters over a pretrained base: set train.init_from to its "
                      "checkpoint (python -m flan_jax.convert import ...)")

@@ -48,3 +48,24 @@ def test_train_steps_reuse_the_freed_temporary_buffer():
 def test_user_glibc_tunables_are_left_alone():
   kept, faults = _step_faults("keep", GLIBC_TUNABLES="glibc.malloc.check=0")
   assert kept == "False" and min(faults) > 10_000
+
+
+@pytest.mark.parametrize("platforms, device_files, expected", [
+    ("cpu", ["/dev/accel0"], True), ("tpu,cpu", [], False), ("cuda", [], False), ("", [], True),
+    ("", ["/dev/nvidia0"], False), ("", ["/dev/vfio/0"], False)])
+def test_freed_host_memory_is_kept_only_where_the_process_computes_on_the_cpu(monkeypatch, platforms,
+                                                                              device_files, expected):
+  """Told from JAX_PLATFORMS, else from the accelerators' device files, without starting a backend."""
+  import fnmatch
+  import glob
+
+  import jax
+
+  from flan_jax import commands
+  monkeypatch.setattr(glob, "glob", lambda pattern: fnmatch.filter(device_files, pattern))
+  previous = jax.config.jax_platforms
+  jax.config.update("jax_platforms", platforms or None)
+  try:
+    assert commands.runs_on_cpu() == expected
+  finally:
+    jax.config.update("jax_platforms", previous)

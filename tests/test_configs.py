@@ -56,7 +56,8 @@ def test_flan2021_fine_tunes_an_imported_checkpoint_with_its_tokenizer(tmp_path)
   assert config.train.init_from == str(tmp_path) and config.data.tokenizer.model == str(tmp_path / "hf")
   assert config.model.vocab_size == 96 and not config.model.scan_layers  # the checkpoint's, not a preset's
   assert config.optim.name == "adafactor" and config.optim.learning_rate == 3e-5 and config.optim.schedule == "constant"
-  assert config.data.batch_size * config.data.seq_len == 8192 and config.data.held_out_clusters == ("sentiment",)
+  # 1,024 tokens per data x fsdp shard: 8,192 a step on 8 chips, the paper's batch.
+  assert config.data.rows_per_shard * config.data.seq_len == 1024 and config.data.held_out_clusters == ("sentiment",)
   assert config.data.template.format == "flan"
 
 

@@ -67,7 +67,7 @@ def imported(request, tmp_path_factory):
   # Sharded safetensors for one family, stacked (scanned) layers for another.
   model = make_hf_model(family, root / "hf", max_shard_size="40KB" if family == "qwen2" else "5GB")
   fields = convert.import_checkpoint(str(root / "hf"), str(root / "ckpt"), scan_layers=family == "mistral")
-  _, params = checkpoint.load_for_inference(fields, checkpoint_dir=str(root / "ckpt"))
+  _, params, _ = checkpoint.load_for_inference(fields, checkpoint_dir=str(root / "ckpt"))
   return family, root, model, fields, params
 
 
@@ -98,7 +98,7 @@ def test_export_merges_lora_adapters(tmp_path):
   adapter_shapes, _ = lora.split(nn.unbox(shapes))
   rng = np.random.default_rng(1)
   adapters = jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32), adapter_shapes)
-  _, base = checkpoint.load_for_inference(fields, checkpoint_dir=str(root / "ckpt"))
+  _, base, _ = checkpoint.load_for_inference(fields, checkpoint_dir=str(root / "ckpt"))
   params = lora.combine(adapters, jax.device_get(base))
   convert.export_checkpoint(params, cfg, str(root / "ckpt"), str(tmp_path / "merged"))
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"), dtype=torch.float32).eval()
@@ -292,7 +292,7 @@ def test_gguf_import_gives_transformers_logits_and_tokens(gguf_model, qtype, tmp
   fields = convert.import_gguf(str(path), str(tmp_path / "ckpt"))
   info = convert.read_info(str(tmp_path / "ckpt"))
   assert info["chat_format"] == "chat_template" and fields["dtype"] == "float32"
-  _, params = checkpoint.load_for_inference(fields, checkpoint_dir=str(tmp_path / "ckpt"))
+  _, params, _ = checkpoint.load_for_inference(fields, checkpoint_dir=str(tmp_path / "ckpt"))
   reference = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name,
                                                                 dtype=torch.float32).eval()
   tokens = np.random.default_rng(0).integers(0, fields["vocab_size"], (2, 24))
@@ -404,7 +404,7 @@ def test_each_family_completes_text_as_transformers_does(family, tmp_path):
   model, reference = make_hf_chat_model(family, tmp_path / "hf")
   fields = convert.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
   assert convert.read_info(str(tmp_path / "ckpt"))["chat_format"] == templates.CHAT_TEMPLATE
-  _, params = checkpoint.load_for_inference(fields, checkpoint_dir=str(tmp_path / "ckpt"))
+  _, params, _ = checkpoint.load_for_inference(fields, checkpoint_dir=str(tmp_path / "ckpt"))
   ours = tokenizer_lib.load(str(tmp_path / "ckpt" / "hf"))
   cfg = ModelConfig(**{**fields, "dtype": "float32"})
   conversation = [("user", "Is the cat on the mat?")]

@@ -48,8 +48,12 @@ def test_bad_prompts_files_name_the_line(tmp_path):
 
 
 def test_choose_gives_label_log_probabilities_as_transformers(chat_checkpoint):
+  """The model loads split over the 8 devices (a model larger than one device's memory loads), and
+  scores as transformers does in batches rounded up to whole rows per device."""
   checkpoint_dir, model, reference = chat_checkpoint
   loaded = generate.load(checkpoint_dir=checkpoint_dir)
+  assert loaded.mesh.shape["fsdp"] == 8
+  assert len(loaded.params["embedding"].sharding.device_set) == 8
   prompts = [loaded.tokenizer.generation_prompt([("user", p)], loaded.fmt) for p in PROMPTS]
   labels = ["1", " Yes", "the dog"]
   ours = generate.choose(loaded, prompts, labels, batch_size=2)

@@ -71,7 +71,7 @@ def scripted_judge(monkeypatch, prefer, calls):
     return np.asarray(out)
 
   monkeypatch.setattr(generate, "choose", choose)
-  return generate.LoadedModel(None, None, TextTokenizer(), "flan", 3, "scripted-judge")
+  return generate.LoadedModel(None, None, TextTokenizer(), "flan", 3, "scripted-judge", None)
 
 
 def test_both_orders_are_judged_and_disagreement_or_identical_answers_are_ties(tmp_path, monkeypatch):
@@ -87,13 +87,13 @@ def test_both_orders_are_judged_and_disagreement_or_identical_answers_are_ties(t
   calls.clear()
   again = judge.model_verdicts(loaded, pairs, tmp_path / "judgments.jsonl")
   assert not calls and {k: v["verdict"] for k, v in again.items()} == {k: v["verdict"] for k, v in verdicts.items()}
-  other = generate.LoadedModel(None, None, TextTokenizer(), "flan", 4, "scripted-judge")  # another step: judged anew
+  other = generate.LoadedModel(None, None, TextTokenizer(), "flan", 4, "scripted-judge", None)  # another step: judged anew
   judge.model_verdicts(other, pairs, tmp_path / "judgments.jsonl")
   assert len(calls) == 6
 
 
 def test_a_judge_without_its_chat_template_is_refused(monkeypatch):
-  loaded = generate.LoadedModel(None, None, TextTokenizer(), "chat_template", 0, "ckpt")
+  loaded = generate.LoadedModel(None, None, TextTokenizer(), "chat_template", 0, "ckpt", None)
   with pytest.raises(ValueError, match="judge ckpt: .* chat template, but scripted has none"):
     judge.model_verdicts(loaded, pairs_of(["x"], ["y"]), None)
 

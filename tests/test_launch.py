@@ -49,6 +49,18 @@ def test_tpu_pod_dry_run_runs_the_command_on_every_worker():
                                                      "configs/flan2021.py:held_out=nli"]
 
 
+@pytest.mark.slow
+def test_gpu_check_dry_run_trains_with_each_attention_implementation_this_platform_runs():
+  result = subprocess.run(["bash", "launch/gpu_check.sh", "--dry_run"], cwd=ROOT, capture_output=True, text=True,
+                          check=True)
+  figures = dict(line.split(None, 1) for line in result.stdout.splitlines() if line.strip())
+  assert figures["attention_preset"] == "tiny"
+  for implementation in ("einsum", "chunked", "xla"):
+    assert float(figures[f"attention_{implementation}_tokens_per_s"]) > 0
+    assert 0 < float(figures[f"attention_{implementation}_mfu"]) < 1
+  assert not any("cudnn" in key or "splash" in key for key in figures)  # kernels only on their platforms
+
+
 def test_slurm_dry_run_starts_one_task_per_node():
   [line] = dry_run("launch/slurm.sbatch", "python", "-m", "flan_jax.train", "--config", "configs/flan2021.py",
                    env={"DRY_RUN": "1"})

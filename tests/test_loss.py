@@ -96,9 +96,10 @@ def test_fused_loss_on_eight_devices_equals_one_device():
 
 
 def test_fused_loss_memory_per_device_at_llama3_vocabulary_with_fsdp():
-  """Vocabulary 128,256, d_model 2,048, 8 rows of 2,048 tokens on 8 devices (FSDP): the compiled
-  value-and-gradient's temporary memory per device is at most 1.5x one unembedding shard + its
-  gradient shard + one chunk of logits (compiled, not run)."""
+  """Vocabulary 128,256, d_model 2,048, 8 rows of 2,048 tokens on 8 devices (2 data x 4 fsdp): the
+  compiled value-and-gradient's temporary memory per device is at most 1.3x one unembedding shard (the
+  vocabulary split over fsdp) + its data replica's gradient carry shard + one chunk of logits (compiled,
+  not run)."""
   from jax.sharding import NamedSharding, PartitionSpec
   from flan_jax import sharding
   rows, length, d, vocab, chunk = 8, 2048, 2048, 128_256, 128
@@ -112,6 +113,7 @@ def test_fused_loss_memory_per_device_at_llama3_vocabulary_with_fsdp():
   with sharding.context(mesh, rules):
     compiled = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)),
                        out_shardings=(None, (args[0].sharding, args[1].sharding))).lower(*args).compile()
-  shard_bytes = d * vocab * 4 / 8
+  vocab_shard_bytes = d * vocab * 4 / 4  # split over the 4 fsdp devices, replicated over the 2 data replicas
+  carry_bytes = d * vocab * 4 / 8  # a carry per data replica, split over fsdp
   logits_chunk_bytes = rows * chunk * vocab * 4 / 8
-  assert compiled.memory_analysis().temp_size_in_bytes <= 1.5 * (2 * shard_bytes + logits_chunk_bytes)
+  assert compiled.memory_analysis().temp_size_in_bytes <= 1.3 * (vocab_shard_bytes + carry_bytes + logits_chunk_bytes)

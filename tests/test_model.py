@@ -280,7 +280,7 @@ def test_the_attention_switch_reaches_every_block_and_kernels_are_refused_where_
   ours = Decoder(cfg).apply(params, tokens, positions, segment_ids)
   np.testing.assert_allclose(ours, reference_model.apply(params, tokens, positions, segment_ids), atol=1e-5)
   for kernel, device in (("cudnn", "GPU"), ("splash", "TPU")):
-    with pytest.raises(ValueError, match=rf"model.attention='{kernel}' runs on {device} only; this run's devices are cpu"):
+    with pytest.raises(ValueError, match=rf"model.attention='{kernel}' runs on {device} only; this run compiles for cpu"):
       Decoder(ModelConfig(**{**CFG.__dict__, "attention": kernel})).apply(params, tokens, positions, segment_ids)
   with pytest.raises(ValueError, match="model.attention='flash': choose from auto, einsum, chunked, xla, cudnn, splash"):
     ModelConfig(**{**CFG.__dict__, "attention": "flash"})

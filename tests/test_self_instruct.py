@@ -127,7 +127,7 @@ def scripted_model(monkeypatch, calls):
 
   monkeypatch.setattr(generate, "continue_texts", continue_texts)
   monkeypatch.setattr(generate, "choose", choose)
-  return generate.LoadedModel(None, None, TextTokenizer(), "flan", 0, "scripted")
+  return generate.LoadedModel(None, None, TextTokenizer(), "flan", 0, "scripted", None)
 
 
 def test_run_keeps_filtered_instructions_resumes_and_is_deterministic(tmp_path, monkeypatch):

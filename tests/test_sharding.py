@@ -26,3 +26,20 @@ def test_dcn_axes_must_divide_the_axis_and_match_the_processes():
     sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1, dcn_data=2))
   mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
   assert dict(mesh.shape) == dict(data=8, fsdp=1, tensor=1)
+
+
+def test_the_batch_follows_the_mesh_and_both_batch_sizes_are_checked_before_training(tiny_config):
+  mesh = sharding.make_mesh(dict(data=2, fsdp=-1, tensor=2))  # 4 data x fsdp shards of the 8 devices
+  tiny_config.data.rows_per_shard, tiny_config.train.microbatches = 3, 1
+  sharding.resolve_batch_size(tiny_config, mesh)
+  assert tiny_config.data.batch_size == 12
+  tiny_config.data.rows_per_shard, tiny_config.train.microbatches = 3, 2
+  with pytest.raises(ValueError, match=r"data.batch_size=12 must divide into train.microbatches=2"):
+    sharding.resolve_batch_size(tiny_config, mesh)
+  tiny_config.data.rows_per_shard, tiny_config.data.batch_size, tiny_config.train.microbatches = 0, 8, 1
+  tiny_config.eval.batch_size = 6
+  with pytest.raises(ValueError, match=r"eval.batch_size=6 must be a multiple of the 4 data x fsdp shards"):
+    sharding.resolve_batch_size(tiny_config, mesh)
+  tiny_config.eval.batch_size = 8
+  sharding.resolve_batch_size(tiny_config, mesh)
+  assert tiny_config.data.batch_size == 8  # rows_per_shard 0: the batch as given
