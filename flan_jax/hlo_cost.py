@@ -7,7 +7,9 @@ times its trip count, fusions and calls as often as the instructions that call t
 are per device (a compiled program is one device's SPMD program):
 
   flops: 2 x the multiply-adds of every dot and convolution (a convolution's padded window
-    positions excluded, as XLA counts them); what a custom kernel (Pallas) computes is invisible;
+    positions excluded, as XLA counts them); what a custom kernel (Pallas) computes is invisible,
+    and so are products XLA lowers as elementwise multiplies and reductions (a decoding step with
+    one row per chip: its matrix-vector products);
   bytes: what the unfused instructions read from and write to HBM (operands and results not in
     on-chip memory; slices as what they keep, in-place updates as the update);
   collectives: per kind, how many run and the bytes each device sends for them (ring algorithms:
