@@ -54,9 +54,6 @@ def get_config(arg: str | None = None):
 
   config.model.lora_targets = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
   config.model.remat = "none"  # a 135M model fits; recomputing would cost a third more time
-  # bf16 matmuls where the hardware does them faster (1.5x on the AMX CPU this was measured on), f32
-  # where it does not (AVX2-only EPYC), rather than the f32 of the imported checkpoint.
-  config.model.dtype = "auto"
   config.train.microbatches = 2  # [rows, heads, length, length] attention scores of 30 layers per piece
   config.optim.learning_rate = 1e-4 if arg["lora"] else 1e-5
   config.optim.warmup_steps = 10

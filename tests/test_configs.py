@@ -31,10 +31,11 @@ def test_finetune_config_reads_an_imported_checkpoint(tmp_path):
 
   from flan_jax import workdirs
   fields = dict(vocab_size=96, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128,
-                qkv_bias=True)
+                qkv_bias=True, dtype="float32")
   (tmp_path / "model.json").write_text(json.dumps({"model": fields, "family": "qwen2", "chat_format": "chatml"}))
   config = load_config("finetune", f"checkpoint={tmp_path},lora=8,held_out=sentiment")
   assert config.model.qkv_bias and config.model.d_model == 64 and config.model.lora_rank == 8
+  assert config.model.dtype == "auto"  # trained in what the hardware multiplies fastest, not the import's f32
   assert config.train.init_from == str(tmp_path) and config.data.tokenizer.model == str(tmp_path / "hf")
   assert config.data.template.format == "chatml" and config.data.held_out_clusters == ("sentiment",)
   with pytest.raises(ValueError, match="needs :checkpoint=DIR"):
