@@ -229,11 +229,13 @@ def target_platform(cfg: ModelConfig) -> str:
 
 
 def attention_implementation(cfg: ModelConfig, length: int, kernels: bool = True) -> str:
-  """model.attention, with "auto" resolved: cuDNN's flash attention on GPUs when the operands are
-  bf16 and cuDNN can serve the GPU (else, with a log line, what other devices get), Splash attention on TPUs when the length is a multiple of its 128-token blocks, and elsewhere
-  the chunked einsum for rows longer than one chunk (the einsum for shorter ones; on CPUs XLA's own
-  composite does the einsum's work, no faster). Without `kernels` (a mask that segment ids cannot
-  express: scoring's shared prompts), a kernel gives way to that last choice."""
+  """model.attention, with "auto" resolved for the platform compiled for (target_platform): cuDNN's
+  flash attention on GPUs when the operands are bf16 and cuDNN can serve the GPU (else, with a log
+  line, what other devices get), Splash attention on TPUs when the length is a multiple of its
+  128-token blocks, and elsewhere the chunked einsum for rows longer than one chunk (the einsum for
+  shorter ones; on CPUs XLA's own composite does the einsum's work, no faster). Without `kernels` (a
+  mask that segment ids cannot express: scoring's shared prompts), a kernel gives way to that last
+  choice."""
   chosen = cfg.attention
   platform = target_platform(cfg)
   if chosen == "auto" and kernels and platform == "gpu" and cfg.dtype == "bfloat16":
