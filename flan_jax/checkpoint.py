@@ -231,11 +231,9 @@ def load_for_inference(model_fields: dict, *, checkpoint_dir: str = "", workdir:
                        step: int | None = None):
   """(step, parameters, their mesh) of a checkpoint directory (e.g. an imported one), or of a training
   run's workdir (see restore_run_params): the parameters split over every device (FSDP,
-  sharding.inference_mesh), so that a model larger than one device's memory loads."""
-  model = from_config(model_fields)
-  mesh, rules = sharding.inference_mesh(model)
+  sharding.inference_placement), so that a model larger than one device's memory loads."""
+  mesh, rules, target = sharding.inference_placement(from_config(model_fields))
   with sharding.context(mesh, rules):
-    target = sharding.param_shapes(model, mesh, rules)
     if checkpoint_dir:
       return (*restore_params(checkpoint_dir, target, step), mesh)
     return (*restore_run_params(workdir, init_from, target, step), mesh)

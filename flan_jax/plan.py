@@ -41,7 +41,8 @@ import jax.numpy as jnp
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec
 
-from flan_jax import commands, decode, evaluate, hardware, hlo_cost, optim, sharding, train
+from flan_jax import checkpoint, commands, decode, evaluate, hardware, hlo_cost, optim, sharding
+from flan_jax import train
 from flan_jax.data import packing
 from flan_jax.model import attention_implementation, from_config, train_flops_per_token
 
@@ -129,10 +130,6 @@ def programs(config, model, mesh, rules):
   def rows_of(rows, length, dtype=jnp.int32):
     return jax.ShapeDtypeStruct((rows, length), dtype, sharding=sharding.batch_sharding(mesh))
 
-  def with_shardings(shapes, shardings):
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
-                        shardings)
-
   optimizer, schedule = optim.make(config.optim, config.train.steps)
   shapes, shardings = train.state_shapes(model, optimizer, mesh, rules)
   b, per_token = config.data.batch_size, train_flops_per_token(cfg, seq_len)
@@ -142,7 +139,7 @@ def programs(config, model, mesh, rules):
   # Splash's FLOPs are invisible to XLA: the model's causal attention count stands for them.
   kernel_flops = b * seq_len * (per_token - train_flops_per_token(cfg, 0))
   out = {"train": (train.jit_train_step(model, optimizer, schedule, config, mesh, shardings),
-                   (with_shardings(shapes, shardings), batch), {},
+                   (checkpoint.abstract(shapes, shardings), batch), {},
                    dict(attention=attention, tokens=b * seq_len,
                         model_flops=b * seq_len * per_token,
                         kernel_flops=kernel_flops if attention == "splash" else 0.0))}

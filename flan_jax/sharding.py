@@ -78,16 +78,16 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
               MESH_AXES)
 
 
-def inference_mesh(model):
-  """(mesh, rules) for inference: the parameters split FSDP-style over all devices, so that a model
-  larger than one device loads; one device where some parameter does not divide over them."""
+def inference_placement(model):
+  """(mesh, rules, param_shapes) for inference: the parameters split FSDP-style over all devices, so
+  that a model larger than one device loads; one device where some parameter does not divide."""
   mesh, fsdp = make_mesh(dict(data=1, fsdp=-1, tensor=1)), RULES["fsdp"]
   try:
-    param_shapes(model, mesh, fsdp)
+    return mesh, fsdp, param_shapes(model, mesh, fsdp)
   except ValueError as error:
     logging.warning("parameters on one device: %s", error)
     mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-  return mesh, fsdp
+    return mesh, fsdp, param_shapes(model, mesh, fsdp)
 
 
 def rules(name: str):
