@@ -92,7 +92,8 @@ def peak(results, config):
 
 
 def synthetic_batch(rows: int, length: int, vocab: int, seed: int = 0):
-  """Full packed rows of examples 20-120 tokens long, the second half of each example a response."""
+  """Full packed rows of examples 20-120 tokens long (the last one in a row taking the rest where the
+  row reaches packing.MAX_SEGMENTS), the second half of each example a response."""
   rng = np.random.default_rng(seed)
   batch = {key: np.zeros((rows, length), np.int32) for key in packing.BATCH_KEYS}
   batch["loss_weights"] = np.zeros((rows, length), np.float32)
@@ -101,7 +102,9 @@ def synthetic_batch(rows: int, length: int, vocab: int, seed: int = 0):
   for row in range(rows):
     start, segment = 0, 1
     while start < length:
-      n = min(int(rng.integers(20, 120)), length - start)
+      n = length - start
+      if segment < packing.MAX_SEGMENTS:
+        n = min(int(rng.integers(20, 120)), n)
       batch["segment_ids"][row, start:start + n] = segment
       batch["positions"][row, start:start + n] = np.arange(n)
       batch["loss_weights"][row, start + n // 2:start + n] = 1.0

@@ -102,19 +102,19 @@ def compute_dtype(requested: str, platform: str | None = None) -> str:
 
 
 def cudnn_attention_unsupported(head_dim: int, device=None) -> str | None:
-  """Why cuDNN's fused attention cannot serve this GPU (default: the first device) and head size, or
-  None where it can: it needs NVIDIA's CUDA (not ROCm), compute capability 8.0 (Ampere) or newer, and
-  heads of at most 128 (256 from 9.0, Hopper)."""
+  """Why cuDNN's fused attention on packed rows cannot serve this GPU (default: the first device) and
+  head size, or None where it can: it needs NVIDIA's CUDA (not ROCm) and compute capability 9.0
+  (Hopper) or newer, whose kernels take packed rows and heads of up to 256."""
   device = device or jax.devices()[0]
   client = getattr(device, "client", None)
   runtime = f"{getattr(client, 'platform_name', '')} {getattr(client, 'platform_version', '')}".lower()
   if "rocm" in runtime:
     return "ROCm GPUs have no cuDNN"
   capability = float(getattr(device, "compute_capability", 0) or 0)
-  if capability < 8.0:
-    return f"compute capability {capability} is below 8.0 (Ampere)"
-  if head_dim > (256 if capability >= 9.0 else 128):
-    return f"head_dim {head_dim} is above {256 if capability >= 9.0 else 128} at compute capability {capability}"
+  if capability < 9.0:
+    return f"compute capability {capability} is below 9.0 (Hopper), which packed rows need"
+  if head_dim > 256:
+    return f"head_dim {head_dim} is above 256"
   return None
 
 

@@ -22,10 +22,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from absl import logging
+from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
 from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec
 
 from flan_jax import hardware
+from flan_jax.data import packing
 from flan_jax.sharding import BATCH, BATCH_AXES, EMBED, HEAD_DIM, HEADS, KV_HEADS, LAYERS, LENGTH, MLP, VOCAB
 
 # What a rematerialised block keeps for the backward pass: nothing but its input
@@ -265,8 +267,8 @@ def attend(implementation: str, q, k, v, mask, segment_ids, cfg: ModelConfig):
   einsum: the reference, scores and probabilities materialised in f32 with `mask` [b, l, s];
   chunked: the same over chunks of queries, each against the keys up to its end (self-attention only);
   xla: jax.nn.dot_product_attention's XLA composite with the same mask;
-  cudnn: cuDNN's fused flash attention (GPU), causal and windowed by the kernel, packed rows
-  through a segment mask; splash: Pallas Splash attention (TPU), causal / local block-sparse masks
+  cudnn: cuDNN's fused flash attention (GPU), causal and windowed by the kernel, packed rows as
+  the runs of `segment_ids` [b, l] (segment_runs); splash: Pallas Splash attention (TPU), causal / local block-sparse masks
   and `segment_ids` [b, l]. A kernel asked for on a device that cannot run it is an error.
   """
   needed = KERNEL_PLATFORMS.get(implementation)
@@ -282,10 +284,34 @@ def attend(implementation: str, q, k, v, mask, segment_ids, cfg: ModelConfig):
     return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="xla").astype(jnp.float32)
   window = (cfg.sliding_window - 1, 0) if cfg.sliding_window else None
   if implementation == "cudnn":
-    same_segment = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
-    return jax.nn.dot_product_attention(q, k, v, mask=same_segment, is_causal=True, local_window_size=window,
-                                        implementation="cudnn").astype(jnp.float32)
+    return _cudnn(q, k, v, segment_ids, window).astype(jnp.float32)
   return _splash(q, k, v, segment_ids, cfg, window).astype(jnp.float32)
+
+
+def segment_runs(segment_ids):
+  """segment_ids [b, l] -> (offsets [b, MAX_SEGMENTS + 1], lengths [b, MAX_SEGMENTS]) int32: where each
+  run of equal ids starts in its row and how long it is (a row's packed examples, then its padding as
+  one more run), unused entries -1: the packed layout of cuDNN's attention, in which every token
+  attends causally within its own run. A row holds at most packing.MAX_SEGMENTS runs (the packer's
+  bound); the runs beyond it would be dropped."""
+  b, length = segment_ids.shape
+  starts = jnp.concatenate([jnp.ones((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  offsets = jax.vmap(lambda row: jnp.nonzero(row, size=packing.MAX_SEGMENTS, fill_value=-1)[0])(starts)
+  ends = jnp.concatenate([offsets[:, 1:], jnp.full((b, 1), -1, offsets.dtype)], axis=1)
+  ends = jnp.where(ends < 0, length, ends)
+  lengths = jnp.where(offsets < 0, -1, ends - offsets)
+  return jnp.pad(offsets, ((0, 0), (0, 1)), constant_values=-1).astype(jnp.int32), lengths.astype(jnp.int32)
+
+
+def _cudnn(q, k, v, segment_ids, window):
+  """cuDNN's flash attention on q [b, l, heads, d], k, v [b, l, kv_heads, d] with packed rows given as
+  runs (segment_runs): no [b, l, l] mask or bias in either pass. The packed layout is not in
+  jax.nn.dot_product_attention's signature; its implementation takes it (and needs Hopper)."""
+  offsets, lengths = segment_runs(segment_ids)
+  return cudnn_attention.dot_product_attention(
+      q, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets, kv_offsets=offsets,
+      scale=q.shape[-1] ** -0.5, mask_type=cudnn_attention.MaskType.CAUSAL,
+      sliding_window_length=window[0] + 1 if window else None)
 
 
 def einsum_attention(q, k, v, mask, cfg: ModelConfig):

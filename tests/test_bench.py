@@ -13,6 +13,8 @@ def test_synthetic_batch_is_full_packed_rows_with_responses_weighted():
   starts = batch["positions"] == 0
   assert starts.sum() == sum(len(np.unique(row)) for row in batch["segment_ids"])
   assert 0.3 < batch["loss_weights"].mean() < 0.7
+  long_rows = bench.synthetic_batch(rows=2, length=4096, vocab=50)["segment_ids"]
+  assert long_rows.min() > 0 and long_rows.max() == packing.MAX_SEGMENTS  # no padding: the last run
 
 
 def test_packed_efficiency_of_examples_that_fill_rows_exactly():

@@ -56,8 +56,8 @@ def test_a_cpu_device_is_named_by_its_model_and_bf16_unit(monkeypatch, flags, un
 
 
 @pytest.mark.parametrize("runtime, capability, head_dim, reason", [
-    ("cuda 12.8", "9.0", 128, None), ("cuda 12.8", "9.0", 256, None), ("cuda 12.8", "8.0", 128, None),
-    ("cuda 12.8", "8.0", 256, "head_dim 256 is above 128"), ("cuda 12.8", "7.0", 64, "below 8.0"),
+    ("cuda 12.8", "9.0", 128, None), ("cuda 12.8", "9.0", 256, None), ("cuda 12.8", "10.0", 64, None),
+    ("cuda 12.8", "9.0", 512, "head_dim 512 is above 256"), ("cuda 12.8", "8.0", 128, "below 9.0 (Hopper)"),
     ("rocm 6.3", "9.4", 64, "ROCm")])
 def test_cudnn_attention_is_ruled_out_where_cudnn_cannot_serve(runtime, capability, head_dim, reason):
   name, version = runtime.split()
@@ -73,7 +73,7 @@ def test_auto_attention_on_a_gpu_cudnn_cannot_serve_falls_back_to_the_xla_path(m
                     dtype="bfloat16", platform="gpu")
   monkeypatch.setattr(hardware, "cudnn_attention_unsupported", lambda head_dim: None)
   assert model_lib.attention_implementation(cfg, 256) == "cudnn"
-  monkeypatch.setattr(hardware, "cudnn_attention_unsupported", lambda head_dim: "compute capability 7.0 is below 8.0")
+  monkeypatch.setattr(hardware, "cudnn_attention_unsupported", lambda head_dim: "compute capability 8.0 is below 9.0")
   assert model_lib.attention_implementation(cfg, 256) == "chunked"
   tpu = ModelConfig(**{**cfg.__dict__, "platform": "tpu"})
   assert model_lib.attention_implementation(tpu, 256) == "splash"

@@ -4,6 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flan_jax import model as model_lib
+from flan_jax.data import packing
 from flan_jax.loss import fused_cross_entropy
 from flan_jax.model import Decoder, ModelConfig, matmul, train_flops_per_token
 
@@ -284,3 +286,51 @@ def test_the_attention_switch_reaches_every_block_and_kernels_are_refused_where_
       Decoder(ModelConfig(**{**CFG.__dict__, "attention": kernel})).apply(params, tokens, positions, segment_ids)
   with pytest.raises(ValueError, match="model.attention='flash': choose from auto, einsum, chunked, xla, cudnn, splash"):
     ModelConfig(**{**CFG.__dict__, "attention": "flash"})
+
+
+def test_segment_runs_give_cudnns_packed_layout_the_mask_of_packed_rows():
+  """Offsets and lengths of each row's runs (examples, then padding), unused entries -1; attending
+  causally within a run is the model's mask of packed rows (padding attends only to padding)."""
+  rows = np.zeros((3, 12), np.int32)
+  rows[0, :5], rows[0, 5:9] = 1, 2  # two examples and padding
+  rows[1, :] = 1  # one example filling the row
+  rows[2, :] = np.repeat(np.arange(1, 7), 2)  # six examples of two tokens
+  offsets, lengths = (np.asarray(a) for a in model_lib.segment_runs(jnp.asarray(rows)))
+  assert offsets.shape == (3, packing.MAX_SEGMENTS + 1) and lengths.shape == (3, packing.MAX_SEGMENTS)
+  np.testing.assert_array_equal(offsets[0, :4], [0, 5, 9, -1])
+  np.testing.assert_array_equal(lengths[0, :4], [5, 4, 3, -1])
+  np.testing.assert_array_equal(offsets[1, :2], [0, -1])
+  np.testing.assert_array_equal(lengths[2, :7], [2] * 6 + [-1])
+  run = np.full(rows.shape, -1)
+  for r in range(3):
+    for start, n in zip(offsets[r], lengths[r]):
+      if n > 0:
+        run[r, start:start + n] = start
+  causal_in_run = (run[:, :, None] == run[:, None, :]) & np.tril(np.ones((12, 12), bool))
+  positions = np.zeros_like(rows)
+  np.testing.assert_array_equal(causal_in_run | ~(rows[:, :, None] > 0),
+                                np.asarray(model_lib.attention_mask(jnp.asarray(rows), positions))
+                                | ~(rows[:, :, None] > 0))
+
+
+def test_cudnn_attention_lowers_for_gpus_with_packed_rows_as_offsets_and_no_dense_mask(monkeypatch):
+  """The train step's forward and backward with attention=cudnn, lowered for CUDA on this CPU (JAX's
+  checks for a cuDNN and a Hopper GPU answered as a Hopper host would): both kernels take the runs'
+  offsets and lengths, and no [b, 1, l, l] mask or bias is built."""
+  monkeypatch.setattr(model_lib.cudnn_attention, "check_cudnn_version", lambda: 91000)
+  monkeypatch.setattr(model_lib.cudnn_attention, "check_compute_capability", lambda capability: True)
+  cfg = ModelConfig(**{**CFG.__dict__, "attention": "cudnn", "platform": "gpu", "dtype": "bfloat16",
+                       "head_dim": 16, "sliding_window": 64})
+  model, length = Decoder(cfg), 128
+  tokens = jax.ShapeDtypeStruct((2, length), jnp.int32)
+  params = jax.eval_shape(model.init, jax.random.key(0), tokens, tokens, tokens)
+
+  def loss(params, tokens, segment_ids):
+    return model.apply(params, tokens, tokens, segment_ids).sum()
+
+  text = jax.jit(jax.grad(loss)).trace(params, tokens, tokens).lower(lowering_platforms=("cuda",)).as_text()
+  runs = f"tensor<2x{packing.MAX_SEGMENTS + 1}xi32>"
+  for kernel in ("__cudnn$fmhaSoftmax(", "__cudnn$fmhaSoftmaxBackward("):
+    calls = [line for line in text.splitlines() if kernel in line]
+    assert len(calls) == cfg.num_layers and all(runs in call for call in calls), kernel
+  assert f"2x1x{length}x{length}" not in text and f"2x{length}x{length}" not in text

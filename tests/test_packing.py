@@ -78,3 +78,12 @@ def test_truncation_policies():
   assert packing.truncate(tokens, weights, 8, "right")[2] is False
   with pytest.raises(ValueError, match="unknown truncation policy"):
     packing.truncate(tokens, weights, 5, "middle")
+
+
+def test_a_row_holds_at_most_max_segments_runs_padding_included():
+  short = [_example([2, 20, 1], [0, 1, 1]) for _ in range(100)]
+  rows = _rows(short, seq_len=256, num_bins=1)
+  assert len(rows) == 4  # 100 two-token examples fit one 256-token row but for the bound
+  for row in rows:
+    runs = 1 + np.count_nonzero(np.diff(row["segment_ids"]))
+    assert runs <= packing.MAX_SEGMENTS and row["segment_ids"].max() <= packing.MAX_SEGMENTS - 1

@@ -7,6 +7,8 @@ A packed row holds:
   loss_weights     int32 [seq_len]  1 on response tokens (targets) only
   segment_ids      int32 [seq_len]  1, 2, ... per example in the row, 0 on padding
   positions        int32 [seq_len]  0, 1, ... restarting at every example
+A row holds at most MAX_SEGMENTS runs of equal segment ids, its padding counted as one (the bound of
+cuDNN's packed attention layout, which takes a row's runs as offsets and lengths; MaxText's too).
 """
 
 import grain
@@ -18,6 +20,7 @@ PACKERS = {"best_fit": grain_experimental.BestFitPackIterDataset,
            "first_fit": grain_experimental.FirstFitPackIterDataset}
 FEATURES = ("inputs", "targets", "loss_weights")
 BATCH_KEYS = FEATURES + ("segment_ids", "positions")  # what a packed batch holds
+MAX_SEGMENTS = 32
 
 
 def truncate(tokens: np.ndarray, weights: np.ndarray, max_tokens: int, policy: str):
@@ -49,7 +52,8 @@ def pack(examples: grain.IterDataset, seq_len: int, *, packer: str, num_bins: in
   if packer not in PACKERS:
     raise ValueError(f"unknown packer {packer!r}; packers are {sorted(PACKERS)}")
   packed = PACKERS[packer](examples, length_struct={k: seq_len for k in FEATURES},
-                           num_packing_bins=num_bins, seed=seed, shuffle_bins=True)
+                           num_packing_bins=num_bins, seed=seed, shuffle_bins=True,
+                           max_sequences_per_bin=MAX_SEGMENTS - 1)
   return packed.map(_row)
 
 
