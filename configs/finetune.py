@@ -12,7 +12,7 @@ import os
 import ml_collections
 
 from configs import common, tiny
-from flan_jax import convert
+from flan_jax import checkpoint
 from flan_jax.model import ModelConfig
 
 
@@ -21,7 +21,7 @@ def get_config(arg: str | None = None):
   if not arg["checkpoint"]:
     raise ValueError("configs/finetune.py needs :checkpoint=DIR, a directory written by "
                      "python -m flan_jax.convert import")
-  info = convert.read_info(arg["checkpoint"])
+  info = checkpoint.read_info(arg["checkpoint"])
   config = tiny.get_config()
   config.data.held_out_clusters = (arg["held_out"],)
   config.data.template.format = info["chat_format"]

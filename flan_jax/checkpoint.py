@@ -237,3 +237,11 @@ def load_for_inference(model_fields: dict, *, checkpoint_dir: str = "", workdir:
     if checkpoint_dir:
       return (*restore_params(checkpoint_dir, target, step), mesh)
     return (*restore_run_params(workdir, init_from, target, step), mesh)
+
+
+def read_info(checkpoint_dir: str) -> dict:
+  """CKPT/model.json of an imported checkpoint."""
+  path = epath.Path(checkpoint_dir) / "model.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} does not exist: expected a checkpoint written by flan_jax.convert import")
+  return json.loads(path.read_text())

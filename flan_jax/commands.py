@@ -8,6 +8,8 @@ import os
 import jax
 from absl import app, flags, logging
 
+from flan_jax import inference
+
 # mallopt(3) parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 
@@ -68,3 +70,18 @@ def start(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   quiet_absl_logging()
   keep_freed_host_memory()
+
+
+def define_model_flags(role: str):
+  """--workdir, --checkpoint and --step: the model a command loads with load_model."""
+  flags.DEFINE_string("workdir", None, f"A training run's workdir: {role}.")
+  flags.DEFINE_string("checkpoint", None, f"A checkpoint written by flan_jax.convert import: {role}.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+
+
+def load_model() -> inference.LoadedModel:
+  """The model --workdir or --checkpoint names (define_model_flags), at --step."""
+  flag = flags.FLAGS
+  if bool(flag.workdir) == bool(flag.checkpoint):
+    raise app.UsageError("give one of --workdir (a training run) or --checkpoint (an imported model)")
+  return inference.load(workdir=flag.workdir, checkpoint_dir=flag.checkpoint, step=flag.step)

@@ -41,7 +41,6 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
-from etils import epath
 from jax.experimental import multihost_utils
 from flax import traverse_util
 from safetensors import safe_open
@@ -393,14 +392,6 @@ def _import(hf: dict, config_path: str, reader, out: str, scan_layers: bool, dev
   return fields
 
 
-def read_info(checkpoint_dir: str) -> dict:
-  """CKPT/model.json of an imported checkpoint."""
-  path = epath.Path(checkpoint_dir) / "model.json"
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} does not exist: expected a checkpoint written by flan_jax.convert import")
-  return json.loads(path.read_text())
-
-
 def to_hf_tensors(params, cfg: ModelConfig, family: str, dtype) -> dict[str, np.ndarray]:
   """Host parameters (without adapters) -> {Hugging Face name: array in `dtype`}."""
   tensors, flat = {}, traverse_util.flatten_dict(params)
@@ -416,7 +407,7 @@ def to_hf_tensors(params, cfg: ModelConfig, family: str, dtype) -> dict[str, np.
 def export_checkpoint(params, cfg: ModelConfig, source_dir: str, out: str):
   """Writes parameters (adapters merged) as a Hugging Face directory, using the imported checkpoint
   `source_dir`'s hf/ files."""
-  info = read_info(source_dir)
+  info = checkpoint.read_info(source_dir)
   hf_files = os.path.join(source_dir, "hf")
   with open(os.path.join(hf_files, "config.json")) as f:
     hf = json.load(f)
@@ -465,7 +456,7 @@ def main(argv):
   if bool(flag.checkpoint) == bool(flag.workdir):
     raise app.UsageError("export needs one of --checkpoint CKPT (imported) or --workdir RUN (trained)")
   if flag.checkpoint:
-    fields, source = read_info(flag.checkpoint)["model"], flag.checkpoint
+    fields, source = checkpoint.read_info(flag.checkpoint)["model"], flag.checkpoint
     step, params, _ = checkpoint.load_for_inference(fields, checkpoint_dir=flag.checkpoint, step=flag.step)
   else:
     with open(os.path.join(flag.workdir, "config.json")) as f:

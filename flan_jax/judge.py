@@ -44,7 +44,7 @@ import scipy.optimize
 from absl import app, flags
 from etils import epath
 
-from flan_jax import commands, generate
+from flan_jax import commands, inference
 from flan_jax.data import templates
 
 LABELS = ("1", "2")  # the judge names the better answer's position
@@ -84,7 +84,7 @@ def read_answers(path: str) -> list[tuple[dict, str]]:
   files = sorted(source.glob("*.jsonl")) if source.is_dir() else [source]
   if not files or not files[0].exists():
     raise FileNotFoundError(f"{path}: no answers file (a JSONL file, or a directory of them)")
-  rows = [entry for file in files for entry in generate.read_jsonl(file)]
+  rows = [entry for file in files for entry in inference.read_jsonl(file)]
   for row, where in rows:
     if not isinstance(row.get("prompt"), str) or not isinstance(row.get("answer"), str):
       raise ValueError(f"{where}: expected an object with string \"prompt\" and \"answer\"")
@@ -122,13 +122,13 @@ def make_pairs(rows_a, rows_b) -> list[Pair]:
 
 # ---- The model judge ---------------------------------------------------------------------------
 
-def check_judge(loaded: generate.LoadedModel):
+def check_judge(loaded: inference.LoadedModel):
   if loaded.fmt == templates.CHAT_TEMPLATE and loaded.tokenizer.chat_template is None:
     raise ValueError(f"judge {loaded.path}: it is to be prompted through its tokenizer's chat template, but "
                      f"{loaded.tokenizer.path} has none (tokenizer_config.json's chat_template or chat_template.jinja)")
 
 
-def judge_prompt(loaded: generate.LoadedModel, prompt: str, first: str, second: str) -> list[int]:
+def judge_prompt(loaded: inference.LoadedModel, prompt: str, first: str, second: str) -> list[int]:
   text = JUDGE_PROMPT.format(prompt=prompt.strip(), first=first.strip(), second=second.strip())
   return loaded.tokenizer.generation_prompt([("user", text)], loaded.fmt)
 
@@ -141,7 +141,7 @@ def combine(first_a: float, first_b: float) -> str:
   return a_first_says if a_first_says == b_first_says else "tie"
 
 
-def model_verdicts(loaded: generate.LoadedModel, pairs: list[Pair], cache_file: epath.Path, *,
+def model_verdicts(loaded: inference.LoadedModel, pairs: list[Pair], cache_file: epath.Path, *,
                    batch_size: int = 8) -> dict[str, dict]:
   """{pair id: judgment}; judgments this judge already made are read from cache_file, new ones added."""
   check_judge(loaded)
@@ -158,7 +158,7 @@ def model_verdicts(loaded: generate.LoadedModel, pairs: list[Pair], cache_file: 
       new[p.id] = {"pair": p.id, "verdict": "tie", "identical": True}
   if todo:
     prompts = [judge_prompt(loaded, p.prompt, *order) for p in todo for order in ((p.a, p.b), (p.b, p.a))]
-    log_probs = generate.choose(loaded, prompts, LABELS, batch_size=batch_size)
+    log_probs = inference.choose(loaded, prompts, LABELS, batch_size=batch_size)
     probs = np.exp(log_probs - log_probs.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)  # of the two labels
     for i, p in enumerate(todo):
@@ -480,7 +480,7 @@ def main(argv):
   model = None
   if flag.judge:
     is_run = (epath.Path(flag.judge) / "config.json").exists()
-    loaded = generate.load(workdir=flag.judge if is_run else "", checkpoint_dir="" if is_run else flag.judge)
+    loaded = inference.load(workdir=flag.judge if is_run else "", checkpoint_dir="" if is_run else flag.judge)
     model = model_verdicts(loaded, pairs, out / "judgments.jsonl", batch_size=flag.batch_size)
   store = VoteStore(out / "votes.sqlite")
 

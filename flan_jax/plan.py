@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec
 
-from flan_jax import checkpoint, commands, decode, evaluate, hardware, hlo_cost, optim, sharding
+from flan_jax import checkpoint, commands, decode, hardware, hlo_cost, optim, scoring, sharding
 from flan_jax import train
 from flan_jax.data import packing
 from flan_jax.model import attention_implementation, from_config, train_flops_per_token
@@ -146,13 +146,13 @@ def programs(config, model, mesh, rules):
 
   params = sharding.param_shapes(model, mesh, rules)
   b = config.eval.batch_size
-  scoring = {k: rows_of(b, seq_len) for k in ("inputs", "positions", "segment_ids", "context_ids")}
-  scoring |= {k: rows_of(b, SCORED_COLUMNS, jnp.float32 if k == "loss_weights" else jnp.int32)
+  scored = {k: rows_of(b, seq_len) for k in ("inputs", "positions", "segment_ids", "context_ids")}
+  scored |= {k: rows_of(b, SCORED_COLUMNS, jnp.float32 if k == "loss_weights" else jnp.int32)
               for k in ("scored_columns", "targets", "loss_weights")}
   # A forward pass over every token; the vocabulary projection for the scored columns only.
   unembedding = 2.0 * cfg.d_model * cfg.vocab_size
   score_flops = b * (seq_len * (per_token / 3 - unembedding) + SCORED_COLUMNS * unembedding)
-  out["score"] = (evaluate.token_log_likelihoods, (params, scoring),
+  out["score"] = (scoring.token_log_likelihoods, (params, scored),
                   dict(model=model, chunk_len=config.loss.chunk_len),
                   dict(attention=attention_implementation(cfg, seq_len, kernels=False),
                        tokens=b * seq_len, model_flops=score_flops, kernel_flops=0.0))

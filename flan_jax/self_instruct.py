@@ -53,7 +53,7 @@ from absl import app, flags
 from etils import epath
 from rouge_score import rouge_scorer
 
-from flan_jax import commands, generate
+from flan_jax import commands, inference
 
 PROMPT_SEEDS, PROMPT_GENERATED = 6, 2  # instructions per prompt, from the seeds and from the generated pool
 MIN_WORDS, MAX_WORDS = 4, 150
@@ -84,7 +84,7 @@ class SeedTask:
 def read_seed_tasks(path: str) -> list[SeedTask]:
   """Self-Instruct's seed format; a malformed line is an error naming the file, line and field."""
   seeds = []
-  for row, where in generate.read_jsonl(path):
+  for row, where in inference.read_jsonl(path):
     instruction, instances, is_classification = (row.get(k) for k in ("instruction", "instances", "is_classification"))
     if not isinstance(instruction, str) or not instruction.strip():
       raise ValueError(f"{where}: missing or empty 'instruction'")
@@ -241,7 +241,7 @@ def resume(out: epath.Path, settings: dict) -> tuple[dict, list[dict]]:
   return summary, done
 
 
-def run_round(loaded: generate.LoadedModel, seeds: list[SeedTask], kept: list[str], round_index: int,
+def run_round(loaded: inference.LoadedModel, seeds: list[SeedTask], kept: list[str], round_index: int,
               settings: dict, counts: collections.Counter) -> list[dict]:
   """One round: new rows (one per instance); `counts` gains what each filter passed and rejected."""
   rng = np.random.default_rng([settings["seed"], round_index])
@@ -257,7 +257,7 @@ def run_round(loaded: generate.LoadedModel, seeds: list[SeedTask], kept: list[st
     listed = generated + chosen
     rng.shuffle(listed)
     prompts.append(tokenizer.encode_text(instructions_prompt(listed)))
-  texts, cut = generate.continue_texts(loaded, prompts, max_new_tokens=settings["max_new_tokens"],
+  texts, cut = inference.continue_texts(loaded, prompts, max_new_tokens=settings["max_new_tokens"],
                                        rng=jax.random.fold_in(key, 0), **sampling)
   pool = [s.instruction for s in seeds] + list(kept)
   new = []
@@ -279,7 +279,7 @@ def run_round(loaded: generate.LoadedModel, seeds: list[SeedTask], kept: list[st
   if not new:
     return []
 
-  yes_no = generate.choose(loaded, [tokenizer.encode_text(classify_prompt(seeds, i)) for i in new], [" Yes", " No"],
+  yes_no = inference.choose(loaded, [tokenizer.encode_text(classify_prompt(seeds, i)) for i in new], [" Yes", " No"],
                            batch_size=settings["batch_size"])
   is_classification = [bool(s[0] > s[1]) for s in yes_no]
   by_kind = {kind: [s for s in seeds if s.is_classification == kind] or seeds for kind in (True, False)}
@@ -290,7 +290,7 @@ def run_round(loaded: generate.LoadedModel, seeds: list[SeedTask], kept: list[st
                                                        replace=False)]
       instance_prompts.append(tokenizer.encode_text(instance_prompt(examples, instruction, kind)))
       owners.append(index)
-  texts, cut = generate.continue_texts(loaded, instance_prompts, max_new_tokens=settings["max_new_tokens"],
+  texts, cut = inference.continue_texts(loaded, instance_prompts, max_new_tokens=settings["max_new_tokens"],
                                        rng=jax.random.fold_in(key, 1), **sampling)
   instances = collections.defaultdict(list)
   for owner, text, cut_short in zip(owners, texts, cut):
@@ -319,7 +319,7 @@ INSTANCE_FILTERS = ("instance_cut_short", "instance_unparsed", "instance_empty_o
                     "instance_duplicate", "no_instance")
 
 
-def self_instruct(loaded: generate.LoadedModel, seed_tasks: str, out: str, num_instructions: int, *, seed: int = 0,
+def self_instruct(loaded: inference.LoadedModel, seed_tasks: str, out: str, num_instructions: int, *, seed: int = 0,
                   batch_size: int = 16, temperature: float = 0.7, top_p: float = 0.5, max_new_tokens: int = 256,
                   instances_per_instruction: int = 1, progress: bool = True) -> dict:
   """Runs rounds until OUT holds at least `num_instructions` instructions; returns the summary."""
@@ -368,7 +368,7 @@ def self_instruct(loaded: generate.LoadedModel, seed_tasks: str, out: str, num_i
 def main(argv):
   commands.start(argv)
   flag = flags.FLAGS
-  loaded = generate.load_from_flags()
+  loaded = commands.load_model()
   summary = self_instruct(loaded, flag.seed_tasks, flag.out, flag.num_instructions, seed=flag.seed,
                           batch_size=flag.batch_size, temperature=flag.temperature, top_p=flag.top_p,
                           max_new_tokens=flag.max_new_tokens, instances_per_instruction=flag.instances_per_instruction)
@@ -376,7 +376,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  generate.define_model_flags("the model that generates")
+  commands.define_model_flags("the model that generates")
   flags.DEFINE_string("seed_tasks", None, "Seed tasks in Self-Instruct's JSONL format.", required=True)
   flags.DEFINE_string("out", None, "The JSONL file generated rows go to (appended to on a rerun).", required=True)
   flags.DEFINE_integer("num_instructions", None, "Stop once the output holds this many instructions.", required=True)

@@ -3,6 +3,7 @@
     python -m flan_jax.train --config configs/tiny.py
 """
 
+import copy
 import functools
 import os
 
@@ -141,22 +142,11 @@ def jit_train_step(model, optimizer, schedule, config, mesh, state_shardings):
                  out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
-def prepare_workdir(config, config_arg: str, workdir: str | None) -> str:
-  """Creates the workdir (an error naming it if that fails) and writes the config used into it."""
-  workdir = workdir or workdirs.default(config_arg)
-  try:
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-      (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-  except OSError as error:
-    raise SystemExit(f"workdir {workdir!r} is not writable: {error}") from error
-  return workdir
-
-
-def main(argv):
-  commands.start(argv)
-  config = flags.FLAGS.config
-  distributed.initialize(config.distributed)
+def train_and_evaluate(config, workdir: str):
+  """Trains config.train.steps steps into `workdir` (resuming from its newest checkpoint), evaluating
+  as config.eval asks. config -> mesh -> data -> state -> evaluation -> loop. Joining the multi-process
+  runtime, if any, is the caller's (main's) business and comes first."""
+  config = copy.deepcopy(config)
   requested_dtype, config.model.dtype = config.model.dtype, hardware.compute_dtype(config.model.dtype)  # as config.json records
 
   # Mesh, and the batch sizes it divides (before anything trains).
@@ -164,7 +154,7 @@ def main(argv):
   rules = sharding.rules(config.sharding_rules)
   sharding.resolve_batch_size(config, mesh)
   sharding.check_process_rows(mesh, config.data.batch_size)
-  workdir = prepare_workdir(config, flags.FLAGS["config"].config_filename, flags.FLAGS.workdir)
+  workdirs.prepare(config, workdir)
   if config.model.lora_rank and not config.train.init_from:
     raise ValueError("model.lora_rank > 0 trains adapters over a pretrained base: set train.init_from to its "
                      "checkpoint (python -m flan_jax.convert import ...)")
@@ -228,6 +218,13 @@ def main(argv):
       run_evaluation(state, first_step)  # a finished run whose final evaluation did not complete
     train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, run_evaluation, data_counts)
   data_iterator.close()
+
+
+def main(argv):
+  commands.start(argv)
+  config = flags.FLAGS.config
+  distributed.initialize(config.distributed)
+  train_and_evaluate(config, flags.FLAGS.workdir or workdirs.default(flags.FLAGS["config"].config_filename))
 
 
 class Preemption:

@@ -7,6 +7,7 @@ A workdir may be any path `etils.epath` reads and writes: a local directory, or 
 import hashlib
 import os
 
+import jax
 from etils import epath
 
 
@@ -38,3 +39,13 @@ def check_tokenizer(workdir: str, tokenizer, write: bool) -> str:
   elif write:
     record.write_text(f"{checksum}  {tokenizer.path}\n")
   return checksum
+
+
+def prepare(config, workdir: str):
+  """Creates the workdir (an error naming it if that fails) and writes the config used into it."""
+  try:
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+      (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  except OSError as error:
+    raise SystemExit(f"workdir {workdir!r} is not writable: {error}") from error

@@ -69,3 +69,34 @@ def test_freed_host_memory_is_kept_only_where_the_process_computes_on_the_cpu(mo
     assert commands.runs_on_cpu() == expected
   finally:
     jax.config.update("jax_platforms", previous)
+
+
+def _imported_flan_jax_modules(path):
+  """The flan_jax modules a file imports (`import flan_jax.x`, `from flan_jax import x`, `from flan_jax.x
+  import y`), as dotted names."""
+  import ast
+  found = set()
+  for node in ast.walk(ast.parse(open(path).read())):
+    if isinstance(node, ast.Import):
+      found |= {alias.name for alias in node.names if alias.name.startswith("flan_jax.")}
+    elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("flan_jax"):
+      found |= {node.module} if node.module != "flan_jax" else set()
+      found |= {f"{node.module}.{alias.name}" for alias in node.names}
+  return found
+
+
+def test_no_library_module_and_no_config_imports_a_command():
+  """Commands (modules with a __main__ block) are leaves: the library under them and the configs never
+  import one, so a test or tool can use any library function without a command's flags."""
+  import glob
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  modules = {path: os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+             for path in glob.glob(os.path.join(root, "flan_jax", "**", "*.py"), recursive=True)}
+  is_command = {name: '__name__ == "__main__"' in open(path).read() for path, name in modules.items()}
+  commands = {name for name, command in is_command.items() if command}
+  assert {"flan_jax.train", "flan_jax.evaluate", "flan_jax.generate", "flan_jax.judge", "flan_jax.convert",
+          "flan_jax.self_instruct", "flan_jax.bench", "flan_jax.sweep", "flan_jax.report"} <= commands
+  importers = [path for path, name in modules.items() if not is_command[name]]
+  importers += glob.glob(os.path.join(root, "configs", "**", "*.py"), recursive=True)
+  for path in importers:
+    assert not _imported_flan_jax_modules(path) & commands, path

@@ -109,7 +109,7 @@ def test_export_merges_lora_adapters(tmp_path):
 
 def test_model_json_and_hf_files(imported):
   family, root, _, fields, _ = imported
-  info = convert.read_info(str(root / "ckpt"))
+  info = checkpoint.read_info(str(root / "ckpt"))
   assert info["model"] == fields and info["family"] == family
   assert info["chat_format"] == {"llama": "mistral", "mistral": "mistral", "qwen2": "chatml", "gemma": "gemma"}[family]
   assert (root / "ckpt" / "hf" / "config.json").exists()
@@ -181,7 +181,7 @@ def test_import_finetune_with_lora_generate_and_export(tmp_path):
       p.normal_(0.0, 0.15) if p.ndim > 1 else None
   base.save_pretrained(tmp_path / "hf")
   _cli("flan_jax.convert", "import", f"--hf={tmp_path / 'hf'}", f"--out={tmp_path / 'ckpt'}")
-  assert convert.read_info(str(tmp_path / "ckpt"))["chat_format"] == "llama3"
+  assert checkpoint.read_info(str(tmp_path / "ckpt"))["chat_format"] == "llama3"
 
   # Greedy raw completion equals transformers' own.
   prompt = "Premise: the cat sat"
@@ -290,7 +290,7 @@ def test_gguf_import_gives_transformers_logits_and_tokens(gguf_model, qtype, tmp
   path = tmp_path / f"model.{qtype}.gguf"
   write_gguf(path, model, root / "hf", gguf.GGMLQuantizationType[qtype])
   fields = convert.import_gguf(str(path), str(tmp_path / "ckpt"))
-  info = convert.read_info(str(tmp_path / "ckpt"))
+  info = checkpoint.read_info(str(tmp_path / "ckpt"))
   assert info["chat_format"] == "chat_template" and fields["dtype"] == "float32"
   _, params, _ = checkpoint.load_for_inference(fields, checkpoint_dir=str(tmp_path / "ckpt"))
   reference = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name,
@@ -403,7 +403,7 @@ def test_each_family_completes_text_as_transformers_does(family, tmp_path):
   from flan_jax.data import tokenizer as tokenizer_lib
   model, reference = make_hf_chat_model(family, tmp_path / "hf")
   fields = convert.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
-  assert convert.read_info(str(tmp_path / "ckpt"))["chat_format"] == templates.CHAT_TEMPLATE
+  assert checkpoint.read_info(str(tmp_path / "ckpt"))["chat_format"] == templates.CHAT_TEMPLATE
   _, params, _ = checkpoint.load_for_inference(fields, checkpoint_dir=str(tmp_path / "ckpt"))
   ours = tokenizer_lib.load(str(tmp_path / "ckpt" / "hf"))
   cfg = ModelConfig(**{**fields, "dtype": "float32"})

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import torch
 
-from flan_jax import generate
+from flan_jax import inference
 from tests.conftest import ROOT
 
 PROMPTS = ["Is the cat on the mat?", "Where is the dog?", "The cat sat. Then where is the dog on the mat?"]
@@ -40,7 +40,7 @@ def test_prompts_file_is_answered_as_transformers_answers(chat_checkpoint, tmp_p
 def test_bad_prompts_files_name_the_line(tmp_path):
   (tmp_path / "p.jsonl").write_text('{"prompt": "ok"}\n{"question": "no prompt"}\n')
   try:
-    generate.read_prompts(str(tmp_path / "p.jsonl"))
+    inference.read_prompts(str(tmp_path / "p.jsonl"))
   except ValueError as e:
     assert "p.jsonl:2:" in str(e)
   else:
@@ -51,12 +51,12 @@ def test_choose_gives_label_log_probabilities_as_transformers(chat_checkpoint):
   """The model loads split over the 8 devices (a model larger than one device's memory loads), and
   scores as transformers does in batches rounded up to whole rows per device."""
   checkpoint_dir, model, reference = chat_checkpoint
-  loaded = generate.load(checkpoint_dir=checkpoint_dir)
+  loaded = inference.load(checkpoint_dir=checkpoint_dir)
   assert loaded.mesh.shape["fsdp"] == 8
   assert len(loaded.params["embedding"].sharding.device_set) == 8
   prompts = [loaded.tokenizer.generation_prompt([("user", p)], loaded.fmt) for p in PROMPTS]
   labels = ["1", " Yes", "the dog"]
-  ours = generate.choose(loaded, prompts, labels, batch_size=2)
+  ours = inference.choose(loaded, prompts, labels, batch_size=2)
   expected = np.zeros_like(ours)
   for i, prompt in enumerate(prompts):
     for j, label in enumerate(labels):

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from flan_jax import generate, judge
+from flan_jax import inference, judge
 
 
 def write_answers(path, rows):
@@ -70,8 +70,8 @@ def scripted_judge(monkeypatch, prefer, calls):
       out.append([margin / 2, -margin / 2])
     return np.asarray(out)
 
-  monkeypatch.setattr(generate, "choose", choose)
-  return generate.LoadedModel(None, None, TextTokenizer(), "flan", 3, "scripted-judge", None)
+  monkeypatch.setattr(inference, "choose", choose)
+  return inference.LoadedModel(None, None, TextTokenizer(), "flan", 3, "scripted-judge", None)
 
 
 def test_both_orders_are_judged_and_disagreement_or_identical_answers_are_ties(tmp_path, monkeypatch):
@@ -87,13 +87,13 @@ def test_both_orders_are_judged_and_disagreement_or_identical_answers_are_ties(t
   calls.clear()
   again = judge.model_verdicts(loaded, pairs, tmp_path / "judgments.jsonl")
   assert not calls and {k: v["verdict"] for k, v in again.items()} == {k: v["verdict"] for k, v in verdicts.items()}
-  other = generate.LoadedModel(None, None, TextTokenizer(), "flan", 4, "scripted-judge", None)  # another step: judged anew
+  other = inference.LoadedModel(None, None, TextTokenizer(), "flan", 4, "scripted-judge", None)  # another step: judged anew
   judge.model_verdicts(other, pairs, tmp_path / "judgments.jsonl")
   assert len(calls) == 6
 
 
 def test_a_judge_without_its_chat_template_is_refused(monkeypatch):
-  loaded = generate.LoadedModel(None, None, TextTokenizer(), "chat_template", 0, "ckpt", None)
+  loaded = inference.LoadedModel(None, None, TextTokenizer(), "chat_template", 0, "ckpt", None)
   with pytest.raises(ValueError, match="judge ckpt: .* chat template, but scripted has none"):
     judge.model_verdicts(loaded, pairs_of(["x"], ["y"]), None)
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from flan_jax import generate, self_instruct
+from flan_jax import inference, self_instruct
 from flan_jax.self_instruct import parse_instance, parse_instructions, rejection
 
 SEEDS = [{"instruction": f"Write a {kind} about {topic}.", "instances": [{"input": "", "output": f"A {kind}."}],
@@ -125,9 +125,9 @@ def scripted_model(monkeypatch, calls):
   def choose(loaded, prompts, labels, **kw):
     return np.asarray([[0.0, -1.0] if p.rsplit("\n\n", 1)[-1].startswith("Task: Classify") else [-1.0, 0.0] for p in prompts])
 
-  monkeypatch.setattr(generate, "continue_texts", continue_texts)
-  monkeypatch.setattr(generate, "choose", choose)
-  return generate.LoadedModel(None, None, TextTokenizer(), "flan", 0, "scripted", None)
+  monkeypatch.setattr(inference, "continue_texts", continue_texts)
+  monkeypatch.setattr(inference, "choose", choose)
+  return inference.LoadedModel(None, None, TextTokenizer(), "flan", 0, "scripted", None)
 
 
 def test_run_keeps_filtered_instructions_resumes_and_is_deterministic(tmp_path, monkeypatch):

@@ -1,3 +1,6 @@
+import json
+import os
+
 import jax
 import numpy as np
 import optax
@@ -5,7 +8,7 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from flan_jax import model as model_lib
-from flan_jax import optim, sharding, train
+from flan_jax import optim, sharding, train, workdirs
 from flan_jax.data import packing
 from tests.conftest import load_config
 
@@ -158,9 +161,9 @@ def test_an_unusable_workdir_is_an_error_naming_it(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
   with pytest.raises(SystemExit, match=f"workdir '{blocker}/run' is not writable"):
-    train.prepare_workdir(small_config(), "configs/tiny.py", str(blocker / "run"))
-  workdir = train.prepare_workdir(small_config(), "configs/tiny.py", str(tmp_path / "run"))
-  assert '"d_model": 32' in (tmp_path / "run" / "config.json").read_text() and workdir == str(tmp_path / "run")
+    workdirs.prepare(small_config(), str(blocker / "run"))
+  workdirs.prepare(small_config(), str(tmp_path / "run"))
+  assert '"d_model": 32' in (tmp_path / "run" / "config.json").read_text()
 
 
 def test_lora_trains_only_the_adapters_with_optimizer_state_for_them_alone():
@@ -201,3 +204,25 @@ def test_the_logged_learning_rate_is_the_applied_one_after_a_skipped_update():
   rates = [float(m["learning_rate"]) for m in metrics]
   # The skipped update did not advance the schedule: the third step applies the second step's rate.
   assert rates == pytest.approx([float(schedule(0)), float(schedule(1)), float(schedule(1))]) and rates[0] > rates[1]
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_in_process_writes_checkpoint_metrics_and_evaluation(tmp_path):
+  """The whole job from Python, as `python -m flan_jax.train` runs it, and a rerun that has nothing
+  left to do; the caller's config is left as it was."""
+  config = load_config("tiny")
+  config.train.update(steps=4, log_every=2, checkpoint_every=2)
+  config.data.update(seq_len=128, batch_size=8)
+  config.data.tokenizer.update(vocab_size=512, num_texts=3000)
+  config.model.update(d_model=64, num_layers=2, mlp_dim=128)
+  config.eval.update(include_seen=False, max_examples=4, max_templates=1)
+  before = config.to_json(sort_keys=True)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert config.to_json(sort_keys=True) == before
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in records] == [2, 4, 4] and "eval/held_out" in records[-1]
+  assert json.loads((tmp_path / "eval" / "4" / "results.json").read_text())["step"] == 4
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["dtype"] in ("float32", "bfloat16")
+  train.train_and_evaluate(config, str(tmp_path))
+  assert len(open(tmp_path / "metrics.jsonl").readlines()) == 3
