@@ -8,7 +8,7 @@ import os
 import jax
 from absl import app, flags, logging
 
-from flan_jax import inference
+from flan_jax import distributed, inference
 
 # mallopt(3) parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
@@ -80,8 +80,11 @@ def define_model_flags(role: str):
 
 
 def load_model() -> inference.LoadedModel:
-  """The model --workdir or --checkpoint names (define_model_flags), at --step."""
+  """The model --workdir or --checkpoint names (define_model_flags), at --step, split over the
+  devices of every process of the cluster JAX detects (distributed.initialize): every process then
+  computes the same answers, and process 0 alone writes them."""
   flag = flags.FLAGS
   if bool(flag.workdir) == bool(flag.checkpoint):
     raise app.UsageError("give one of --workdir (a training run) or --checkpoint (an imported model)")
+  distributed.initialize()
   return inference.load(workdir=flag.workdir, checkpoint_dir=flag.checkpoint, step=flag.step)

@@ -46,7 +46,7 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from flan_jax import checkpoint, commands, lora, sharding
+from flan_jax import checkpoint, commands, distributed, lora, sharding
 from flan_jax.data import templates
 from flan_jax.data import tokenizer as tokenizer_lib
 from flan_jax.model import ModelConfig, from_config
@@ -455,6 +455,7 @@ def main(argv):
     return
   if bool(flag.checkpoint) == bool(flag.workdir):
     raise app.UsageError("export needs one of --checkpoint CKPT (imported) or --workdir RUN (trained)")
+  distributed.initialize()  # a model split over every process's devices; process 0 writes
   if flag.checkpoint:
     fields, source = checkpoint.read_info(flag.checkpoint)["model"], flag.checkpoint
     step, params, _ = checkpoint.load_for_inference(fields, checkpoint_dir=flag.checkpoint, step=flag.step)
@@ -466,7 +467,8 @@ def main(argv):
       raise ValueError(f"{flag.workdir}: export needs a run started from an imported checkpoint (train.init_from)")
     step, params, _ = checkpoint.load_for_inference(fields, workdir=flag.workdir, init_from=source, step=flag.step)
   export_checkpoint(params, ModelConfig(**fields), source, flag.out)
-  print(f"exported step {step} to {flag.out}")
+  if not jax.process_index():
+    print(f"exported step {step} to {flag.out}")
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ import jax
 _NO_CLUSTER = "coordinator_address should be defined"  # what jax.distributed.initialize() says when it finds none
 
 
-def initialize(cfg):
-  """cfg: config.distributed (coordinator_address, num_processes, process_id)."""
+def initialize(cfg=None):
+  """cfg: config.distributed (coordinator_address, num_processes, process_id); without it (the
+  commands that take no config), the cluster JAX detects, if any."""
   # CPU devices of different processes talk through gloo (the default has no cross-process collectives).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  if cfg.coordinator_address:
+  if cfg is not None and cfg.coordinator_address:
     jax.distributed.initialize(cfg.coordinator_address, num_processes=cfg.num_processes, process_id=cfg.process_id)
     return
   try:

@@ -36,6 +36,8 @@ def main(argv):
   if flag.prompts:
     rows = inference.read_prompts(flag.prompts)
     answers = inference.answer(loaded, [[("user", r["prompt"])] for r in rows], **sampling)
+    if jax.process_index():
+      return
     out = epath.Path(flag.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps({**r, "answer": a, "model": loaded.path}) + "\n" for r, a in zip(rows, answers)))
@@ -45,7 +47,8 @@ def main(argv):
     [text], _ = inference.continue_texts(loaded, [loaded.tokenizer.encode_text(flag.prompt)], **sampling)
   else:
     [text] = inference.answer(loaded, [[("user", flag.prompt)]], **sampling)
-  print(f"[step {loaded.step}] {text}")
+  if not jax.process_index():
+    print(f"[step {loaded.step}] {text}")
 
 
 if __name__ == "__main__":

@@ -39,12 +39,13 @@ import sqlite3
 import threading
 import time
 
+import jax
 import numpy as np
 import scipy.optimize
 from absl import app, flags
 from etils import epath
 
-from flan_jax import commands, inference
+from flan_jax import commands, distributed, inference
 from flan_jax.data import templates
 
 LABELS = ("1", "2")  # the judge names the better answer's position
@@ -166,7 +167,7 @@ def model_verdicts(loaded: inference.LoadedModel, pairs: list[Pair], cache_file:
       new[p.id] = {"pair": p.id, "verdict": combine(a_first[0] - a_first[1], b_first[0] - b_first[1]),
                    "identical": False, "p_a_when_first": float(probs[2 * i, 0]),
                    "p_a_when_second": float(probs[2 * i + 1, 1])}
-  if new:
+  if new and not jax.process_index():
     with open(cache_file, "a") as f:
       f.write("".join(json.dumps({**r, "judge": loaded.path, "judge_step": loaded.step}) + "\n" for r in new.values()))
   return {**cached, **new}
@@ -480,8 +481,11 @@ def main(argv):
   model = None
   if flag.judge:
     is_run = (epath.Path(flag.judge) / "config.json").exists()
+    distributed.initialize()  # every process judges; process 0 alone writes and serves
     loaded = inference.load(workdir=flag.judge if is_run else "", checkpoint_dir="" if is_run else flag.judge)
     model = model_verdicts(loaded, pairs, out / "judgments.jsonl", batch_size=flag.batch_size)
+    if jax.process_index():
+      return
   store = VoteStore(out / "votes.sqlite")
 
   def write():

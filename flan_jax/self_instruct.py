@@ -212,6 +212,9 @@ def summary_path(out: epath.Path) -> epath.Path:
 
 
 def _write_atomically(path: epath.Path, text: str):
+  """Writes from process 0 only (every process computes the same rows: see commands.load_model)."""
+  if jax.process_index():
+    return
   tmp = path.parent / f".{path.name}.tmp"
   with open(tmp, "w") as f:
     f.write(text)
@@ -342,10 +345,11 @@ def self_instruct(loaded: inference.LoadedModel, seed_tasks: str, out: str, num_
   start = time.time()
   while len(kept) < num_instructions and idle_rounds < PATIENCE:
     new_rows = run_round(loaded, seeds, kept, summary["rounds"], settings, counts)
-    with open(out, "a") as f:
-      f.write("".join(json.dumps(r) + "\n" for r in new_rows))
-      f.flush()
-      os.fsync(f.fileno())
+    if not jax.process_index():
+      with open(out, "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in new_rows))
+        f.flush()
+        os.fsync(f.fileno())
     rows += new_rows
     new = list(dict.fromkeys(r["instruction"] for r in new_rows))
     kept += new
@@ -372,7 +376,8 @@ def main(argv):
   summary = self_instruct(loaded, flag.seed_tasks, flag.out, flag.num_instructions, seed=flag.seed,
                           batch_size=flag.batch_size, temperature=flag.temperature, top_p=flag.top_p,
                           max_new_tokens=flag.max_new_tokens, instances_per_instruction=flag.instances_per_instruction)
-  print(json.dumps(summary, indent=1))
+  if not jax.process_index():
+    print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

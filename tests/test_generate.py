@@ -2,14 +2,17 @@
 left-padded), and label log-probabilities (what judges and Self-Instruct read) as transformers scores them."""
 
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from flan_jax import inference
 from tests.conftest import ROOT
+from tests.test_launch import free_port
 
 PROMPTS = ["Is the cat on the mat?", "Where is the dog?", "The cat sat. Then where is the dog on the mat?"]
 
@@ -65,3 +68,25 @@ def test_choose_gives_label_log_probabilities_as_transformers(chat_checkpoint):
         log_probs = torch.log_softmax(model(torch.tensor([prompt + ids])).logits[0], -1)
       expected[i, j] = sum(float(log_probs[len(prompt) - 1 + k, t]) for k, t in enumerate(ids))
   np.testing.assert_allclose(ours, expected, atol=2e-4)
+
+
+@pytest.mark.slow
+def test_two_processes_answer_as_one_with_the_model_split_over_both_and_only_the_first_writes(
+    chat_checkpoint, tmp_path):
+  """generate under a cluster JAX detects (a SLURM job step of two tasks, two CPU devices each): the
+  parameters span both processes, the answers are transformers' and process 0 alone writes."""
+  checkpoint_dir, model, reference = chat_checkpoint
+  (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+  slurm = {"SLURM_JOB_ID": "78", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+           "JAX_COORDINATOR_PORT": str(free_port()), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  processes = [subprocess.Popen([sys.executable, "-m", "flan_jax.generate", f"--checkpoint={checkpoint_dir}",
+                                 f"--prompts={tmp_path / 'prompts.jsonl'}", f"--out={tmp_path / 'answers.jsonl'}",
+                                 "--max_new_tokens=8", "--batch_size=2"], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **slurm, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)})
+               for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in processes]
+  assert all(p.returncode == 0 for p in processes), [err[-2000:] for _, err in outputs]
+  assert "3 answers" in outputs[0][0] and "answers" not in outputs[1][0]  # (gloo prints its ranks)
+  rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+  assert [r["answer"] for r in rows] == [reference_answer(model, reference, p, 8) for p in PROMPTS]
