@@ -1,5 +1,19 @@
 """Helpers shared by config files."""
 
+import dataclasses
+
+import ml_collections
+
+from flan_jax.evaluators import zero_shot as zero_shot_lib
+
+
+def zero_shot(clusters: str, *, every_steps: int = 0, at_start: bool = False, **settings):
+  """A config.evals entry of FLAN's zero-shot evaluation (flan_jax/evaluators/zero_shot.py) on the
+  held-out or the seen clusters: its cadence (see flan_jax/evaluators/common.py) and every key of
+  zero_shot.Settings, so that each can be set on the command line."""
+  keys = dataclasses.asdict(zero_shot_lib.Settings(clusters=clusters, **settings))
+  return ml_collections.ConfigDict(dict(type="zero_shot", every_steps=every_steps, at_start=at_start, **keys))
+
 
 def parse_arg(arg: str | None, **defaults) -> dict:
   """`key=value,key=value` (from `--config configs/X.py:key=value,...`) over `defaults`, typed like them."""

@@ -42,9 +42,7 @@ def get_config(arg: str | None = None):
   config.train.log_every = 5
   config.train.checkpoint_every = 10
 
-  config.eval.at_start = True
-  config.eval.include_seen = False
-  config.eval.max_examples = 40  # the first 40 seed tasks
-  config.eval.batch_size = 8
-  config.eval.max_new_tokens = 96
+  config.evals.held_out = common.zero_shot("held_out", at_start=True, max_examples=40,  # 40 seed tasks
+                                           batch_size=8, max_new_tokens=96)
+  config.evals.seen.every_steps = -1
   return config

@@ -62,8 +62,7 @@ def get_config(arg: str | None = None):
   config.train.log_every = 10
   config.train.checkpoint_every = 50
 
-  config.eval.at_start = True
-  config.eval.max_examples = 16  # per task: its first rows (held out) or its validation rows (seen)
-  config.eval.batch_size = 16
-  config.eval.max_new_tokens = 16
+  for clusters in ("held_out", "seen"):  # per task: its first rows (held out) or its validation rows (seen)
+    config.evals[clusters] = common.zero_shot(clusters, at_start=True, max_examples=16, batch_size=16,
+                                              max_new_tokens=16)
   return config

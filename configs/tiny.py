@@ -4,6 +4,7 @@
 import ml_collections
 from ml_collections import config_dict
 
+from configs import common
 from flan_jax import presets
 from flan_jax.data import templates
 
@@ -107,14 +108,10 @@ def get_config(arg: str | None = None):
   config.train.init_from = ""  # a checkpoint directory whose newest parameters start the run
   config.train.skip_nonfinite = False  # NaN/Inf loss: False stops the run, True skips that update
 
-  config.eval = ml_collections.ConfigDict()  # zero-shot evaluation (flan_jax/evaluate.py)
-  config.eval.every_steps = 0  # during training; 0: only after the last step; -1: never
-  config.eval.at_start = False  # also evaluate the starting parameters (eval/0), for a before/after table
-  config.eval.include_seen = True  # also the training clusters' validation splits
-  config.eval.max_examples = 50  # per task, per template
-  config.eval.max_templates = 0  # 0: every non-inverted template
-  config.eval.batch_size = 64
-  config.eval.max_new_tokens = 32  # generation tasks
-  config.eval.length_normalize = False  # rank classification by mean instead of total log-likelihood
+  # Evaluators, each at its own cadence (flan_jax/evaluators/common.py): every_steps N (and after the
+  # last step), 0 (after the last step only) or -1 (never); at_start: also step 0, before training.
+  config.evals = ml_collections.ConfigDict()
+  config.evals.held_out = common.zero_shot("held_out")  # FLAN's zero-shot score
+  config.evals.seen = common.zero_shot("seen")  # the training clusters' validation splits
   config.lock()
   return config

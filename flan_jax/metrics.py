@@ -1,4 +1,4 @@
-"""Task metrics, each on a 0-100 scale: a task names its metrics, evaluate.py computes them.
+"""Task metrics, each on a 0-100 scale: a task names its metrics, evaluators/zero_shot.py computes them.
 
 BLEU is sacrebleu's corpus BLEU and ROUGE is rouge-score's (F-measure, stemmed);
 exact match and F1 use SQuAD's answer normalisation.

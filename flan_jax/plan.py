@@ -6,8 +6,8 @@ Cloud TPU topology and reports, per chip, what they need and what they would do.
 
 Any host with libtpu installed compiles for any topology (jax.experimental.topologies; no TPU is
 touched and no checkpoint or data is read: shapes only). Three programs are compiled on the
-config's mesh over the topology's chips: the train step, evaluation's scoring (eval.batch_size
-rows of data.seq_len tokens) and one decoding step over a KV cache of data.seq_len slots. Each
+config's mesh over the topology's chips: the train step, evaluation's scoring (the evaluators'
+largest batch_size of rows of data.seq_len tokens) and one decoding step over a KV cache of data.seq_len slots. Each
 reports:
 
   memory per chip (arguments, temporaries, outputs) against the chip's HBM, and for training the
@@ -108,7 +108,7 @@ def plan(config, topology: str, num_slices: int = 1) -> dict:
   report = {"topology": topology, "num_slices": num_slices, "chips": mesh.size,
             "device_kind": kind, "mesh": dict(mesh.shape), "dtype": config.model.dtype,
             "batch_size": config.data.batch_size, "seq_len": config.data.seq_len,
-            "eval_batch_size": config.eval.batch_size}
+            "eval_batch_size": eval_batch_size(config)}
   device_slices = [getattr(d, "slice_index", 0) for d in mesh.devices.flat]
   with sharding.context(mesh, rules):
     for name, (jitted, args, static, facts) in programs(config, model, mesh, rules).items():
@@ -119,6 +119,12 @@ def plan(config, topology: str, num_slices: int = 1) -> dict:
   free = chip.hbm_gib * 2**30 - (memory["arguments"] + memory["outputs"] - memory["aliased"])
   report["train"]["max_rows_per_shard"] = max(0, int(free / (memory["temporaries"] / rows)))
   return report
+
+
+def eval_batch_size(config) -> int:
+  """The rows scoring and decoding are compiled for: the evaluators' largest batch (config.evals), or
+  the train batch's where none batches."""
+  return max(sharding.evaluator_batch_sizes(config.evals).values(), default=config.data.batch_size)
 
 
 def programs(config, model, mesh, rules):
@@ -145,7 +151,7 @@ def programs(config, model, mesh, rules):
                         kernel_flops=kernel_flops if attention == "splash" else 0.0))}
 
   params = sharding.param_shapes(model, mesh, rules)
-  b = config.eval.batch_size
+  b = eval_batch_size(config)
   scored = {k: rows_of(b, seq_len) for k in ("inputs", "positions", "segment_ids", "context_ids")}
   scored |= {k: rows_of(b, SCORED_COLUMNS, jnp.float32 if k == "loss_weights" else jnp.int32)
               for k in ("scored_columns", "targets", "loss_weights")}

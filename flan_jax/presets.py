@@ -10,7 +10,9 @@ import ml_collections
 
 from flan_jax.model import ModelConfig
 
-# Fields of flan_jax.model.ModelConfig, less vocab_size for the CPU-scale models (the tokenizer's).
+# Llama 3.1 and 3.2's vocabulary, rope and its scaling (factor 8 for 3.1, 32 for 3.2).
+_LLAMA3_1 = dict(vocab_size=128_256, rope_theta=500_000.0, rope_scaling_factor=8.0, rope_low_freq_factor=1.0,
+                 rope_high_freq_factor=4.0, rope_original_max_len=8192, norm_eps=1e-5)
 _LLAMA3_2 = dict(vocab_size=128_256, rope_theta=500_000.0, rope_scaling_factor=32.0, rope_low_freq_factor=1.0,
                  rope_high_freq_factor=4.0, rope_original_max_len=8192, norm_eps=1e-5, tie_embeddings=True)
 
@@ -26,6 +28,8 @@ PRESETS = {
                         mlp_dim=8192),
     "llama3_8b": dict(vocab_size=128_256, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128,
                       mlp_dim=14_336, rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=False),
+    "llama3_1_70b": dict(_LLAMA3_1, d_model=8192, num_layers=80, num_heads=64, num_kv_heads=8, head_dim=128,
+                         mlp_dim=28_672, tie_embeddings=False),
     "gemma_2b": dict(vocab_size=256_000, d_model=2048, num_layers=18, num_heads=8, num_kv_heads=1, head_dim=256,
                      mlp_dim=16_384, norm_eps=1e-6, activation="gelu_tanh", tie_embeddings=True, embed_scale=True),
 }

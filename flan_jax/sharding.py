@@ -133,14 +133,22 @@ def param_shapes(model, mesh: Mesh, logical_rules):
 def resolve_batch_size(config, mesh: Mesh):
   """Sets data.batch_size to data.rows_per_shard rows for each data x fsdp shard of the mesh where
   rows_per_shard is set (> 0), so that the global batch follows the device count; then checks, before
-  anything trains, that data.batch_size and eval.batch_size divide over the shards."""
+  anything trains, that data.batch_size and every evaluator's batch_size (config.evals) divide over
+  the shards."""
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.data.rows_per_shard > 0:
     config.data.batch_size = config.data.rows_per_shard * shards
   check_batch(config.data.batch_size, config.train.microbatches, mesh)
-  if config.eval.batch_size % shards:
-    raise ValueError(f"eval.batch_size={config.eval.batch_size} must be a multiple of the {shards} data x fsdp "
-                     f"shards of mesh {dict(mesh.shape)}: evaluation splits its rows over them")
+  for key, rows in evaluator_batch_sizes(config.evals).items():
+    if rows % shards:
+      raise ValueError(f"{key}={rows} must be a multiple of the {shards} data x fsdp shards of mesh "
+                       f"{dict(mesh.shape)}: evaluation splits its rows over them")
+
+
+def evaluator_batch_sizes(evals) -> dict[str, int]:
+  """{"evals.<name>.batch_size": rows} of config.evals' entries that batch."""
+  return {f"evals.{name}.batch_size": entry["batch_size"] for name, entry in evals.items()
+          if "batch_size" in entry}
 
 
 def check_batch(batch_size: int, microbatches: int, mesh: Mesh):

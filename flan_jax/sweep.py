@@ -106,7 +106,8 @@ def main(argv):
     overrides = {k: v for k, v in entry.items() if k != "name"}
     workdir = str(epath.Path(root) / (entry.get("name") or run_name(overrides)))
     steps = overrides.get("train.steps", base.train.steps)
-    evaluates = overrides.get("eval.every_steps", base.eval.every_steps) >= 0
+    evaluates = any(overrides.get(f"evals.{name}.every_steps", entry.every_steps) >= 0
+                    for name, entry in base.evals.items())
     command = launch_command(launcher, train_command(config_path, workdir, overrides), flags.FLAGS.tpu,
                              flags.FLAGS.zone)
     if finished(workdir, steps, evaluates):

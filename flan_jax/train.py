@@ -19,14 +19,14 @@ import jax
 import jax.numpy as jnp
 import optax
 from absl import app, flags, logging
-from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from flan_jax import checkpoint, commands, distributed, evaluate, hardware, lora, metric_writer, optim, sharding, workdirs
+from flan_jax import checkpoint, commands, distributed, hardware, lora, metric_writer, optim, sharding, workdirs
 from flan_jax import loss as losses
 from flan_jax.data import packing, pipeline
+from flan_jax.evaluators import common
 from flan_jax.model import Decoder, ModelConfig, from_config, train_flops_per_token
 
 @flax.struct.dataclass
@@ -143,9 +143,9 @@ def jit_train_step(model, optimizer, schedule, config, mesh, state_shardings):
 
 
 def train_and_evaluate(config, workdir: str):
-  """Trains config.train.steps steps into `workdir` (resuming from its newest checkpoint), evaluating
-  as config.eval asks. config -> mesh -> data -> state -> evaluation -> loop. Joining the multi-process
-  runtime, if any, is the caller's (main's) business and comes first."""
+  """Trains config.train.steps steps into `workdir` (resuming from its newest checkpoint), running
+  the evaluators of config.evals as they are due: config -> mesh -> data -> state -> evaluators ->
+  loop. Joining the multi-process runtime, if any, is the caller's (main's) and comes first."""
   config = copy.deepcopy(config)
   requested_dtype, config.model.dtype = config.model.dtype, hardware.compute_dtype(config.model.dtype)  # as config.json records
 
@@ -175,7 +175,7 @@ def train_and_evaluate(config, workdir: str):
     raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
                      f"{tokenizer.vocab_size}")
   pipeline.check_seq_len(config.data, mix, tokenizer, seed=config.seed)
-  stats = pipeline.Stats()
+  stats = pipeline.Stats(mixture_skipped=len(mix.skipped_rows))
   data_iterator = iter(pipeline.batches(config.data, mix, tokenizer, stats, seed=config.seed,
                                         process_index=jax.process_index(), process_count=jax.process_count()))
 
@@ -200,24 +200,25 @@ def train_and_evaluate(config, workdir: str):
             f"matmuls in {config.model.dtype}" + (" (model.dtype=auto)" if requested_dtype == "auto" else ""), flush=True)
     writer = metric_writer.Writer(workdir, config.train.steps, first_step)
 
-    def data_counts():  # this process's, since the run started
-      return {"skipped_records": len(mix.skipped_rows) + sum(stats.skipped.values()), "truncated": stats.truncated}
-
-    def run_evaluation(state, step):
-      results = evaluate.evaluate(lora.combine(state.params, state.frozen), model, tokenizer, config, mesh,
-                                  seen=config.eval.include_seen)
-      results["data"] = data_counts()
-      if jax.process_index() == 0:
-        evaluate.write_results(results, workdir, step)
-      writer.write_eval(step, evaluate.summary(results))
-
-    if config.eval.at_start and first_step == 0:  # the starting parameters (an imported model), as eval/0
-      run_evaluation(state, 0)
-    final_results = epath.Path(workdir) / "eval" / str(config.train.steps) / "results.json"
-    if first_step == config.train.steps and config.eval.every_steps >= 0 and not final_results.exists():
-      run_evaluation(state, first_step)  # a finished run whose final evaluation did not complete
-    train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, run_evaluation, data_counts)
+    # Evaluators: the starting parameters' (an imported model's) as step 0, and a finished run's
+    # final ones that did not complete.
+    evaluators = common.from_config(config.evals, common.Context(config, model, tokenizer, mesh, workdir))
+    last = config.train.steps
+    if first_step == 0:
+      run_evaluators([e for e in evaluators if e.due(0, last)], state, 0, writer)
+    if first_step == last:
+      run_evaluators([e for e in evaluators if e.due(last, last) and not e.evaluator.written(last)], state, last,
+                     writer)
+    train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, evaluators, stats)
   data_iterator.close()
+
+
+def run_evaluators(evaluators, state: TrainState, step: int, writer):
+  """Runs each of `evaluators` (evaluators.common.Scheduled) on the state's parameters; their
+  headline metrics go to the logs as one record of `step`."""
+  if evaluators:
+    params = lora.combine(state.params, state.frozen)
+    writer.write_eval(step, {k: v for e in evaluators for k, v in e.evaluator.run(params, step).items()})
 
 
 def main(argv):
@@ -262,8 +263,9 @@ def _tally(tally, metrics, step):
           "skipped": tally["skipped"] + metrics["skipped"]}
 
 
-def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, run_evaluation, data_counts):
-  """Steps to config.train.steps, logging, checkpointing, evaluating, and stopping cleanly on SIGTERM or NaN.
+def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, evaluators, stats):
+  """Steps to config.train.steps, logging, checkpointing, running the evaluators that are due, and
+  stopping cleanly on SIGTERM or NaN. `stats`: the data pipeline's counts, logged with the metrics.
 
   The host never waits for the device in between: the next batch is built and sent while a step
   runs, and metrics are fetched only where the host must decide (log, checkpoint, evaluation and
@@ -289,12 +291,11 @@ def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh,
     batch_data_state = data_state
     if done < config.train.steps:
       batch, data_state = next(batches)  # while the step runs
-    every = config.eval.every_steps
     log = done % config.train.log_every == 0 or done == config.train.steps
     save = done % config.train.checkpoint_every == 0 or done == config.train.steps
-    evaluate_now = every >= 0 and ((every and done % every == 0) or done == config.train.steps)
+    due = [e for e in evaluators if e.due(done, config.train.steps)]
     stop = preempted(done)
-    if not (log or save or evaluate_now or stop):
+    if not (log or save or due or stop):
       continue
     # A host sync point: nothing is saved, logged or evaluated past a non-finite step.
     step_metrics, counts = jax.device_get((step_metrics, tally))
@@ -311,7 +312,7 @@ def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh,
                           "tokens_per_s": rate,
                           **hardware.mfu(rate / tokens_per_step * flops_per_step, jax.devices()[0], config.model.dtype,
                                          jax.device_count()),
-                          "examples_seen": int(state.examples_seen), **data_counts()})
+                          "examples_seen": int(state.examples_seen), **stats.counts()})
       last_log_time, last_log_step = time.time(), done
       tally = fresh_tally()
     if stop:
@@ -321,8 +322,7 @@ def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh,
       return
     if save:
       checkpoint.save(checkpoints, done, state, batch_data_state, config.data.shards)
-    if evaluate_now:
-      run_evaluation(state, done)
+    run_evaluators(due, state, done, writer)
   checkpoints.wait_until_finished()
 
 

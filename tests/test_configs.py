@@ -68,7 +68,7 @@ def test_t0_config_has_one_task_per_dataset_in_t0_clusters(tmp_path):
   specs = {s["name"]: s for s in config.data.local_tasks}
   assert specs["t0_imdb"]["path"] == "/t0/imdb_*.jsonl" and specs["t0_imdb"]["cluster"] == "sentiment"
   assert specs["t0_xsum"]["metrics"] == ("rouge",) and config.data.held_out_clusters == ("sentiment", "summarization")
-  assert config.data.template.format == "chat_template" and config.eval.at_start and config.model.lora_rank == 16
+  assert config.data.template.format == "chat_template" and config.evals.held_out.at_start and config.model.lora_rank == 16
 
 
 def test_self_instruct_config_trains_on_generated_rows_and_holds_out_the_seeds(tmp_path):
@@ -77,6 +77,6 @@ def test_self_instruct_config_trains_on_generated_rows_and_holds_out_the_seeds(t
   specs = {s["name"]: s for s in config.data.local_tasks}
   assert specs["self_instruct"]["cluster_field"] == "category" and specs["self_instruct"]["path"] == "/g.jsonl"
   assert specs["seed_tasks"]["format"] == "instances" and config.data.held_out_clusters == ("human_seeds",)
-  assert config.eval.at_start and config.model.lora_rank == 16
+  assert config.evals.held_out.at_start and config.model.lora_rank == 16
   with pytest.raises(ValueError, match="needs :data=FILE"):
     load_config("self_instruct", f"checkpoint={tmp_path}")

@@ -199,7 +199,8 @@ def test_import_finetune_with_lora_generate_and_export(tmp_path):
   _cli("flan_jax.train", f"--config=configs/finetune.py:checkpoint={tmp_path / 'ckpt'},lora=4", f"--workdir={workdir}",
        "--config.train.steps=4", "--config.train.checkpoint_every=2", "--config.train.log_every=1",
        "--config.data.seq_len=128", "--config.data.batch_size=8", "--config.loss.chunk_len=64",
-       "--config.optim.warmup_steps=1", "--config.optim.learning_rate=1e-2", "--config.eval.every_steps=-1")
+       "--config.optim.warmup_steps=1", "--config.optim.learning_rate=1e-2", "--config.evals.held_out.every_steps=-1",
+       "--config.evals.seen.every_steps=-1")
   records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   assert [r["step"] for r in records] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in records)
   saved = ocp.PyTreeCheckpointer().metadata(str(workdir / "checkpoints" / "4" / "state")).item_metadata

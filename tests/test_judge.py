@@ -319,7 +319,8 @@ def test_train_on_self_instruct_data_then_judge_against_the_start_is_one_command
   result = cli("flan_jax.train", f"--config=configs/self_instruct.py:checkpoint={checkpoint_dir},"
                f"data={tmp_path / 'generated.jsonl'},seeds={tmp_path / 'seeds.jsonl'},lora=4", f"--workdir={workdir}",
                "--config.train.steps=2", "--config.train.checkpoint_every=2", "--config.data.seq_len=128",
-               "--config.loss.chunk_len=64", "--config.eval.max_examples=4", "--config.eval.max_new_tokens=8",
+               "--config.loss.chunk_len=64", "--config.evals.held_out.max_examples=4",
+               "--config.evals.held_out.max_new_tokens=8",
                "--config.optim.learning_rate=1e-2")
   assert result.returncode == 0, result.stderr[-3000:]
   for step in (0, 2):

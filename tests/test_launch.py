@@ -76,7 +76,7 @@ def free_port():
 @pytest.mark.slow
 def test_two_processes_train_and_evaluate_like_one_and_their_checkpoint_restores_in_one(tmp_path):
   # Evaluation at step 6 on a classification (rank scoring) and a generation (decoding) cluster.
-  common = [*SMALL, "--config.optim.schedule=constant", "--config.eval.every_steps=6",
+  common = [*SMALL, "--config.optim.schedule=constant", "--config.evals.held_out.every_steps=6",
             "--config.data.held_out_clusters=('nli', 'translation')"]
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
   run = lambda cmd, env=None: subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -98,7 +98,7 @@ def test_two_processes_train_and_evaluate_like_one_and_their_checkpoint_restores
   alone = str(tmp_path / "alone")
   shutil.copytree(two, alone)
   result = run([sys.executable, "-m", "flan_jax.evaluate", "--config=configs/tiny.py", f"--workdir={alone}", "--step=6",
-                *[flag for flag in common if flag.startswith(("--config.data", "--config.model", "--config.eval"))]])
+                *[flag for flag in common if flag.startswith(("--config.data", "--config.model", "--config.evals"))]])
   assert result.returncode == 0, result.stderr[-3000:]
   assert scores(alone, 6) == scores(two, 6) and set(scores(two, 6)) >= {"mini_nli_quantity", "mini_translate_en_es"}
   # One process takes over the two processes' checkpoint (step 6) and continues like the reference.
@@ -127,7 +127,7 @@ def run_two_processes(workdir, *overrides):
 def two_process_run(tmp_path_factory):
   """12 uninterrupted steps on two processes (checkpoints at 4, 8 and 12), without evaluation."""
   workdir = str(tmp_path_factory.mktemp("two_processes"))
-  run_two_processes(workdir, "--config.eval.every_steps=-1")
+  run_two_processes(workdir, "--config.evals.held_out.every_steps=-1", "--config.evals.seen.every_steps=-1")
   return workdir
 
 
@@ -136,7 +136,7 @@ def test_sigterm_to_one_of_two_processes_saves_one_step_on_both_and_the_rerun_is
     two_process_run, tmp_path):
   workdir = str(tmp_path)
   copy_tokenizer(two_process_run, workdir)
-  launcher = start_two_processes(workdir, "--config.eval.every_steps=-1")
+  launcher = start_two_processes(workdir, "--config.evals.held_out.every_steps=-1", "--config.evals.seen.every_steps=-1")
   metrics = os.path.join(workdir, "metrics.jsonl")
   while launcher.poll() is None and not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 2):
     time.sleep(0.05)
@@ -151,7 +151,7 @@ def test_sigterm_to_one_of_two_processes_saves_one_step_on_both_and_the_rerun_is
   saved = [int(step) for step in re.findall(r"preempted: saved step (\d+), exiting", stderr)]
   assert len(saved) == 2 and saved[0] == saved[1] < 12, stderr[-3000:]
   assert max(int(step) for step in os.listdir(os.path.join(workdir, "checkpoints"))) == saved[0]
-  run_two_processes(workdir, "--config.eval.every_steps=-1")
+  run_two_processes(workdir, "--config.evals.held_out.every_steps=-1", "--config.evals.seen.every_steps=-1")
   assert losses(workdir) == losses(two_process_run)  # every step, bit for bit
 
 
@@ -160,7 +160,7 @@ def test_two_processes_fall_back_together_from_a_corrupt_checkpoint(two_process_
   workdir = str(tmp_path / "run")
   shutil.copytree(two_process_run, workdir)
   corrupt(workdir, 12)
-  stderr = run_two_processes(workdir, "--config.eval.every_steps=-1")
+  stderr = run_two_processes(workdir, "--config.evals.held_out.every_steps=-1", "--config.evals.seen.every_steps=-1")
   assert stderr.count("resuming from step 8") == 2, stderr[-3000:]  # both processes, the same step
   assert losses(workdir) == losses(two_process_run)  # steps 9-12 trained again, identically
   assert os.listdir(os.path.join(workdir, "checkpoints_unreadable"))[0].startswith("12-")

@@ -91,8 +91,8 @@ def test_the_readme_pod_command_passes_the_start_up_checks_on_a_v5p_64(tmp_path)
   mesh, model = plan.startup_checks(config, "v5p-64")
   assert mesh.shape["fsdp"] == 32 and config.data.batch_size == 32 and model.cfg.dtype == "bfloat16"
   config = load_config("flan2021", f"checkpoint={tmp_path},held_out=nli")
-  config.eval.batch_size = 48
-  with pytest.raises(ValueError, match="eval.batch_size=48 must be a multiple of the 32"):
+  config.evals.held_out.batch_size = 48
+  with pytest.raises(ValueError, match="evals.held_out.batch_size=48 must be a multiple of the 32"):
     plan.startup_checks(config, "v5p-64")
 
 

@@ -37,9 +37,9 @@ def test_the_batch_follows_the_mesh_and_both_batch_sizes_are_checked_before_trai
   with pytest.raises(ValueError, match=r"data.batch_size=12 must divide into train.microbatches=2"):
     sharding.resolve_batch_size(tiny_config, mesh)
   tiny_config.data.rows_per_shard, tiny_config.data.batch_size, tiny_config.train.microbatches = 0, 8, 1
-  tiny_config.eval.batch_size = 6
-  with pytest.raises(ValueError, match=r"eval.batch_size=6 must be a multiple of the 4 data x fsdp shards"):
+  tiny_config.evals.seen.batch_size = 6
+  with pytest.raises(ValueError, match=r"evals.seen.batch_size=6 must be a multiple of the 4 data x fsdp shards"):
     sharding.resolve_batch_size(tiny_config, mesh)
-  tiny_config.eval.batch_size = 8
+  tiny_config.evals.seen.batch_size = 8
   sharding.resolve_batch_size(tiny_config, mesh)
   assert tiny_config.data.batch_size == 8  # rows_per_shard 0: the batch as given

@@ -23,9 +23,8 @@ def get_config(arg=None):
   config.data.tokenizer.held_out_clusters = ()  # one tokenizer for runs that hold out different clusters
   config.model.update(dict(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64))
   config.loss.chunk_len = 64
-  config.eval.include_seen = False
-  config.eval.max_examples = 3
-  config.eval.max_templates = 1
+  config.evals.seen.every_steps = -1
+  config.evals.held_out.update(max_examples=3, max_templates=1)
   return config
 
 

@@ -207,22 +207,26 @@ def test_the_logged_learning_rate_is_the_applied_one_after_a_skipped_update():
 
 
 @pytest.mark.slow
-def test_train_and_evaluate_in_process_writes_checkpoint_metrics_and_evaluation(tmp_path):
-  """The whole job from Python, as `python -m flan_jax.train` runs it, and a rerun that has nothing
-  left to do; the caller's config is left as it was."""
+def test_train_and_evaluate_in_process_writes_checkpoint_metrics_and_evaluators_at_their_cadence(tmp_path):
+  """The whole job from Python, as `python -m flan_jax.train` runs it, with two evaluators at
+  different cadences, and a rerun that has nothing left to do; the caller's config is left as it was."""
   config = load_config("tiny")
   config.train.update(steps=4, log_every=2, checkpoint_every=2)
   config.data.update(seq_len=128, batch_size=8)
   config.data.tokenizer.update(vocab_size=512, num_texts=3000)
   config.model.update(d_model=64, num_layers=2, mlp_dim=128)
-  config.eval.update(include_seen=False, max_examples=4, max_templates=1)
+  config.evals.held_out.update(every_steps=2, max_examples=4, max_templates=1)
+  config.evals.seen.update(max_examples=2, max_templates=1)
   before = config.to_json(sort_keys=True)
   train.train_and_evaluate(config, str(tmp_path))
   assert config.to_json(sort_keys=True) == before
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
   records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-  assert [r["step"] for r in records] == [2, 4, 4] and "eval/held_out" in records[-1]
-  assert json.loads((tmp_path / "eval" / "4" / "results.json").read_text())["step"] == 4
+  assert [r["step"] for r in records] == [2, 2, 4, 4] and "eval/seen" not in records[1]
+  assert {"eval/held_out", "eval/seen"} <= set(records[-1])
+  # Held out every 2 steps, seen at the end only: each evaluator's results at its own steps.
+  at_2, at_4 = (json.loads((tmp_path / "eval" / str(step) / "results.json").read_text()) for step in (2, 4))
+  assert "held_out" in at_2 and "seen" not in at_2 and {"held_out", "seen"} <= set(at_4) and at_4["step"] == 4
   assert json.loads((tmp_path / "config.json").read_text())["model"]["dtype"] in ("float32", "bfloat16")
   train.train_and_evaluate(config, str(tmp_path))
-  assert len(open(tmp_path / "metrics.jsonl").readlines()) == 3
+  assert len(open(tmp_path / "metrics.jsonl").readlines()) == 4

@@ -19,7 +19,8 @@ SMALL = ["--config.train.steps=12", "--config.train.log_every=1", "--config.trai
          "--config.data.seq_len=128", "--config.data.batch_size=8", "--config.data.tokenizer.vocab_size=512",
          "--config.data.tokenizer.num_texts=3000", "--config.model.d_model=64", "--config.model.num_layers=2",
          "--config.model.mlp_dim=128", "--config.loss.chunk_len=64", "--config.optim.warmup_steps=2",
-         "--config.eval.include_seen=False", "--config.eval.max_examples=4", "--config.eval.max_templates=1"]
+         "--config.evals.seen.every_steps=-1", "--config.evals.held_out.max_examples=4",
+         "--config.evals.held_out.max_templates=1"]
 
 
 def command(workdir, *overrides, config="configs/tiny.py"):
@@ -201,13 +202,14 @@ def test_a_run_on_local_files_with_a_held_out_free_named_cluster(tmp_path):
   workdir = tmp_path / "run"
   run(str(workdir), f"--config.data.local_tasks={tmp_path / 'tasks.json'}", "--config.data.mixture=()",
       "--config.data.held_out_clusters=('business email',)", "--config.data.skip_bad_records=True",
-      "--config.eval.include_seen=True", "--config.eval.at_start=True", "--config.train.steps=6",
+      "--config.evals.seen.every_steps=0", "--config.evals.held_out.at_start=True",
+      "--config.evals.seen.at_start=True", "--config.train.steps=6",
       "--config.data.tokenizer.num_texts=300", "--config.data.tokenizer.vocab_size=300")
   for step in (0, 6):
     results = json.load(open(workdir / "eval" / str(step) / "results.json"))
     assert set(results["tasks"]) == {"emails", "sums", "words"} and not results["unscored"]
     assert results["clusters"]["business email"]["group"] == "held_out" and results["held_out"] is not None
-    assert results["tasks"]["sums"]["metric"] == "exact_match" and results["data"]["skipped_records"] == 1
+    assert results["tasks"]["sums"]["metric"] == "exact_match" and results["seen"] is not None
   records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   steps = [r for r in records if "loss" in r]
   assert steps[-1]["skipped_records"] == 1 and "truncated" in steps[-1]

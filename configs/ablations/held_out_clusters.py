@@ -11,8 +11,8 @@ def short_runs():
   config.train.steps = 80
   config.train.checkpoint_every = 80
   config.optim.warmup_steps = 10
-  config.eval.include_seen = False
-  config.eval.max_examples = 30
+  config.evals.seen.every_steps = -1
+  config.evals.held_out.max_examples = 30
   return config
 
 

@@ -35,6 +35,11 @@ class Stats:
   skip_messages: list = dataclasses.field(default_factory=list)
   truncated: int = 0
   renderings: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # see Renderer
+  mixture_skipped: int = 0  # local-file rows resolving the mixture skipped (Mixture.skipped_rows)
+
+  def counts(self) -> dict[str, int]:
+    """What the logs report: records skipped (the mixture's and the pipeline's) and examples truncated."""
+    return {"skipped_records": self.mixture_skipped + sum(self.skipped.values()), "truncated": self.truncated}
 
   def skip(self, task: str, message: str):
     self.skipped[task] += 1
