@@ -3,7 +3,8 @@ r"""Runs a config's evaluators (config.evals) on a checkpoint of its run, as tra
   python -m flan_jax.evaluate --config configs/tiny.py [--workdir DIR] [--step N] [--evals held_out,seen]
 
 Each evaluator writes what it writes during training (zero_shot: DIR/eval/<step>/results.json,
-results.md and answers/; see flan_jax/evaluators/). --evals picks some of them (default: all).
+results.md and answers/; see flan_jax/evaluators/). --evals picks some of them by name; the
+default is every evaluator the run has switched on (all but every_steps=-1 without at_start).
 """
 
 import jax
@@ -32,7 +33,8 @@ def main(argv):
     step, params = checkpoint.restore_run_params(workdir, config.train.init_from, target, step=flags.FLAGS.step)
     context = common.Context(config, model, tokenizer, mesh, workdir)
     for scheduled in common.from_config(config.evals, context, names):
-      scheduled.evaluator.run(params, step)
+      if names or scheduled.enabled:
+        scheduled.evaluator.run(params, step)
   report = epath.Path(workdir) / "eval" / str(step) / "results.md"
   if jax.process_index() == 0 and report.exists():
     print(report.read_text())
@@ -43,5 +45,5 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/tiny.py[:arg].", lock_config=True)
   flags.DEFINE_string("workdir", None, "The run's workdir; default workdirs/<config name>[_<arg>].")
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the newest).")
-  flags.DEFINE_string("evals", None, "Comma-separated names of config.evals entries to run (default: all).")
+  flags.DEFINE_string("evals", None, "Comma-separated names of config.evals entries to run (default: those switched on).")
   app.run(main)

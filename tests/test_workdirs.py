@@ -7,8 +7,9 @@ import etils.epath.testing  # noqa: F401  (epath.testing)
 from etils.epath import gpath
 from tensorboard.backend.event_processing import event_accumulator
 
-from flan_jax import checkpoint, evaluate, metric_writer, workdirs
+from flan_jax import checkpoint, metric_writer, workdirs
 from flan_jax.data import pipeline
+from flan_jax.evaluators import zero_shot
 
 
 def test_default_workdir_names():
@@ -56,7 +57,7 @@ def test_a_bucket_workdir_gets_its_tokenizer_metrics_tensorboard_and_results_thr
   writer = metric_writer.Writer(workdir, total_steps=4, resumed_step=0)
   writer.write(2, {"loss": 1.5, "learning_rate": 1e-3, "grad_norm": 1.0, "tokens_per_s": 10.0, "mfu_vs_measured_peak": 0.1})
   writer.write_eval(2, {"eval/held_out": 40.0})
-  evaluate.write_results({"held_out": 40.0, "seen": None, "clusters": {}, "tasks": {}}, workdir, 2)
+  zero_shot.write_results({"held_out": 40.0, "seen": None, "clusters": {}, "tasks": {}}, workdir, 2)
   assert metric_writer.Writer(workdir, total_steps=4, resumed_step=1).lines == []  # resumed at 1: the step-2 records go
   assert not (tmp_path / "gs:").exists()
   written = {str(p.relative_to(bucket)) for p in bucket.rglob("*") if p.is_file()}

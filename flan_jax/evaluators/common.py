@@ -38,6 +38,11 @@ class Scheduled:
   every_steps: int
   at_start: bool
 
+  @property
+  def enabled(self) -> bool:
+    """Whether it runs at all (every_steps -1 with at_start False: switched off)."""
+    return self.every_steps >= 0 or self.at_start
+
   def due(self, step: int, last_step: int) -> bool:
     """Whether it runs after `step` of a run of `last_step` steps (step 0: the starting parameters)."""
     if step == 0:
