@@ -1,10 +1,14 @@
-# python -m flan_jax.train --config configs/finetune.py:checkpoint=/ckpts/llama3_2_1b,lora=16
 """Instruction tuning of a pretrained model imported with `python -m flan_jax.convert import`.
+
+  python -m flan_jax.train --config configs/finetune.py:checkpoint=/ckpts/llama3_2_1b,lora=16
 
 flan_mini (one cluster held out) in the model's own chat format and tokenizer;
 full fine-tuning, or LoRA adapters of rank `lora` on the attention projections
 with the base frozen. Arguments: checkpoint=DIR (required), lora=RANK (0: full),
 held_out=CLUSTER.
+
+`small_model_recipe` is the LoRA and optimiser block that configs/t0.py and
+configs/self_instruct.py share: a small model tuned on real data for a few hundred steps.
 """
 
 import os
@@ -44,3 +48,13 @@ def get_config(arg: str | None = None):
   config.train.steps = 1000
   config.train.checkpoint_every = 200
   return config
+
+
+def small_model_recipe(config, lora: int):
+  """Sets `config` (a finetune config) for a small imported model (~100M-1B) on real data: LoRA of
+  rank `lora` on every projection (0: full fine-tuning), no rematerialisation (the activations fit;
+  recomputing would cost a third more time), AdamW at a constant rate after the config's warm-up."""
+  config.model.lora_targets = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+  config.model.remat = "none"
+  config.optim.learning_rate = 1e-4 if lora else 1e-5
+  config.optim.schedule = "constant"

@@ -1,12 +1,14 @@
-# python -m flan_jax.train --config configs/flan2021.py:checkpoint=/ckpts/llama3_2_1b,held_out=nli
 """FLAN 2021 (Wei et al. 2021): instruction tuning of a pretrained model on the TFDS mixture, one
 cluster held out.
+
+  python -m flan_jax.train --config configs/flan2021.py:checkpoint=/ckpts/llama3_2_1b,held_out=nli
 
 As the paper does it: a pretrained checkpoint (imported with `python -m flan_jax.convert import`)
 with its own tokenizer, vocabulary and positions; Adafactor at a constant 3e-5; examples capped at
 3,000 per task; packed rows of 8,192 tokens a batch by default (the paper: 8,192 tokens, input 1,024
-and target 256 per example). `checkpoint=` empty trains the `model=` preset from random initialisation
-with a SentencePiece tokenizer trained on the mixture: the recipe alone, for systems work, not FLAN.
+and target 256 per example). `checkpoint=` empty trains the `model=` preset from random
+initialisation with a SentencePiece tokenizer trained on the mixture: the recipe alone, for systems
+work, not FLAN.
 
 The TFDS datasets must already be prepared in TFDS's data directory (nothing is downloaded at run
 time). Arguments: checkpoint=DIR, held_out=CLUSTER, model=PRESET (without a checkpoint).

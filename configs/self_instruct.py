@@ -1,7 +1,10 @@
-# python -m flan_jax.train --config configs/self_instruct.py:checkpoint=CKPT,data=generated.jsonl,seeds=seed_tasks.jsonl
-"""Instruction tuning on Self-Instruct data (Wang et al. 2022, *Self-Instruct: Aligning Language Models
-with Self-Generated Instructions*) written by `python -m flan_jax.self_instruct`, with the
-human-written seed tasks held out: the model is evaluated on prompts people wrote, which no
+r"""Instruction tuning on Self-Instruct data (Wang et al. 2022, *Self-Instruct: Aligning Language
+Models with Self-Generated Instructions*) written by `python -m flan_jax.self_instruct`:
+
+  python -m flan_jax.train \
+      --config configs/self_instruct.py:checkpoint=CKPT,data=generated.jsonl,seeds=seed_tasks.jsonl
+
+The human-written seed tasks are held out: the model is evaluated on prompts people wrote, which no
 training example was allowed to resemble (ROUGE-L <= 0.7), before training (eval/0) and after.
 
 Each evaluation writes the answers (eval/<step>/answers/), so the judged comparison with the
@@ -33,11 +36,8 @@ def get_config(arg: str | None = None):
   data.seq_len = 512
   data.batch_size = 8
 
-  config.model.lora_targets = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
-  config.model.remat = "none"
-  config.optim.learning_rate = 1e-4 if arg["lora"] else 1e-5
+  finetune.small_model_recipe(config, arg["lora"])
   config.optim.warmup_steps = 2
-  config.optim.schedule = "constant"
   config.train.steps = 20
   config.train.log_every = 5
   config.train.checkpoint_every = 10

@@ -1,13 +1,14 @@
-# python -m flan_jax.train --config configs/t0.py:checkpoint=CKPT,data=../shared/real/t0_train
 """Instruction tuning of an imported model on real, human-written multi-task data: the T0 training
 mixture (P3; Sanh et al. 2022, *Multitask Prompted Training Enables Zero-Shot Task Generalization*)
 as `{"prompt", "completion"}` JSONL files, one PromptSource template per file, several files per
 dataset. Each dataset is one task (its files together: `<data>/<dataset>_*.jsonl`), in T0's task
 clusters; whole clusters are held out and evaluated zero-shot before training (eval/0) and after.
 
+  python -m flan_jax.train --config configs/t0.py:checkpoint=CKPT,data=../shared/real/t0_train
+
 The model's own chat template and tokenizer, LoRA adapters on every projection (full fine-tuning
-with lora=0). Arguments: checkpoint=DIR (from `flan_jax.convert import`), data=DIR, lora=RANK,
-held_out=CLUSTER[+CLUSTER...].
+with lora=0). Arguments: checkpoint=DIR (from `flan_jax.convert import`), data=DIR (required: the
+folder of the T0 files), lora=RANK, held_out=CLUSTER[+CLUSTER...].
 """
 
 import os
@@ -36,8 +37,10 @@ VALIDATION_ROWS = 20  # per dataset, the last rows of its last file: the seen cl
 
 
 def get_config(arg: str | None = None):
-  arg = common.parse_arg(arg, checkpoint="", data="../shared/real/t0_train", lora=16,
-                         held_out="sentiment+paraphrase")
+  arg = common.parse_arg(arg, checkpoint="", data="", lora=16, held_out="sentiment+paraphrase")
+  if not arg["data"]:
+    raise ValueError("configs/t0.py needs :data=DIR, the folder of the T0 training files "
+                     "(<dataset>_*.jsonl, {\"prompt\", \"completion\"} rows)")
   config = finetune.get_config(f"checkpoint={arg['checkpoint']},lora={arg['lora']}")
   data = config.data
   data.mixture = ()
@@ -52,12 +55,9 @@ def get_config(arg: str | None = None):
   data.shards = 8
   data.packing_bins = 16
 
-  config.model.lora_targets = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
-  config.model.remat = "none"  # a 135M model fits; recomputing would cost a third more time
+  finetune.small_model_recipe(config, arg["lora"])
   config.train.microbatches = 2  # [rows, heads, length, length] attention scores of 30 layers per piece
-  config.optim.learning_rate = 1e-4 if arg["lora"] else 1e-5
   config.optim.warmup_steps = 10
-  config.optim.schedule = "constant"
   config.train.steps = 100
   config.train.log_every = 10
   config.train.checkpoint_every = 50

@@ -1,5 +1,7 @@
-# python -m flan_jax.train --config configs/tiny.py
-"""The embedded default: flan_mini with the NLI cluster held out, sized for a laptop CPU."""
+"""The embedded default: flan_mini with the NLI cluster held out, sized for a laptop CPU.
+
+  python -m flan_jax.train --config configs/tiny.py
+"""
 
 import ml_collections
 from ml_collections import config_dict

@@ -395,7 +395,7 @@ def input_stall(results, config):
           "input_stall_step_s_prebuilt": seconds["prebuilt"] / (cycles * steps)}
 
 
-T0_DIR = "../shared/real/t0_train"  # as configs/t0.py: the T0 training files, beside the checkout
+T0_DIR = "../shared/real/t0_train"  # the T0 training files beside the checkout (configs/t0.py's data=)
 
 
 def decontamination_speed(results, config):

@@ -69,6 +69,8 @@ def test_t0_config_has_one_task_per_dataset_in_t0_clusters(tmp_path):
   assert specs["t0_imdb"]["path"] == "/t0/imdb_*.jsonl" and specs["t0_imdb"]["cluster"] == "sentiment"
   assert specs["t0_xsum"]["metrics"] == ("rouge",) and config.data.held_out_clusters == ("sentiment", "summarization")
   assert config.data.template.format == "chat_template" and config.evals.held_out.at_start and config.model.lora_rank == 16
+  with pytest.raises(ValueError, match="configs/t0.py needs :data=DIR"):  # no default outside the repository
+    load_config("t0", f"checkpoint={tmp_path}")
 
 
 def test_self_instruct_config_trains_on_generated_rows_and_holds_out_the_seeds(tmp_path):
@@ -80,3 +82,30 @@ def test_self_instruct_config_trains_on_generated_rows_and_holds_out_the_seeds(t
   assert config.evals.held_out.at_start and config.model.lora_rank == 16
   with pytest.raises(ValueError, match="needs :data=FILE"):
     load_config("self_instruct", f"checkpoint={tmp_path}")
+
+
+@pytest.mark.parametrize("lora", [16, 0])
+def test_t0_and_self_instruct_share_the_small_model_recipe(tmp_path, lora):
+  _fake_import(tmp_path)
+  t0 = load_config("t0", f"checkpoint={tmp_path},data=/t0,lora={lora}")
+  self_instruct = load_config("self_instruct", f"checkpoint={tmp_path},data=/g.jsonl,seeds=/s.jsonl,lora={lora}")
+  for key in ("model.lora_targets", "model.lora_rank", "model.remat", "optim.learning_rate", "optim.schedule"):
+    section, name = key.split(".")
+    assert t0[section][name] == self_instruct[section][name], key
+  assert len(t0.model.lora_targets) == 7 and t0.optim.learning_rate == (1e-4 if lora else 1e-5)
+
+
+def test_every_config_docstring_carries_the_command_that_runs_it():
+  import importlib.util
+  import pathlib
+
+  from tests.conftest import ROOT
+  paths = sorted(pathlib.Path(ROOT, "configs").rglob("*.py"))
+  for path in paths:
+    if path.name in ("__init__.py", "common.py"):
+      continue
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    relative = path.relative_to(ROOT).as_posix()
+    assert f"--config configs/{relative.removeprefix('configs/')}" in (module.__doc__ or ""), relative

@@ -1,5 +1,8 @@
-# python -m flan_jax.sweep --config configs/ablations/held_out_clusters.py
-"""FLAN 2021's protocol: one run per held-out cluster, trained on the rest (short runs of the tiny setup)."""
+"""FLAN 2021's protocol: one run per held-out cluster, trained on the rest (short runs of the tiny
+setup).
+
+  python -m flan_jax.sweep --config configs/ablations/held_out_clusters.py
+"""
 
 from configs import tiny
 from flan_jax.data import flan_mini

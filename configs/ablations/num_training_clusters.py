@@ -1,5 +1,7 @@
-# python -m flan_jax.sweep --config configs/ablations/num_training_clusters.py
-"""FLAN's Figure 6: held-out NLI fixed, training clusters added one at a time in a fixed order."""
+"""FLAN's Figure 6: held-out NLI fixed, training clusters added one at a time in a fixed order.
+
+  python -m flan_jax.sweep --config configs/ablations/num_training_clusters.py
+"""
 
 from configs.ablations import held_out_clusters
 from flan_jax.data import flan_mini

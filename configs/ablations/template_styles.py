@@ -1,8 +1,10 @@
-# python -m flan_jax.sweep --config configs/ablations/template_styles.py[:SEED]
 """FLAN 2021's ablation of instructions (Sec. 4.3, Figure 8): train with natural-language templates,
 with the dataset name and inputs only, or with the inputs alone; evaluate every run zero-shot on the
-held-out NLI cluster through its instruction templates. FLAN's held-out mean: 55.2 with instructions,
-46.6 / 47.0 with dataset names (two evaluation variants), 37.3 with no template."""
+held-out NLI cluster through its instruction templates. FLAN's held-out mean: 55.2 with
+instructions, 46.6 / 47.0 with dataset names (two evaluation variants), 37.3 with no template.
+
+  python -m flan_jax.sweep --config configs/ablations/template_styles.py[:SEED]
+"""
 
 from configs.ablations import held_out_clusters
 from flan_jax.data import templates

@@ -1,5 +1,8 @@
-# python -m flan_jax.sweep --config configs/ablations/templates_per_task.py
-"""FLAN's template ablation: how many instruction templates each task is rendered through (held-out NLI)."""
+"""FLAN's template ablation: how many instruction templates each task is rendered through (held-out
+NLI).
+
+  python -m flan_jax.sweep --config configs/ablations/templates_per_task.py
+"""
 
 from configs.ablations import held_out_clusters
 
