@@ -4,6 +4,7 @@ import dataclasses
 
 import ml_collections
 
+from flan_jax.evaluators import pairwise as pairwise_lib
 from flan_jax.evaluators import zero_shot as zero_shot_lib
 
 
@@ -13,6 +14,14 @@ def zero_shot(clusters: str, *, every_steps: int = 0, at_start: bool = False, **
   zero_shot.Settings, so that each can be set on the command line."""
   keys = dataclasses.asdict(zero_shot_lib.Settings(clusters=clusters, **settings))
   return ml_collections.ConfigDict(dict(type="zero_shot", every_steps=every_steps, at_start=at_start, **keys))
+
+
+def pairwise(prompts: str, judge: str, *, every_steps: int = 0, at_start: bool = True, **settings):
+  """A config.evals entry of a judged comparison (flan_jax/evaluators/pairwise.py): the model answers
+  `prompts` and `judge` compares the answers with the baseline's (by default, with at_start, the
+  starting model's). Its cadence and every key of pairwise.Settings."""
+  keys = dataclasses.asdict(pairwise_lib.Settings(prompts=prompts, judge=judge, **settings))
+  return ml_collections.ConfigDict(dict(type="pairwise", every_steps=every_steps, at_start=at_start, **keys))
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:

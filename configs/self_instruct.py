@@ -7,20 +7,23 @@ Models with Self-Generated Instructions*) written by `python -m flan_jax.self_in
 The human-written seed tasks are held out: the model is evaluated on prompts people wrote, which no
 training example was allowed to resemble (ROUGE-L <= 0.7), before training (eval/0) and after.
 
-Each evaluation writes the answers (eval/<step>/answers/), so the judged comparison with the
-starting model is one command:
+Each evaluation writes the answers (eval/<step>/answers/). With judge=CKPT and prompts=FILE (JSONL
+{"prompt"[, "category"]}) a pairwise evaluator, `judged`, also answers those prompts at the start
+and the end, and the judge compares the two (eval/<last>/judged/judge.json; eval/judged/win_rate in
+the metrics). Two answer sets are also one command apart:
   python -m flan_jax.judge --judge CKPT --answers_a WORKDIR/eval/<last>/answers \
       --answers_b WORKDIR/eval/0/answers --out WORKDIR/judged
 
 Arguments: checkpoint=DIR (from `flan_jax.convert import`), data=FILE (self_instruct's output),
-seeds=FILE (the seed tasks, Self-Instruct's format), lora=RANK (0: full fine-tuning).
+seeds=FILE (the seed tasks, Self-Instruct's format), lora=RANK (0: full fine-tuning), judge=CKPT and
+prompts=FILE (both or neither).
 """
 
 from configs import common, finetune
 
 
 def get_config(arg: str | None = None):
-  arg = common.parse_arg(arg, checkpoint="", data="", seeds="", lora=16)
+  arg = common.parse_arg(arg, checkpoint="", data="", seeds="", lora=16, judge="", prompts="")
   if not arg["data"] or not arg["seeds"]:
     raise ValueError("configs/self_instruct.py needs :data=FILE (flan_jax.self_instruct's output) and "
                      ":seeds=FILE (the seed tasks)")
@@ -45,4 +48,9 @@ def get_config(arg: str | None = None):
   config.evals.held_out = common.zero_shot("held_out", at_start=True, max_examples=40,  # 40 seed tasks
                                            batch_size=8, max_new_tokens=96)
   config.evals.seen.every_steps = -1
+  if bool(arg["judge"]) != bool(arg["prompts"]):
+    raise ValueError("configs/self_instruct.py: judge=CKPT and prompts=FILE go together")
+  if arg["judge"]:
+    with config.unlocked():
+      config.evals.judged = common.pairwise(arg["prompts"], arg["judge"], at_start=True, max_new_tokens=96)
   return config

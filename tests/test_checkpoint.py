@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec
 
 from flan_jax import checkpoint, sharding, train
 from flan_jax import model as model_lib
-from tests.test_train import small_config
+from tests.helpers import small_step_config
 
 
 def make_state(mesh_config, rules_name, config):
@@ -31,7 +31,7 @@ def shard_streams(shards=2):
 
 
 def test_restores_onto_a_different_mesh_with_the_data_position(tmp_path):
-  config = small_config()
+  config = small_step_config()
   state, _ = make_state(dict(data=8, fsdp=1, tensor=1), "dp", config)
   data = shard_streams()
   consumed = [next(data) for _ in range(3)]
@@ -51,7 +51,7 @@ def test_restores_onto_a_different_mesh_with_the_data_position(tmp_path):
 
 
 def test_no_checkpoint_gives_none_and_init_from_an_empty_directory_is_an_error(tmp_path):
-  config = small_config()
+  config = small_step_config()
   _, target = make_state(dict(data=-1, fsdp=1, tensor=1), "dp", config)
   assert checkpoint.restore_latest(checkpoint.manager(str(tmp_path), keep=1), target, shard_streams(), 2) is None
   with pytest.raises(FileNotFoundError, match="checkpoints.*no checkpoint steps"):
@@ -59,7 +59,7 @@ def test_no_checkpoint_gives_none_and_init_from_an_empty_directory_is_an_error(t
 
 
 def test_a_checkpoint_of_another_model_size_is_a_config_error_not_unreadable(tmp_path):
-  config = small_config()
+  config = small_step_config()
   state, _ = make_state(dict(data=-1, fsdp=1, tensor=1), "dp", config)
   manager = checkpoint.manager(str(tmp_path), keep=2)
   checkpoint.save(manager, 2, state, shard_streams().get_state(), data_shards=2)

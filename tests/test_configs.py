@@ -1,6 +1,6 @@
 import pytest
 
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 
 def test_configs_are_locked_and_typed(tiny_config):
@@ -82,6 +82,11 @@ def test_self_instruct_config_trains_on_generated_rows_and_holds_out_the_seeds(t
   assert config.evals.held_out.at_start and config.model.lora_rank == 16
   with pytest.raises(ValueError, match="needs :data=FILE"):
     load_config("self_instruct", f"checkpoint={tmp_path}")
+  assert "judged" not in config.evals
+  judged = load_config("self_instruct", f"checkpoint={tmp_path},data=/g.jsonl,seeds=/s.jsonl,judge=/j,prompts=/p.jsonl")
+  assert judged.evals.judged.type == "pairwise" and judged.evals.judged.judge == "/j" and judged.evals.judged.at_start
+  with pytest.raises(ValueError, match="judge=CKPT and prompts=FILE go together"):
+    load_config("self_instruct", f"checkpoint={tmp_path},data=/g.jsonl,seeds=/s.jsonl,judge=/j")
 
 
 @pytest.mark.parametrize("lora", [16, 0])
@@ -99,7 +104,7 @@ def test_every_config_docstring_carries_the_command_that_runs_it():
   import importlib.util
   import pathlib
 
-  from tests.conftest import ROOT
+  from tests.helpers import ROOT
   paths = sorted(pathlib.Path(ROOT, "configs").rglob("*.py"))
   for path in paths:
     if path.name in ("__init__.py", "common.py"):

@@ -16,26 +16,15 @@ import transformers
 
 from flan_jax import checkpoint, convert, lora
 from flan_jax.model import Decoder, ModelConfig
-from tests.conftest import LLAMA3_CHAT_TEMPLATE, ROOT, make_hf_tokenizer
+from tests.helpers import HF_FAMILIES, LLAMA3_CHAT_TEMPLATE, ROOT, SHAPE, hf_config, make_hf_chat_model, make_hf_tokenizer
 
-SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             vocab_size=96, max_position_embeddings=64, rms_norm_eps=1e-5)
-FAMILIES = {
-    # Llama 3.2-style: rope scaling (its original length short enough to matter here) and tied embeddings.
-    "llama": lambda: transformers.LlamaConfig(**SHAPE, tie_word_embeddings=True, rope_scaling=dict(
-        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8,
-        rope_theta=500_000.0)),
-    "mistral": lambda: transformers.MistralConfig(**SHAPE, sliding_window=5),
-    "qwen2": lambda: transformers.Qwen2Config(**SHAPE, tie_word_embeddings=True),
-    "gemma": lambda: transformers.GemmaConfig(**SHAPE, head_dim=24, hidden_act="gelu_pytorch_tanh"),
-}
 TOKENS = np.random.default_rng(0).integers(0, 96, (2, 24))
 
 
 def make_hf_model(family, directory, max_shard_size="5GB"):
   """A random f32 model, weights drawn wide enough (norm scales too) that any layout slip shows in the logits."""
   torch.manual_seed(0)
-  model = transformers.AutoModelForCausalLM.from_config(FAMILIES[family](), dtype=torch.float32).eval()
+  model = transformers.AutoModelForCausalLM.from_config(hf_config(family), dtype=torch.float32).eval()
   with torch.no_grad():
     for name, p in model.named_parameters():
       if "norm" in name:
@@ -60,7 +49,7 @@ def our_logits(params, fields):
   return np.asarray(jnp.einsum("bld,dv->blv", hidden, unembedding, precision="highest"))
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
+@pytest.fixture(scope="module", params=HF_FAMILIES)
 def imported(request, tmp_path_factory):
   family = request.param
   root = tmp_path_factory.mktemp(family)
@@ -122,13 +111,13 @@ def test_model_json_and_hf_files(imported):
     (dict(attention_bias=True), "attention_bias=True is not supported"),
 ])
 def test_unsupported_configs_are_errors_naming_the_key(change, message):
-  hf = {**FAMILIES["llama"]().to_dict(), **change}
+  hf = {**hf_config("llama").to_dict(), **change}
   with pytest.raises(ValueError, match=message):
     convert.model_config(hf, "x/config.json")
 
 
 def test_bad_checkpoint_directories(tmp_path):
-  (tmp_path / "config.json").write_text(json.dumps(FAMILIES["llama"]().to_dict()))
+  (tmp_path / "config.json").write_text(json.dumps(hf_config("llama").to_dict()))
   (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
   with pytest.raises(FileNotFoundError, match="pickle files are never loaded"):
     convert.import_checkpoint(str(tmp_path), str(tmp_path / "out"))
@@ -170,7 +159,7 @@ def test_import_finetune_with_lora_generate_and_export(tmp_path):
   """The user's path: a Hugging Face model with its tokenizer -> import -> LoRA fine-tuning on flan_mini
   in its chat format -> raw completion by eye -> export of the merged model for transformers."""
   from flan_jax.data import pipeline
-  from tests.conftest import load_config, make_hf_tokenizer
+  from tests.helpers import load_config
   data = load_config("tiny").data
   vocab = make_hf_tokenizer(str(tmp_path / "hf"), pipeline.tokenizer_texts(data, pipeline.tokenizer_tasks(data), 2000))
   torch.manual_seed(0)
@@ -267,7 +256,7 @@ def write_gguf(path, model, tokenizer_dir, qtype):
 def gguf_model(tmp_path_factory):
   """A tiny random Llama 3-style model with its tokenizer and chat template: the HF model and directory."""
   from flan_jax.data import pipeline
-  from tests.conftest import load_config
+  from tests.helpers import load_config
   root = tmp_path_factory.mktemp("gguf")
   data = load_config("tiny").data
   vocab = make_hf_tokenizer(str(root / "hf"), pipeline.tokenizer_texts(data, pipeline.tokenizer_tasks(data), 1000),
@@ -377,24 +366,7 @@ def test_real_smollm2_gguf_generates_as_transformers_does(tmp_path):
     assert stdout.strip() == f"[step 0] {expected(ids, 32)}"
 
 
-def make_hf_chat_model(family, directory):
-  """(model, tokenizer) of transformers: a random model of the family with a tokenizer of its family's
-  kind (its BOS rule, special tokens and chat template), saved in `directory`."""
-  from tests.test_templates import family_tokenizer
-  family_tokenizer(directory, {"llama": "llama3", "mistral": "mistral", "qwen2": "chatml", "gemma": "gemma"}[family])
-  reference = transformers.AutoTokenizer.from_pretrained(str(directory))
-  config = FAMILIES[family]()
-  config.vocab_size = len(reference)
-  torch.manual_seed(0)
-  model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.normal_(0.0, 0.3) if p.ndim > 1 else None
-  model.save_pretrained(directory)
-  return model, reference
-
-
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", HF_FAMILIES)
 def test_each_family_completes_text_as_transformers_does(family, tmp_path):
   """Text in, text out: a random model of each family with a tokenizer of its family's kind (its BOS
   rule, special tokens and chat template), imported; greedy completions of a raw prompt and of a

@@ -6,22 +6,7 @@ import random
 import pytest
 
 from flan_jax.data import decontamination, pipeline
-from tests.conftest import load_config
-
-VOCABULARY = [f"w{i}" for i in range(5000)]
-
-
-def sentence(rng, length):
-  return " ".join(rng.choice(VOCABULARY) for _ in range(length))
-
-
-def lightly_edited(rng, text):
-  """Case, punctuation and one word in every twenty changed: what copying between datasets does."""
-  tokens = text.split()
-  for i in range(0, len(tokens), 20):
-    tokens[i] = rng.choice(VOCABULARY)
-  return ", ".join(" ".join(tokens[i:i + 7]).upper() for i in range(0, len(tokens), 7)) + "?"
-
+from tests.helpers import lightly_edited, load_config, sentence
 
 def test_planted_copies_and_edited_copies_are_found_and_a_clean_file_is_not():
   rng = random.Random(0)

@@ -6,8 +6,7 @@ import random
 import pytest
 
 from flan_jax.data import pipeline
-from tests.conftest import load_config
-from tests.test_decontamination import lightly_edited, sentence
+from tests.helpers import lightly_edited, load_config, sentence
 
 
 def _write(path, rows):

@@ -4,8 +4,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT
-from tests.test_launch import free_port
+from tests.helpers import ROOT, free_port
 
 JOIN = """
 import ml_collections

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from flan_jax import inference
-from tests.conftest import ROOT
-from tests.test_launch import free_port
+from tests.helpers import ROOT, free_port
 
 PROMPTS = ["Is the cat on the mat?", "Where is the dog?", "The cat sat. Then where is the dog on the mat?"]
 

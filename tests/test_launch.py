@@ -6,7 +6,6 @@ import re
 import shutil
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,8 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
-from tests.test_train_main import SMALL, copy_tokenizer, corrupt, losses
+from tests.helpers import ROOT, SMALL, copy_tokenizer, corrupt, free_port, losses
 
 TRAIN = [sys.executable, "-m", "flan_jax.train", "--config=configs/tiny.py"]
 
@@ -65,12 +63,6 @@ def test_slurm_dry_run_starts_one_task_per_node():
   [line] = dry_run("launch/slurm.sbatch", "python", "-m", "flan_jax.train", "--config", "configs/flan2021.py",
                    env={"DRY_RUN": "1"})
   assert line == ["srun", "--ntasks-per-node=1", "python", "-m", "flan_jax.train", "--config", "configs/flan2021.py"]
-
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from flan_jax.data import decontamination, mixture, pipeline, tasks
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 MIXTURES = sorted(mixture.mixtures())  # pipeline imports every registered mixture
 

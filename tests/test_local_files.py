@@ -3,7 +3,7 @@ import json
 import pytest
 
 from flan_jax.data import local_files, pipeline, tasks
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 
 def _write(path, rows):

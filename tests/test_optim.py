@@ -5,7 +5,7 @@ import optax
 import pytest
 
 from flan_jax import optim
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 
 def optim_config(**overrides):

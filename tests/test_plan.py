@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 
 from flan_jax import plan, sharding
 from flan_jax.model import from_config
-from tests.conftest import ROOT, load_config
+from tests.helpers import ROOT, load_config
 
 needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None,

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, load_config
+from tests.helpers import ROOT, load_config
 
 README = open(os.path.join(ROOT, "README.md")).read()
 

@@ -1,30 +1,7 @@
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from flan_jax import scoring, sharding
-from flan_jax.data import packing
-from flan_jax.model import Decoder, ModelConfig
-
-
-def small_model(vocab_size):
-  cfg = ModelConfig(vocab_size=vocab_size, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
-                    mlp_dim=64, dtype="float32")
-  zeros = jnp.zeros((1, 8), jnp.int32)
-  return Decoder(cfg), jax.jit(Decoder(cfg).init)(jax.random.key(3), zeros, zeros, zeros)["params"]
-
-
-def one_device_mesh():
-  return sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-
-
-def brute_force_log_likelihood(model, params, tokens, weights):
-  """One full forward pass over one sequence, full log-softmax, summed over the weighted tokens."""
-  f = packing.example_features(tokens, weights)
-  inputs = jnp.asarray(f["inputs"])[None]
-  hidden = model.apply({"params": params}, inputs, jnp.arange(inputs.shape[1])[None], jnp.ones_like(inputs))
-  log_probs = jax.nn.log_softmax(hidden[0] @ model.apply({"params": params}, method=Decoder.unembedding))
-  return float(jnp.sum(log_probs[jnp.arange(len(f["targets"])), f["targets"]] * f["loss_weights"]))
+from flan_jax import scoring
+from tests.helpers import brute_force_log_likelihood, one_device_mesh, small_model
 
 
 def test_scored_units_are_packed_several_to_a_row_longest_first():

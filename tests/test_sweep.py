@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from flan_jax import sweep
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 MICRO_SWEEP = '''
 from configs import tiny

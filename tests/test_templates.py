@@ -2,6 +2,7 @@ import pytest
 
 from flan_jax.data import templates
 from flan_jax.data.templates import EOS, Template
+from tests.helpers import FAMILY_CHAT_TEMPLATES, FAMILY_TOKENS, family_tokenizer
 
 
 def test_substitute_never_evaluates_field_values():
@@ -88,63 +89,6 @@ def test_family_chat_formats(fmt):
   response = "".join(t for t, w in segments if w and t is not templates.EOS)
   assert response == CHAT_EXPECTED[fmt][CHAT_EXPECTED[fmt].rindex("chat"):]  # the answer and its end of turn
   assert segments[-1] == (templates.EOS, 1)
-
-
-# Chat templates as the families' tokenizer_config.json ship them.
-FAMILY_CHAT_TEMPLATES = {
-    "llama3": (
-        "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
-        "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
-        "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
-        "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"),
-    "chatml": (
-        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n"
-        "You are a helpful assistant.<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + "
-        "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
-        "{{ '<|im_start|>assistant\\n' }}{% endif %}"),
-    "gemma": (
-        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-        "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-        "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
-        "{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}"),
-    "mistral": (
-        "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-        "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-        "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% else %}"
-        "{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"),
-}
-FAMILY_TOKENS = {  # bos, eos, the end of an assistant turn
-    "llama3": ("<|begin_of_text|>", "<|eot_id|>", "<|eot_id|>"),
-    "chatml": (None, "<|im_end|>", "<|im_end|>"),
-    "gemma": ("<bos>", "<eos>", "<end_of_turn>"),
-    "mistral": ("<s>", "</s>", "</s>"),
-}
-SPECIALS = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|im_start|>", "<|im_end|>",
-            "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<s>", "</s>"]
-
-
-def family_tokenizer(directory, family):
-  """A byte-level BPE tokenizer with the family's special tokens, BOS rule and chat template."""
-  import json
-
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-  tokenizer = Tokenizer(models.BPE())
-  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tokenizer.decoder = decoders.ByteLevel()
-  texts = ["The cat sat on the mat. Is the cat on the mat? Yes. Then where is the dog?"] * 10
-  tokenizer.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIALS,
-                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-  bos, eos, _ = FAMILY_TOKENS[family]
-  if bos:
-    tokenizer.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[
-        (bos, tokenizer.token_to_id(bos))])
-  directory.mkdir(parents=True, exist_ok=True)
-  tokenizer.save(str(directory / "tokenizer.json"))
-  (directory / "tokenizer_config.json").write_text(json.dumps(
-      {"bos_token": bos, "eos_token": eos, "chat_template": FAMILY_CHAT_TEMPLATES[family]}))
 
 
 CONVERSATION = [("user", "Is the cat on the mat?"), ("assistant", "Yes."), ("user", "Then where is the dog?"),

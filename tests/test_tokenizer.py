@@ -69,7 +69,7 @@ def test_hugging_face_tokenizer_json_with_special_tokens(tmp_path):
   from transformers import PreTrainedTokenizerFast
 
   from flan_jax.data import templates
-  from tests.conftest import make_hf_tokenizer
+  from tests.helpers import make_hf_tokenizer
   texts = ["The quick brown fox jumps over the lazy dog.", "Translate to French: cat -> chat", "1 + 2 = 3"] * 20
   make_hf_tokenizer(str(tmp_path), texts, vocab_size=300)
   tokenizer = tokenizer_lib.load(str(tmp_path))  # the directory: tokenizer.json and tokenizer_config.json
@@ -98,7 +98,7 @@ def test_bos_and_eos_follow_each_tokenizer_kind(tmp_path, tokenizer):
 
   from transformers import AutoTokenizer
 
-  from tests.test_templates import family_tokenizer
+  from tests.helpers import family_tokenizer
   text = "Is the cat on the mat?"
   for family, bos in (("llama3", "<|begin_of_text|>"), ("chatml", None), ("gemma", "<bos>")):
     family_tokenizer(tmp_path / family, family)
@@ -120,7 +120,7 @@ def test_bos_and_eos_follow_each_tokenizer_kind(tmp_path, tokenizer):
 def test_stop_ids_and_special_token_errors(tmp_path):
   import json
 
-  from tests.test_templates import family_tokenizer
+  from tests.helpers import family_tokenizer
   family_tokenizer(tmp_path, "gemma")
   (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 9]}))
   loaded = tokenizer_lib.load(str(tmp_path))

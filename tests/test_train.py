@@ -10,19 +10,9 @@ from jax.sharding import PartitionSpec
 from flan_jax import model as model_lib
 from flan_jax import optim, sharding, train, workdirs
 from flan_jax.data import packing
-from tests.conftest import load_config
+from tests.helpers import load_config, small_step_config
 
 MESHES = [dict(data=8, fsdp=1, tensor=1), dict(data=1, fsdp=8, tensor=1), dict(data=2, fsdp=2, tensor=2)]
-
-
-def small_config(**train_overrides):
-  config = load_config("tiny")
-  config.model.update(dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
-                           mlp_dim=64, dtype="float32", tie_embeddings=False))
-  config.data.batch_size = 8
-  config.loss.chunk_len = 8
-  config.train.update(train_overrides)
-  return config
 
 
 def packed_batch(rows=8, length=32, vocab=64, seed=0):
@@ -64,7 +54,7 @@ def run_steps(config, mesh_config, optimizer, batches, devices=None, schedule=op
 
 
 def test_same_loss_and_gradients_on_every_mesh():
-  config = small_config()
+  config = small_step_config()
   batch = packed_batch()
   sgd = optax.sgd(1.0)  # params after one step = initial params - gradients
   one_device = dict(data=1, fsdp=1, tensor=1)
@@ -85,7 +75,7 @@ def test_gradient_accumulation_equals_one_big_batch(normalization):
   batch = packed_batch()
   results = []
   for microbatches in (1, 4):
-    config = small_config(microbatches=microbatches)
+    config = small_step_config(microbatches=microbatches)
     config.loss.normalization = normalization
     results.append(run_steps(config, dict(data=2, fsdp=1, tensor=1), optax.sgd(1.0), [batch], jax.devices()[:2]))
   (big, [big_metrics]), (accumulated, [acc_metrics]) = results
@@ -94,7 +84,7 @@ def test_gradient_accumulation_equals_one_big_batch(normalization):
 
 
 def test_overfits_one_batch():
-  config = small_config()
+  config = small_step_config()
   config.optim.update(dict(learning_rate=1e-2, warmup_steps=0, schedule="constant", weight_decay=0.0))
   optimizer, schedule = optim.make(config.optim, total_steps=150)
   _, metrics = run_steps(config, dict(data=-1, fsdp=1, tensor=1), optimizer, [packed_batch()] * 150)
@@ -110,7 +100,7 @@ def test_mesh_errors_name_the_problem():
     sharding.make_mesh(dict(data=3, fsdp=-1, tensor=1))
   with pytest.raises(ValueError, match="at most one -1"):
     sharding.make_mesh(dict(data=-1, fsdp=-1, tensor=1))
-  config = small_config()
+  config = small_step_config()
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=8))
   with pytest.raises(ValueError, match=r"\['attention'\]\['wk'\].*dimension 1 \(2\) does not divide"):
     train.state_shapes(model_lib.from_config(config.model), optax.sgd(0.1), mesh, sharding.rules("tp"))
@@ -119,7 +109,7 @@ def test_mesh_errors_name_the_problem():
 
 
 def test_fsdp_shards_parameters_and_adam_moments_and_replicates_the_rest():
-  config = small_config()
+  config = small_step_config()
   mesh = sharding.make_mesh(dict(data=1, fsdp=8, tensor=1))
   rules = sharding.rules("fsdp")
   model = model_lib.from_config(config.model)
@@ -145,7 +135,7 @@ def test_fsdp_shards_parameters_and_adam_moments_and_replicates_the_rest():
 
 
 def test_skip_nonfinite_drops_the_update_and_keeps_the_parameters():
-  config = small_config(skip_nonfinite=True)
+  config = small_step_config(skip_nonfinite=True)
   batch = packed_batch()
   poisoned = dict(batch, loss_weights=batch["loss_weights"] * np.float32("nan"))
   initial, _ = run_steps(config, dict(data=-1, fsdp=1, tensor=1), optax.sgd(0.0), [batch])
@@ -161,13 +151,13 @@ def test_an_unusable_workdir_is_an_error_naming_it(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
   with pytest.raises(SystemExit, match=f"workdir '{blocker}/run' is not writable"):
-    workdirs.prepare(small_config(), str(blocker / "run"))
-  workdirs.prepare(small_config(), str(tmp_path / "run"))
+    workdirs.prepare(small_step_config(), str(blocker / "run"))
+  workdirs.prepare(small_step_config(), str(tmp_path / "run"))
   assert '"d_model": 32' in (tmp_path / "run" / "config.json").read_text()
 
 
 def test_lora_trains_only_the_adapters_with_optimizer_state_for_them_alone():
-  config = small_config()
+  config = small_step_config()
   config.model.update(dict(lora_rank=4, lora_dropout=0.1, lora_targets=("wq", "wv", "w_down")))
   config.optim.weight_decay = 0.1  # decay must not touch the frozen base either
   mesh = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1))
@@ -194,7 +184,7 @@ def test_lora_trains_only_the_adapters_with_optimizer_state_for_them_alone():
 
 
 def test_the_logged_learning_rate_is_the_applied_one_after_a_skipped_update():
-  config = small_config(skip_nonfinite=True)
+  config = small_step_config(skip_nonfinite=True)
   config.optim.update(dict(schedule="linear", warmup_steps=0, learning_rate=1.0, final_lr_fraction=0.0))
   batch = packed_batch()
   poisoned = dict(batch, loss_weights=batch["loss_weights"] * np.float32("nan"))

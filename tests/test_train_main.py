@@ -1,4 +1,6 @@
-"""End to end: `python -m flan_jax.train` in subprocesses, as a researcher runs it."""
+"""End to end, the train command's job: through `train.train_and_evaluate` in-process wherever no
+real process is needed, and as `python -m flan_jax.train` subprocesses for kill -9, SIGTERM, the
+command-line errors and one smoke test of the commands reading a run."""
 
 import json
 import os
@@ -12,19 +14,13 @@ import time
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from tests.conftest import ROOT
-
-# A small, quick version of the tiny config.
-SMALL = ["--config.train.steps=12", "--config.train.log_every=1", "--config.train.checkpoint_every=4",
-         "--config.data.seq_len=128", "--config.data.batch_size=8", "--config.data.tokenizer.vocab_size=512",
-         "--config.data.tokenizer.num_texts=3000", "--config.model.d_model=64", "--config.model.num_layers=2",
-         "--config.model.mlp_dim=128", "--config.loss.chunk_len=64", "--config.optim.warmup_steps=2",
-         "--config.evals.seen.every_steps=-1", "--config.evals.held_out.max_examples=4",
-         "--config.evals.held_out.max_templates=1"]
+from flan_jax import train
+from tests.helpers import ROOT, SMALL, copy_tokenizer, corrupt, losses, small_run_config
 
 
-def command(workdir, *overrides, config="configs/tiny.py"):
-  return [sys.executable, "-m", "flan_jax.train", f"--config={config}", f"--workdir={workdir}", *SMALL, *overrides]
+def command(workdir, *overrides):
+  return [sys.executable, "-m", "flan_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}", *SMALL,
+          *overrides]
 
 
 def run(workdir, *overrides, check=True):
@@ -34,29 +30,16 @@ def run(workdir, *overrides, check=True):
   return result
 
 
-def losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+def train_in_process(workdir, **overrides):
+  """The small tiny run with `overrides` (dotted config keys), as the train command runs it."""
+  train.train_and_evaluate(small_run_config(**overrides), str(workdir))
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  run(workdir)
+  train_in_process(workdir)
   return workdir
-
-
-def corrupt(workdir, step):
-  """Cuts every file of checkpoint `step`'s state in half."""
-  for directory, _, files in os.walk(os.path.join(workdir, "checkpoints", str(step), "state")):
-    for name in files:
-      path = os.path.join(directory, name)
-      with open(path, "r+b") as f:
-        f.truncate(os.path.getsize(path) // 2)
-
-
-def copy_tokenizer(source, workdir):
-  shutil.copytree(os.path.join(source, "tokenizer"), os.path.join(workdir, "tokenizer"))
 
 
 @pytest.mark.slow
@@ -100,15 +83,15 @@ def test_kill_9_then_rerun_continues_bitwise_identically(uninterrupted, tmp_path
 
 
 @pytest.mark.slow
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path):
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path, caplog):
   workdir = str(tmp_path)
   copy_tokenizer(uninterrupted, workdir)
-  run(workdir, "--config.train.steps=8")
+  train_in_process(workdir, **{"train.steps": 8})
   first = losses(workdir)
   corrupt(workdir, 8)
-  result = run(workdir, "--config.train.steps=8")
-  assert "checkpoints/8 is unreadable" in result.stderr
-  assert "resuming from step 4" in result.stderr
+  train_in_process(workdir, **{"train.steps": 8})
+  assert "checkpoints/8 is unreadable" in caplog.text
+  assert "resuming from step 4" in caplog.text
   assert losses(workdir) == first  # steps 5-8 trained again from step 4, identically
   assert os.listdir(os.path.join(workdir, "checkpoints_unreadable"))[0].startswith("8-")
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
@@ -135,14 +118,12 @@ def test_sigterm_saves_and_exits_cleanly_and_the_rerun_continues_identically(uni
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path):
   workdir = str(tmp_path)
   copy_tokenizer(uninterrupted, workdir)
-  run(workdir, "--config.train.steps=4")
+  train_in_process(workdir, **{"train.steps": 4})
   # Resumed with huge updates: the parameters overflow and the loss becomes NaN or infinite.
-  result = run(workdir, "--config.optim.learning_rate=1e38", "--config.optim.schedule=constant", check=False)
-  assert result.returncode != 0
-  found = re.search(r"FloatingPointError: the loss or gradient norm became NaN or infinite between steps (\d+) and "
-                    r"(\d+) \(first at step (\d+)\); the last good checkpoint is kept", result.stderr)
-  assert found, result.stderr[-3000:]
-  after, by, first = map(int, found.groups())
+  with pytest.raises(FloatingPointError, match=r"the loss or gradient norm became NaN or infinite between steps "
+                     r"(\d+) and (\d+) \(first at step (\d+)\); the last good checkpoint is kept") as error:
+    train_in_process(workdir, **{"optim.learning_rate": 1e38, "optim.schedule": "constant"})
+  after, by, first = map(int, re.search(r"steps (\d+) and (\d+) \(first at step (\d+)", str(error.value)).groups())
   checkpoints = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
   assert checkpoints == [4] and 4 <= after < first <= by
 
@@ -151,8 +132,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(un
 def test_unknown_config_key_is_an_error_naming_it(tmp_path):
   result = run(str(tmp_path), "--config.train.stepz=3", check=False)
   assert result.returncode != 0 and "stepz" in result.stderr
-  result = run(str(tmp_path), "--config.mesh.data=3", check=False)
-  assert result.returncode != 0 and "mesh.data=3, mesh.fsdp=1, mesh.tensor=1 needs 3 devices" in result.stderr
+  with pytest.raises(ValueError, match=r"mesh.data=3, mesh.fsdp=1, mesh.tensor=1 needs 3 devices"):
+    train_in_process(tmp_path, **{"mesh.data": 3})
 
 
 @pytest.mark.slow
@@ -160,8 +141,8 @@ def test_init_from_starts_from_another_runs_parameters(uninterrupted, tmp_path):
   fresh, warm = str(tmp_path / "fresh"), str(tmp_path / "warm")
   for workdir in (fresh, warm):
     copy_tokenizer(uninterrupted, workdir)
-  run(fresh, "--config.train.steps=1")
-  run(warm, "--config.train.steps=1", f"--config.train.init_from={uninterrupted}/checkpoints")
+  train_in_process(fresh, **{"train.steps": 1})
+  train_in_process(warm, **{"train.steps": 1, "train.init_from": f"{uninterrupted}/checkpoints"})
   assert losses(warm)[1] < losses(uninterrupted)[12] + 0.5 < losses(fresh)[1]
 
 
@@ -200,11 +181,11 @@ def test_a_run_on_local_files_with_a_held_out_free_named_cluster(tmp_path):
        "validation_rows": 4}]
   (tmp_path / "tasks.json").write_text(json.dumps(specs))
   workdir = tmp_path / "run"
-  run(str(workdir), f"--config.data.local_tasks={tmp_path / 'tasks.json'}", "--config.data.mixture=()",
-      "--config.data.held_out_clusters=('business email',)", "--config.data.skip_bad_records=True",
-      "--config.evals.seen.every_steps=0", "--config.evals.held_out.at_start=True",
-      "--config.evals.seen.at_start=True", "--config.train.steps=6",
-      "--config.data.tokenizer.num_texts=300", "--config.data.tokenizer.vocab_size=300")
+  train_in_process(workdir, **{
+      "data.local_tasks": (str(tmp_path / "tasks.json"),), "data.mixture": (),
+      "data.held_out_clusters": ("business email",), "data.skip_bad_records": True,
+      "evals.seen.every_steps": 0, "evals.held_out.at_start": True, "evals.seen.at_start": True,
+      "train.steps": 6, "data.tokenizer.num_texts": 300, "data.tokenizer.vocab_size": 300})
   for step in (0, 6):
     results = json.load(open(workdir / "eval" / str(step) / "results.json"))
     assert set(results["tasks"]) == {"emails", "sums", "words"} and not results["unscored"]
@@ -221,7 +202,7 @@ def test_rerunning_a_finished_run_whose_evaluation_died_evaluates_it(uninterrupt
   workdir = str(tmp_path / "run")
   shutil.copytree(uninterrupted, workdir)
   shutil.rmtree(os.path.join(workdir, "eval", "12"))
-  run(workdir)
+  train_in_process(workdir)
   results = json.load(open(os.path.join(workdir, "eval", "12", "results.json")))
   assert results["step"] == 12 and set(results["clusters"]) == {"nli"}
   assert losses(workdir) == losses(uninterrupted)  # no step trained again

@@ -6,7 +6,7 @@ import pytest
 
 from flan_jax.evaluators import zero_shot
 from flan_jax.data import pipeline, tasks, templates
-from tests.test_scoring import brute_force_log_likelihood, one_device_mesh, small_model
+from tests.helpers import brute_force_log_likelihood, one_device_mesh, small_model
 
 
 def settings(clusters="held_out", **overrides):
@@ -61,8 +61,9 @@ def test_evaluate_reports_every_held_out_task_and_cluster_and_writes_results(tin
   assert all(r["prompt"] and isinstance(r["answer"], str) and r["reference"] for r in rows)
   assert "answers" not in json.load(open(directory / "results.json"))["tasks"]["mini_translate_en_es"]
   assert "answers" in results["tasks"]["mini_translate_en_es"]  # the caller's results are left whole
-  from flan_jax import judge
-  pairs = judge.make_pairs(judge.read_answers(str(directory / "answers")), judge.read_answers(str(directory / "answers")))
+  from flan_jax.evaluators import pairwise
+  answers = pairwise.read_answers(str(directory / "answers"))
+  pairs = pairwise.make_pairs(answers, answers)
   assert len(pairs) == sum(len(open(f).readlines()) for f in (directory / "answers").iterdir())
 
 

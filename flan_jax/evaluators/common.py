@@ -13,9 +13,10 @@ knows nothing else about it.
 import dataclasses
 from typing import Any
 
-from flan_jax.evaluators import zero_shot
+from flan_jax.evaluators import pairwise, zero_shot
 
-REGISTRY = {"zero_shot": zero_shot.ZeroShot}
+# type -> evaluator class. zero_shot: FLAN's held-out evaluation; pairwise: a judge's win rate over a baseline.
+REGISTRY = {"zero_shot": zero_shot.ZeroShot, "pairwise": pairwise.Pairwise}
 CADENCE = ("type", "every_steps", "at_start")
 
 
