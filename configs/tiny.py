@@ -18,7 +18,7 @@ def get_config(arg: str | None = None):
 
   data = config.data = ml_collections.ConfigDict()
   data.mixture = ("flan_mini",)  # registered mixture or task names
-  data.local_tasks = ()  # see flan_jax/data/local_files.py
+  data.local_tasks = ()  # see flan_jax/data/sources/local_files.py
   data.weights = {}  # task or mixture name -> rate, replacing the examples-proportional one
   data.example_cap = 3000  # FLAN's cap on examples counted per task
   data.temperature = 1.0

@@ -56,7 +56,7 @@ from etils import epath
 
 from flan_jax import loss as losses
 from flan_jax import checkpoint, commands, decode, hardware, lora, optim, presets, sharding, train, workdirs
-from flan_jax.data import decontamination, packing, pipeline
+from flan_jax.data import decontamination, packing, pipeline, render, vocab
 from flan_jax.model import Decoder, ModelConfig, from_config, matmul, train_flops_per_token
 
 
@@ -329,7 +329,7 @@ def packing_efficiency(results, config):
   data = config.data
   mix = pipeline.resolve_mixture(data)
   tokenizer = _tokenizer(config)
-  examples = pipeline.examples(data, mix, tokenizer, pipeline.Stats(), seed=0)
+  examples = pipeline.examples(data, mix, tokenizer, render.Stats(), seed=0)
   flan_mini = [len(examples[i]["inputs"]) for i in range(8000)]
   for name, lengths, seq_len, rows in (("", lognormal, 2048, 500), ("flan_mini_", flan_mini, data.seq_len, 500)):
     for packer in ("best_fit", "first_fit"):
@@ -341,13 +341,13 @@ def packing_efficiency(results, config):
 def _tokenizer(config):
   """The --config's tokenizer, cached where `python -m flan_jax.train --config <the same file>` keeps it."""
   workdir = workdirs.default(flags.FLAGS["config"].config_filename)
-  return pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
+  return vocab.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
 
 
 def input_pipeline(results, config):
   """Tokens/s the tiny config's input pipeline produces on one process, over what its train step consumes."""
   data = config.data
-  batches = iter(pipeline.batches(data, pipeline.resolve_mixture(data), _tokenizer(config), pipeline.Stats(), seed=0))
+  batches = iter(pipeline.batches(data, pipeline.resolve_mixture(data), _tokenizer(config), render.Stats(), seed=0))
   next(batches)  # opens the sources
   start, count = time.perf_counter(), 2 * pipeline.packing_cycle(data)
   for _ in range(count):
@@ -370,7 +370,7 @@ def input_stall(results, config):
   model = from_config(config.model)
   optimizer, schedule = optim.make(config.optim, config.train.steps)
   data = config.data
-  real = iter(pipeline.batches(data, pipeline.resolve_mixture(data), _tokenizer(config), pipeline.Stats(), seed=0))
+  real = iter(pipeline.batches(data, pipeline.resolve_mixture(data), _tokenizer(config), render.Stats(), seed=0))
   prebuilt = iter(grain.MapDataset.source([next(real) for _ in range(10)]).repeat().to_iter_dataset())
   with sharding.context(mesh, rules):
     _, shardings = train.state_shapes(model, optimizer, mesh, rules)

@@ -12,7 +12,7 @@ from absl import app, flags
 from etils import epath
 
 from flan_jax import checkpoint, commands, distributed, sharding, workdirs
-from flan_jax.data import pipeline
+from flan_jax.data import vocab
 from flan_jax.evaluators import common
 from flan_jax.model import from_config
 
@@ -25,7 +25,7 @@ def main(argv):
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules(config.sharding_rules)
   sharding.resolve_batch_size(config, mesh)
-  tokenizer = pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
+  tokenizer = vocab.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
   model = from_config(config.model)
   names = [name for name in (flags.FLAGS.evals or "").split(",") if name]
   with sharding.context(mesh, rules):

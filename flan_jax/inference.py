@@ -11,7 +11,7 @@ import numpy as np
 from etils import epath
 
 from flan_jax import checkpoint, decode, scoring, sharding, workdirs
-from flan_jax.data import pipeline
+from flan_jax.data import vocab
 from flan_jax.data import tokenizer as tokenizer_lib
 from flan_jax.model import Decoder, from_config
 
@@ -47,7 +47,7 @@ def load(*, workdir: str = "", checkpoint_dir: str = "", step: int | None = None
       raise FileNotFoundError(f"{config_path} does not exist: expected a training run's workdir")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     fields, fmt = config.model.to_dict(), config.data.template.format
-    tokenizer = pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
+    tokenizer = vocab.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
     step, params, mesh = checkpoint.load_for_inference(fields, workdir=workdir, init_from=config.train.init_from,
                                                        step=step)
   return LoadedModel(params, from_config(fields), tokenizer, fmt, step, checkpoint_dir or workdir, mesh)

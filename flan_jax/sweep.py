@@ -23,7 +23,7 @@ from absl import app, flags
 from etils import epath
 
 from flan_jax import workdirs
-from flan_jax.data import pipeline
+from flan_jax.data import vocab
 
 LAUNCHERS = ("local", "tpu", "slurm")
 
@@ -81,7 +81,7 @@ def check_one_tokenizer(base, sweep: list[dict]):
     config = copy.deepcopy(base)
     config.update_from_flattened_dict({k: v for k, v in entry.items() if k != "name"})
     if not config.data.tokenizer.model:
-      specs[entry.get("name") or run_name(entry)] = pipeline.tokenizer_spec(config.data)
+      specs[entry.get("name") or run_name(entry)] = vocab.tokenizer_spec(config.data)
   (first, spec), *rest = specs.items() or [(None, None)]
   for other, other_spec in rest:
     if other_spec != spec:

@@ -25,7 +25,7 @@ from ml_collections import config_flags
 
 from flan_jax import checkpoint, commands, distributed, hardware, lora, metric_writer, optim, sharding, workdirs
 from flan_jax import loss as losses
-from flan_jax.data import packing, pipeline
+from flan_jax.data import packing, pipeline, render, vocab
 from flan_jax.evaluators import common
 from flan_jax.model import Decoder, ModelConfig, from_config, train_flops_per_token
 
@@ -167,15 +167,15 @@ def train_and_evaluate(config, workdir: str):
   for name, found in mix.duplicates.items():
     logging.info("deduplication: dropped %d of %d training examples of %s", found["dropped"], found["of"], name)
   if jax.process_index() == 0:  # trains and caches the tokenizer if needed, and records it; the others then load it
-    workdirs.check_tokenizer(workdir, pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir)), write=True)
+    workdirs.check_tokenizer(workdir, vocab.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir)), write=True)
   multihost_utils.sync_global_devices("tokenizer ready")
-  tokenizer = pipeline.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
+  tokenizer = vocab.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
   workdirs.check_tokenizer(workdir, tokenizer, write=False)
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
                      f"{tokenizer.vocab_size}")
   pipeline.check_seq_len(config.data, mix, tokenizer, seed=config.seed)
-  stats = pipeline.Stats(mixture_skipped=len(mix.skipped_rows))
+  stats = render.Stats(mixture_skipped=len(mix.skipped_rows))
   data_iterator = iter(pipeline.batches(config.data, mix, tokenizer, stats, seed=config.seed,
                                         process_index=jax.process_index(), process_count=jax.process_count()))
 

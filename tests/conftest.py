@@ -20,8 +20,8 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory):
   """The tiny config's trained tokenizer, trained once per test session."""
-  from flan_jax.data import pipeline
-  return pipeline.get_tokenizer(load_config("tiny").data, str(tmp_path_factory.mktemp("tokenizer")))
+  from flan_jax.data import vocab
+  return vocab.get_tokenizer(load_config("tiny").data, str(tmp_path_factory.mktemp("tokenizer")))
 
 
 @pytest.fixture(scope="session")

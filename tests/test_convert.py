@@ -158,10 +158,10 @@ def _cli(*args, timeout=600):
 def test_import_finetune_with_lora_generate_and_export(tmp_path):
   """The user's path: a Hugging Face model with its tokenizer -> import -> LoRA fine-tuning on flan_mini
   in its chat format -> raw completion by eye -> export of the merged model for transformers."""
-  from flan_jax.data import pipeline
+  from flan_jax.data import vocab
   from tests.helpers import load_config
   data = load_config("tiny").data
-  vocab = make_hf_tokenizer(str(tmp_path / "hf"), pipeline.tokenizer_texts(data, pipeline.tokenizer_tasks(data), 2000))
+  vocab = make_hf_tokenizer(str(tmp_path / "hf"), vocab.tokenizer_texts(data, vocab.tokenizer_tasks(data), 2000))
   torch.manual_seed(0)
   config = transformers.LlamaConfig(**{**SHAPE, "vocab_size": vocab}, tie_word_embeddings=True)
   base = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
@@ -255,11 +255,11 @@ def write_gguf(path, model, tokenizer_dir, qtype):
 @pytest.fixture(scope="module")
 def gguf_model(tmp_path_factory):
   """A tiny random Llama 3-style model with its tokenizer and chat template: the HF model and directory."""
-  from flan_jax.data import pipeline
+  from flan_jax.data import vocab
   from tests.helpers import load_config
   root = tmp_path_factory.mktemp("gguf")
   data = load_config("tiny").data
-  vocab = make_hf_tokenizer(str(root / "hf"), pipeline.tokenizer_texts(data, pipeline.tokenizer_tasks(data), 1000),
+  vocab = make_hf_tokenizer(str(root / "hf"), vocab.tokenizer_texts(data, vocab.tokenizer_tasks(data), 1000),
                             chat_template=LLAMA3_CHAT_TEMPLATE)
   config = transformers.LlamaConfig(**{**SHAPE, "vocab_size": vocab}, tie_word_embeddings=True)
   torch.manual_seed(0)

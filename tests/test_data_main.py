@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from tests.helpers import ROOT
 from flan_jax.data import __main__ as data_main
 
 

@@ -3,7 +3,8 @@ import collections
 import numpy as np
 
 from flan_jax import metrics
-from flan_jax.data import flan_mini, mixture, tasks
+from flan_jax.data import mixture, tasks
+from flan_jax.data.sources import flan_mini
 
 
 def test_clusters_tasks_and_templates():

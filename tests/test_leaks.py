@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from flan_jax.data import decontamination, mixture, pipeline, tasks
+from flan_jax.data import decontamination, mixture, pipeline, render, tasks
 from tests.helpers import load_config
 
 MIXTURES = sorted(mixture.mixtures())  # pipeline imports every registered mixture
@@ -53,7 +53,7 @@ def test_no_held_out_evaluation_input_reaches_the_training_stream():
     for task in mix.evaluation:
       for i, record in enumerate(task.source(task.evaluation_split(held_out=True))):
         index.add(f"{task.name}/{i}", decontamination.prompt_text(task, task.example_fields(record)))
-    renderer = pipeline.Renderer(config.data, None, mix.train, pipeline.Stats())
+    renderer = render.Renderer(config.data, None, mix.train, render.Stats())
     records = pipeline.mixed_records(mix, seed=0)
     names = set()
     for i in range(0, 40_000, 20):

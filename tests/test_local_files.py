@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from flan_jax.data import local_files, pipeline, tasks
+from flan_jax.data import pipeline, render, tasks
+from flan_jax.data.sources import local_files
 from tests.helpers import load_config
 
 
@@ -125,7 +126,7 @@ def test_templated_local_task(tmp_path, tokenizer):
   (task,), _ = _register(tmp_path, rows, "lf_tmpl", **spec)
   assert len(task.templates) == 2 and not task.conversational
   fields = task.example_fields(task.source("train")[1])
-  turns = pipeline.conversation(task, fields, task.templates[0], load_config("tiny").data.template)
+  turns = render.conversation(task, fields, task.templates[0], load_config("tiny").data.template)
   assert turns == [("user", "Film 1 was great.\nIs this review positive or negative?\n\nOPTIONS:\n- positive\n- negative"),
                    ("assistant", "positive")]
   with pytest.raises(KeyError, match=r"local task 'lf_broken' \(.*lf_broken.jsonl\), template 0: field 'stars' is not"):
@@ -205,7 +206,7 @@ def test_local_task_in_the_pipeline(tmp_path, tiny_config, tokenizer):
   data.skip_bad_records = True
   mix = pipeline.resolve_mixture(data)
   assert [t.name for t in mix.train] == ["lf_pipe"] and mix.skipped_rows
-  batch = next(iter(pipeline.batches(data, mix, tokenizer, pipeline.Stats(), seed=0)))
+  batch = next(iter(pipeline.batches(data, mix, tokenizer, render.Stats(), seed=0)))
   text = tokenizer.decode(batch["inputs"][0])
   assert "Repeat" in text
 

@@ -1,11 +1,7 @@
-import collections
-import json
-import re
-
 import numpy as np
 import pytest
 
-from flan_jax.data import pipeline, templates
+from flan_jax.data import pipeline, render
 
 
 def _small(config):
@@ -18,7 +14,7 @@ def _small(config):
 
 def _decoded_stream(config, tokenizer, num_batches):
   mix = pipeline.resolve_mixture(config.data)
-  it = iter(pipeline.batches(config.data, mix, tokenizer, pipeline.Stats(), seed=config.seed))
+  it = iter(pipeline.batches(config.data, mix, tokenizer, render.Stats(), seed=config.seed))
   return " ".join(tokenizer.decode(row) for _ in range(num_batches) for row in next(it)["inputs"])
 
 
@@ -39,7 +35,7 @@ def test_no_held_out_task_reaches_training(tiny_config, tokenizer):
 def test_resume_from_saved_state_is_exact(tiny_config, tokenizer):
   config = _small(tiny_config)
   mix = pipeline.resolve_mixture(config.data)
-  make = lambda: iter(pipeline.batches(config.data, mix, tokenizer, pipeline.Stats(), seed=config.seed))
+  make = lambda: iter(pipeline.batches(config.data, mix, tokenizer, render.Stats(), seed=config.seed))
   uninterrupted = make()
   expected = [next(uninterrupted) for _ in range(12)]
   first = make()
@@ -58,9 +54,9 @@ def test_resume_from_saved_state_is_exact(tiny_config, tokenizer):
 def test_batches_are_deterministic_and_shaped(tiny_config, tokenizer):
   config = _small(tiny_config)
   mix = pipeline.resolve_mixture(config.data)
-  a = next(iter(pipeline.batches(config.data, mix, tokenizer, pipeline.Stats(), seed=1)))
-  b = next(iter(pipeline.batches(config.data, mix, tokenizer, pipeline.Stats(), seed=1)))
-  c = next(iter(pipeline.batches(config.data, mix, tokenizer, pipeline.Stats(), seed=2)))
+  a = next(iter(pipeline.batches(config.data, mix, tokenizer, render.Stats(), seed=1)))
+  b = next(iter(pipeline.batches(config.data, mix, tokenizer, render.Stats(), seed=1)))
+  c = next(iter(pipeline.batches(config.data, mix, tokenizer, render.Stats(), seed=2)))
   assert set(a) == {"inputs", "targets", "loss_weights", "segment_ids", "positions"}
   assert all(v.shape == (4, 128) and v.dtype == np.int32 for v in a.values())
   np.testing.assert_array_equal(a["inputs"], b["inputs"])
@@ -75,10 +71,10 @@ def test_processes_read_disjoint_shards(tiny_config, tokenizer):
   assert [full[i][:2] for i in range(0, 20, 2)] == [shards[0][i][:2] for i in range(10)]
   assert [full[i][:2] for i in range(1, 20, 2)] == [shards[1][i][:2] for i in range(10)]
   with pytest.raises(ValueError, match="data.shards=2 must be a multiple of the 3 processes"):
-    pipeline.batches(data, mix, tokenizer, pipeline.Stats(), seed=0, process_index=0, process_count=3)
+    pipeline.batches(data, mix, tokenizer, render.Stats(), seed=0, process_index=0, process_count=3)
   # The global batch does not depend on how many processes build it.
-  whole = next(iter(pipeline.batches(data, mix, tokenizer, pipeline.Stats(), seed=0)))
-  parts = [next(iter(pipeline.batches(data, mix, tokenizer, pipeline.Stats(), seed=0, process_index=p,
+  whole = next(iter(pipeline.batches(data, mix, tokenizer, render.Stats(), seed=0)))
+  parts = [next(iter(pipeline.batches(data, mix, tokenizer, render.Stats(), seed=0, process_index=p,
                                       process_count=2))) for p in range(2)]
   assert parts[1]["inputs"].shape == (2, 128)
   for key in whole:
@@ -97,31 +93,10 @@ def test_truncation_is_counted_not_fatal(tiny_config, tokenizer):
   config = _small(tiny_config)
   config.data.seq_len = 24
   mix = pipeline.resolve_mixture(config.data)
-  stats = pipeline.Stats()
+  stats = render.Stats()
   batch = next(iter(pipeline.batches(config.data, mix, tokenizer, stats, seed=0)))
   assert stats.truncated > 0
   assert batch["inputs"].shape == (4, 24)
-
-
-def test_few_shot_and_chain_of_thought_render(tiny_config, tokenizer):
-  data = tiny_config.data
-  data.mixture = ("mini_arithmetic",)
-  data.held_out_clusters = ()
-  data.template.num_shots = 2
-  data.template.prompt_mix = dict(few_shot=1.0, chain_of_thought=1.0)
-  data.template.inverted = False
-  mix = pipeline.resolve_mixture(data)
-  renderer = pipeline.Renderer(data, tokenizer, mix.train, pipeline.Stats())
-  records = pipeline.mixed_records(mix, seed=0)
-  rendered = [renderer.render(records[i], np.random.default_rng(i)) for i in range(40)]
-  expressions = lambda text: len(re.findall(r"\d+ [-+x] \d+", text))
-  few_shot = [p for ((_, p), _), _ in rendered if expressions(p) == 3]  # two exemplars and the query
-  chain_of_thought = [(p, r) for ((_, p), (_, r)), _ in rendered if expressions(p) == 1]
-  assert len(few_shot) + len(chain_of_thought) == 40 and 10 < len(few_shot) < 30
-  assert all(p.endswith(templates.COT_TRIGGER) and "So the answer is" in r for p, r in chain_of_thought)
-  assert not any(templates.COT_TRIGGER in p for p in few_shot)
-  assert renderer.stats.renderings == {"prompt:few_shot": len(few_shot), "format:flan": 40,
-                                       "prompt:chain_of_thought": len(chain_of_thought)}
 
 
 def test_a_sequence_length_too_short_for_every_example_is_an_error(tiny_config, tokenizer):
@@ -133,55 +108,10 @@ def test_a_sequence_length_too_short_for_every_example_is_an_error(tiny_config, 
 
 
 def test_an_element_renders_the_same_in_any_shard_and_shards_draw_differently(tiny_config, monkeypatch):
-  monkeypatch.setattr(pipeline.Renderer, "__call__", lambda self, element, rng: {"draw": int(rng.integers(1 << 30))})
+  monkeypatch.setattr(render.Renderer, "__call__", lambda self, element, rng: {"draw": int(rng.integers(1 << 30))})
   mix = pipeline.resolve_mixture(tiny_config.data)
   draws = lambda index, count: [e["draw"] for e in pipeline.examples(
-      tiny_config.data, mix, None, pipeline.Stats(), seed=0, shard_index=index, shard_count=count)[:100 // count]]
+      tiny_config.data, mix, None, render.Stats(), seed=0, shard_index=index, shard_count=count)[:100 // count]]
   whole, first, second = draws(0, 1), draws(0, 2), draws(1, 2)
   assert first == whole[0:100:2] and second == whole[1:100:2]
   assert all(a != b for a, b in zip(first, second))  # before: shard k's element i drew what every shard's i drew
-
-
-def test_format_preamble_and_input_mixes_are_drawn_at_their_rates(tiny_config, tokenizer, tmp_path):
-  rows = [{"instruction": f"Say number {i}.", "input": f"context {i}", "output": str(i)} for i in range(300)]
-  (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-  data = tiny_config.data
-  data.mixture, data.held_out_clusters = (), ()
-  data.local_tasks = ({"name": "mix_rows", "path": str(tmp_path / "rows.jsonl"), "format": "alpaca", "cluster": "c"},)
-  data.template.format_mix = {"alpaca": 3.0, "flan": 1.0}
-  data.template.preamble_rate, data.template.omit_input_rate = 0.25, 0.5
-  mix = pipeline.resolve_mixture(data)
-  renderer = pipeline.Renderer(data, tokenizer, mix.train, pipeline.Stats())
-  records = pipeline.mixed_records(mix, seed=0)
-  rendered = [renderer.render(records[i], np.random.default_rng(i)) for i in range(2000)]
-  formats = collections.Counter(fmt for _, fmt in rendered)
-  assert abs(formats["alpaca"] / 2000 - 0.75) < 0.04 and formats["alpaca"] + formats["flan"] == 2000
-  preambles = [turns[0][1] for turns, _ in rendered if turns[0][0] == "system"]
-  assert abs(len(preambles) / 2000 - 0.25) < 0.03 and set(preambles) <= set(templates.PREAMBLES)
-  joined = [turns for turns, _ in rendered if not any(role == "input" for role, _ in turns)]
-  assert abs(len(joined) / 2000 - 0.5) < 0.04
-  text = templates.to_text(next((t, f) for t, f in rendered if f == "alpaca" and t in joined)[0], "alpaca")
-  assert "### Input:" not in text and "\n\ncontext " in text
-  counts = renderer.stats.renderings
-  assert counts["format:alpaca"] == formats["alpaca"] and counts["preamble"] == len(preambles)
-  assert counts["input_turn"] == 2000 and counts["input_joined"] == len(joined)
-
-
-@pytest.mark.parametrize("key, value, message", [
-    ("prompt_mix", {"zero_shot": 0.0}, r"data.template.prompt_mix=.*not all 0"),
-    ("prompt_mix", {"one_shot": 1.0}, r"data.template.prompt_mix=.*one_shot"),
-    ("format_mix", {"markdown": 1.0}, r"data.template.format_mix: unknown format 'markdown'"),
-    ("preamble_rate", 1.5, r"data.template.preamble_rate=1.5 is not in \[0, 1\]"),
-    ("style", "bare", r"data.template.style='bare'"),
-])
-def test_template_mixes_that_cannot_be_drawn_name_the_key(tiny_config, key, value, message):
-  tiny_config.data.template[key] = value
-  with pytest.raises(ValueError, match=message):
-    pipeline.Renderer(tiny_config.data, None, [], pipeline.Stats())
-
-
-def test_few_shot_needs_shots(tiny_config):
-  tiny_config.data.template.prompt_mix = {"few_shot": 1.0}
-  tiny_config.data.template.num_shots = 0
-  with pytest.raises(ValueError, match="prompt_mix.few_shot > 0 needs data.template.num_shots >= 1"):
-    pipeline.Renderer(tiny_config.data, None, [], pipeline.Stats())

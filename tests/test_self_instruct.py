@@ -193,7 +193,7 @@ def test_rerun_with_other_settings_or_a_foreign_file_is_an_error(tmp_path, monke
 
 
 def test_output_is_read_by_local_tasks(tmp_path, monkeypatch):
-  from flan_jax.data import local_files
+  from flan_jax.data.sources import local_files
   loaded = scripted_model(monkeypatch, [])
   self_instruct.self_instruct(loaded, write_seeds(tmp_path / "seeds.jsonl"), str(tmp_path / "out.jsonl"), 4,
                               batch_size=4, progress=False)

@@ -1,9 +1,7 @@
-import re
-
 import numpy as np
 import pytest
 
-from flan_jax.data import pipeline, tasks, tokenizer as tokenizer_lib
+from flan_jax.data import tokenizer as tokenizer_lib, vocab
 from flan_jax.data.templates import EOS
 
 
@@ -27,40 +25,11 @@ def test_segments_concatenate_and_carry_weights(tokenizer):
   assert tokenizer.decode(tokens) == "Q: what is 2 + 2?\n\n4"
 
 
-def test_trained_tokenizer_is_cached(tiny_config, tmp_path, monkeypatch):
-  first = pipeline.get_tokenizer(tiny_config.data, str(tmp_path))
-  monkeypatch.setattr(tokenizer_lib, "train", lambda *a, **k: pytest.fail("trained again instead of loading"))
-  second = pipeline.get_tokenizer(tiny_config.data, str(tmp_path))
-  assert second.path == first.path
-  assert second.encode("the red cat") == first.encode("the red cat")
-
-
-def test_the_tokenizer_never_reads_held_out_clusters_and_a_sweep_can_fix_its_corpus(tiny_config, monkeypatch):
-  data = tiny_config.data
-  corpus = {t.cluster for t in pipeline.tokenizer_tasks(data)}
-  assert not corpus & {"nli", "paraphrase"} and "sentiment" in corpus  # NLI held out, paraphrase excluded with it
-  captured = []
-  monkeypatch.setattr(tokenizer_lib, "train", lambda texts, path, vocab_size: captured.append(texts))
-  pipeline.get_tokenizer(data, "/tmp/unused")
-  nli_phrases = {piece for task in tasks.by_cluster("nli") for t in task.templates
-                 for piece in re.split(r"\{\w+\}", t.prompt) if len(piece.strip()) >= 15}
-  assert nli_phrases and captured[0] and not any(p in text for text in captured[0] for p in nli_phrases)
-  spec = pipeline.tokenizer_spec(data)
-  data.held_out_clusters = ("sentiment",)  # another run of a held-out sweep: another corpus...
-  assert pipeline.tokenizer_spec(data) != spec
-  data.tokenizer.held_out_clusters = ("nli",)  # ...unless the config fixes it
-  data.template.max_templates, data.template.style = 1, "none"  # template ablations render the corpus alike
-  assert pipeline.tokenizer_spec(data) == spec
-  data.tokenizer.held_out_clusters = tuple(sorted({t.cluster for t in pipeline.tokenizer_tasks(data)} | {"nli"}))
-  with pytest.raises(ValueError, match="data.tokenizer.held_out_clusters=.* leaves no task"):
-    pipeline.tokenizer_tasks(data)
-
-
 def test_load_a_model_file_and_override_ids(tokenizer, tiny_config):
   loaded = tokenizer_lib.load(tokenizer.path, eos_id=5)
   assert (loaded.pad_id, loaded.eos_id, loaded.bos_id) == (0, 5, 2)
   tiny_config.data.tokenizer.model = tokenizer.path
-  assert pipeline.get_tokenizer(tiny_config.data, "/nonexistent").path == tokenizer.path
+  assert vocab.get_tokenizer(tiny_config.data, "/nonexistent").path == tokenizer.path
   with pytest.raises(FileNotFoundError, match="missing.model"):
     tokenizer_lib.load("/tmp/missing.model")
 

@@ -8,7 +8,7 @@ from etils.epath import gpath
 from tensorboard.backend.event_processing import event_accumulator
 
 from flan_jax import checkpoint, metric_writer, workdirs
-from flan_jax.data import pipeline
+from flan_jax.data import vocab
 from flan_jax.evaluators import zero_shot
 
 
@@ -50,9 +50,9 @@ def test_a_bucket_workdir_gets_its_tokenizer_metrics_tensorboard_and_results_thr
   tiny_config.data.tokenizer.update(dict(vocab_size=512, num_texts=3000))  # quick to train
   workdir = "gs://b/run"
   assert str(checkpoint.directory(workdir)) == "gs://b/run/checkpoints"  # not made into a local path
-  tokenizer = pipeline.get_tokenizer(tiny_config.data, workdirs.tokenizer_dir(workdir))  # trained, then cached
+  tokenizer = vocab.get_tokenizer(tiny_config.data, workdirs.tokenizer_dir(workdir))  # trained, then cached
   assert tokenizer.path.startswith("gs://b/run/tokenizer/") and tokenizer.encode("hello")
-  assert pipeline.get_tokenizer(tiny_config.data, workdirs.tokenizer_dir(workdir)).path == tokenizer.path  # read back
+  assert vocab.get_tokenizer(tiny_config.data, workdirs.tokenizer_dir(workdir)).path == tokenizer.path  # read back
   workdirs.check_tokenizer(workdir, tokenizer, write=True)
   writer = metric_writer.Writer(workdir, total_steps=4, resumed_step=0)
   writer.write(2, {"loss": 1.5, "learning_rate": 1e-3, "grad_norm": 1.0, "tokens_per_s": 10.0, "mfu_vs_measured_peak": 0.1})

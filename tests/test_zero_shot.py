@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from flan_jax.evaluators import zero_shot
-from flan_jax.data import pipeline, tasks, templates
+from flan_jax.data import pipeline, render, tasks, templates
 from tests.helpers import brute_force_log_likelihood, one_device_mesh, small_model
 
 
@@ -28,7 +28,7 @@ def test_rank_classification_picks_what_a_full_forward_pass_per_option_picks(tin
   for (task, fields, template), (predictions, targets) in zip(items, outcomes):
     assert targets == [f["answer"] for f in fields]
     for f, predicted in zip(fields, predictions):
-      prompt = pipeline.conversation(task, f, template, config.data.template)[0]
+      prompt = render.conversation(task, f, template, config.data.template)[0]
       scores = {o: brute_force_log_likelihood(model, params, *tokenizer.encode_conversation(
                     [prompt, ("assistant", o)], config.data.template.format))
                 for o in task.example_options(f)}

@@ -5,7 +5,7 @@ setup).
 """
 
 from configs import tiny
-from flan_jax.data import flan_mini
+from flan_jax.data.sources import flan_mini
 
 
 def short_runs():

@@ -4,7 +4,7 @@
 """
 
 from configs.ablations import held_out_clusters
-from flan_jax.data import flan_mini
+from flan_jax.data.sources import flan_mini
 
 HELD_OUT = "nli"
 # Paraphrase is excluded with NLI held out (FLAN's mutual exclusion), so it never trains here.

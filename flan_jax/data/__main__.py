@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from flan_jax.data import decontamination, packing, pipeline, tasks, templates
+from flan_jax.data import decontamination, packing, pipeline, render, tasks, templates, vocab
 from flan_jax import workdirs
 
 
@@ -26,10 +26,10 @@ from flan_jax import workdirs
 def report(config, workdir: str, num_examples: int, num_batches: int) -> dict:
   data = config.data
   mix = pipeline.resolve_mixture(data)
-  tokenizer = pipeline.get_tokenizer(data, workdirs.tokenizer_dir(workdir))
+  tokenizer = vocab.get_tokenizer(data, workdirs.tokenizer_dir(workdir))
 
   # Example stream (before packing): rates and token lengths.
-  stats = pipeline.Stats()
+  stats = render.Stats()
   records = pipeline.mixed_records(mix, config.seed)
   examples = pipeline.examples(data, mix, tokenizer, stats, seed=config.seed)
   lengths, counts = [], collections.Counter()
@@ -41,7 +41,7 @@ def report(config, workdir: str, num_examples: int, num_batches: int) -> dict:
   lengths = np.asarray(lengths)
 
   # Packed batches: efficiency and throughput of the whole pipeline.
-  batch_stats = pipeline.Stats()
+  batch_stats = render.Stats()
   iterator = iter(pipeline.batches(data, mix, tokenizer, batch_stats, seed=config.seed))
   next(iterator)  # first batch opens the sources; not timed
   cycle = pipeline.packing_cycle(data)  # timed over whole packing cycles (see there)
@@ -91,7 +91,7 @@ def report(config, workdir: str, num_examples: int, num_batches: int) -> dict:
 
 
 def renderings(counts) -> dict:
-  """Realised shares of the rendering draws (pipeline.Renderer): per output format and prompt setting
+  """Realised shares of the rendering draws (render.Renderer): per output format and prompt setting
   (of all rendered examples), with a preamble, and with the input turn joined (of those with one)."""
   total = sum(v for k, v in counts.items() if k.startswith("format:"))
   share = lambda group: {k.split(":", 1)[1]: v / total for k, v in sorted(counts.items()) if k.startswith(group)}
@@ -103,8 +103,8 @@ def renderings(counts) -> dict:
 def show(config, workdir: str, count: int):
   data = config.data
   mix = pipeline.resolve_mixture(data)
-  renderer = pipeline.Renderer(data, pipeline.get_tokenizer(data, workdirs.tokenizer_dir(workdir)), mix.train,
-                               pipeline.Stats())
+  renderer = render.Renderer(data, vocab.get_tokenizer(data, workdirs.tokenizer_dir(workdir)), mix.train,
+                               render.Stats())
   records = pipeline.mixed_records(mix, config.seed)
   for i in range(count):
     rendered = renderer.render(records[i], np.random.default_rng([config.seed, i]))

@@ -20,7 +20,7 @@ from absl import logging
 from etils import epath
 
 from flan_jax import decode, metrics, scoring
-from flan_jax.data import pipeline, tasks, templates
+from flan_jax.data import pipeline, render, tasks, templates
 
 GROUPS = ("held_out", "seen")
 
@@ -93,7 +93,7 @@ def rank_classification(params, model, tokenizer, items, config, settings, mesh)
   requests, counts, options = [], [], []
   for task, fields, template in items:
     for f in fields:
-      context = pipeline.conversation(task, f, template, config.data.template)[:-1]  # all before the answer
+      context = render.conversation(task, f, template, config.data.template)[:-1]  # all before the answer
       options.append(task.example_options(f))
       encoded = [tokenizer.encode_conversation([*context, ("assistant", option)], config.data.template.format)
                  for option in options[-1]]
@@ -127,7 +127,7 @@ def generation(params, model, tokenizer, items, config, settings):
   prompts, targets, texts, sizes = [], [], [], []
   for task, fields, template in items:
     for f in fields:
-      turns = pipeline.conversation(task, f, template, config.data.template)
+      turns = render.conversation(task, f, template, config.data.template)
       texts.append(templates.user_text(turns[:-1]))
       prompt = tokenizer.generation_prompt(turns[:-1], config.data.template.format)  # all before the last answer
       prompts.append(prompt[-(config.data.seq_len - settings.max_new_tokens):])

@@ -2,7 +2,8 @@
 
 import pytest
 
-from flan_jax.data import pipeline, tasks, templates, tfds_tasks
+from flan_jax.data import render, tasks, templates
+from flan_jax.data.sources import flan2021
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -10,9 +11,9 @@ NUM_EXAMPLES = 12
 
 
 def test_every_flan2021_cluster_has_tfds_tasks():
-  clusters = {tasks.get(n).cluster for n in tfds_tasks.SPECS}
+  clusters = {tasks.get(n).cluster for n in flan2021.SPECS}
   assert clusters == set(tasks.CLUSTERS)
-  assert all(len(tasks.get(n).templates) >= 3 for n in tfds_tasks.SPECS)
+  assert all(len(tasks.get(n).templates) >= 3 for n in flan2021.SPECS)
 
 
 def _aligned_choices(record):
@@ -37,7 +38,7 @@ def test_every_tfds_task_renders_under_mock_data(tiny_config, tokenizer):
   data = tiny_config.data
   rendered = {}
   with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
-    for name in tfds_tasks.SPECS:
+    for name in flan2021.SPECS:
       task = tasks.get(name)
       good = 0
       for split in task.splits:
@@ -52,7 +53,7 @@ def test_every_tfds_task_renders_under_mock_data(tiny_config, tokenizer):
             assert str(e).startswith(f"task {name}: ") and "cannot read record" not in str(e), str(e)
             continue
           for template in task.templates:
-            turns = pipeline.conversation(task, fields, template, data.template)
+            turns = render.conversation(task, fields, template, data.template)
             tokens, weights = tokenizer.encode_segments(templates.to_segments(turns, "flan"))
             assert weights.sum() > 0 and (weights[:2] == 0).all()
           good += 1
@@ -75,8 +76,8 @@ def test_snli_pairs_without_a_gold_label_are_skipped_and_counted_in_training_and
     snli.example_fields(dict(unlabeled, label=7))
   assert not isinstance(error.value, tasks.UnlabeledRecordError)
   assert not tiny_config.data.skip_bad_records  # unlabeled records are skipped all the same
-  stats = pipeline.Stats()
-  renderer = pipeline.Renderer(tiny_config.data, None, [snli], stats)
+  stats = render.Stats()
+  renderer = render.Renderer(tiny_config.data, None, [snli], stats)
   assert renderer.fields(snli, unlabeled) is None and renderer.fields(snli, labeled)["answer"] == "yes"
   assert stats.skipped == {"snli": 1}
   with pytest.raises(tasks.BadRecordError):
