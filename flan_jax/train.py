@@ -229,17 +229,25 @@ def main(argv):
 
 
 class Preemption:
-  """Whether to save and stop after a step, decided at the same step by every process.
+  """Whether to save and stop after a step, decided at the same step by every process; a context
+  manager around the loop.
 
   Under jax.distributed, JAX's preemption service catches SIGTERM (on any one process) and agrees
   on a step with the others; a Python handler would replace its own. A lone process catches
-  SIGTERM here.
+  SIGTERM here while the loop runs, and gives it back to the caller's handler after.
   """
 
   def __init__(self, checkpoints):
-    self.checkpoints, self.signalled = checkpoints, []
+    self.checkpoints, self.signalled, self._previous = checkpoints, [], None
+
+  def __enter__(self):
     if not jax.distributed.is_initialized():
-      signal.signal(signal.SIGTERM, lambda signum, frame: self.signalled.append(signum))
+      self._previous = signal.signal(signal.SIGTERM, lambda signum, frame: self.signalled.append(signum))
+    return self
+
+  def __exit__(self, *exc_info):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
   def __call__(self, step: int) -> bool:
     return bool(self.signalled) or self.checkpoints.reached_preemption(step)
@@ -271,59 +279,59 @@ def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh,
   runs, and metrics are fetched only where the host must decide (log, checkpoint, evaluation and
   preemption steps). A NaN is therefore reported as having happened between two such steps.
   """
-  preempted = Preemption(checkpoints)
-  tokens_per_step = config.data.batch_size * config.data.seq_len
-  flops_per_step = tokens_per_step * train_flops_per_token(ModelConfig(**config.model), config.data.seq_len)
-  hardware.measured_peak_flops(config.model.dtype)  # the MFU denominator on CPUs, measured before the clock starts
+  with Preemption(checkpoints) as preempted:
+    tokens_per_step = config.data.batch_size * config.data.seq_len
+    flops_per_step = tokens_per_step * train_flops_per_token(ModelConfig(**config.model), config.data.seq_len)
+    hardware.measured_peak_flops(config.model.dtype)  # the MFU denominator on CPUs, measured before the clock starts
 
-  fresh_tally = jax.jit(lambda: {"first_nonfinite": jnp.int32(0), "skipped": jnp.int32(0)},
-                        out_shardings=sharding.replicated(mesh))
-  batches = device_batches(data_iterator, mesh)
+    fresh_tally = jax.jit(lambda: {"first_nonfinite": jnp.int32(0), "skipped": jnp.int32(0)},
+                          out_shardings=sharding.replicated(mesh))
+    batches = device_batches(data_iterator, mesh)
 
-  checked_step = int(state.step)
-  last_log_time, last_log_step = time.time(), checked_step
-  tally = fresh_tally()
-  batch, data_state = next(batches)
-  for step in range(int(state.step), config.train.steps):
-    done = step + 1
-    state, step_metrics = step_fn(state, batch)
-    tally = _tally(tally, step_metrics, state.step)
-    batch_data_state = data_state
-    if done < config.train.steps:
-      batch, data_state = next(batches)  # while the step runs
-    log = done % config.train.log_every == 0 or done == config.train.steps
-    save = done % config.train.checkpoint_every == 0 or done == config.train.steps
-    due = [e for e in evaluators if e.due(done, config.train.steps)]
-    stop = preempted(done)
-    if not (log or save or due or stop):
-      continue
-    # A host sync point: nothing is saved, logged or evaluated past a non-finite step.
-    step_metrics, counts = jax.device_get((step_metrics, tally))
-    if counts["first_nonfinite"] and not config.train.skip_nonfinite:
-      checkpoints.wait_until_finished()
-      raise FloatingPointError(f"the loss or gradient norm became NaN or infinite between steps {checked_step} and "
-                               f"{done} (first at step {counts['first_nonfinite']}); the last good checkpoint is kept "
-                               f"in {checkpoints.directory} (train.skip_nonfinite=True skips such updates instead)")
-    checked_step = done
-    if log:
-      seconds = time.time() - last_log_time
-      rate = tokens_per_step * (done - last_log_step) / seconds
-      writer.write(done, {**{k: v.item() for k, v in step_metrics.items()}, "skipped": int(counts["skipped"]),
-                          "tokens_per_s": rate,
-                          **hardware.mfu(rate / tokens_per_step * flops_per_step, jax.devices()[0], config.model.dtype,
-                                         jax.device_count()),
-                          "examples_seen": int(state.examples_seen), **stats.counts()})
-      last_log_time, last_log_step = time.time(), done
-      tally = fresh_tally()
-    if stop:
-      checkpoint.save(checkpoints, done, state, batch_data_state, config.data.shards)
-      checkpoints.wait_until_finished()
-      logging.warning("preempted: saved step %d, exiting", done)
-      return
-    if save:
-      checkpoint.save(checkpoints, done, state, batch_data_state, config.data.shards)
-    run_evaluators(due, state, done, writer)
-  checkpoints.wait_until_finished()
+    checked_step = int(state.step)
+    last_log_time, last_log_step = time.time(), checked_step
+    tally = fresh_tally()
+    batch, data_state = next(batches)
+    for step in range(int(state.step), config.train.steps):
+      done = step + 1
+      state, step_metrics = step_fn(state, batch)
+      tally = _tally(tally, step_metrics, state.step)
+      batch_data_state = data_state
+      if done < config.train.steps:
+        batch, data_state = next(batches)  # while the step runs
+      log = done % config.train.log_every == 0 or done == config.train.steps
+      save = done % config.train.checkpoint_every == 0 or done == config.train.steps
+      due = [e for e in evaluators if e.due(done, config.train.steps)]
+      stop = preempted(done)
+      if not (log or save or due or stop):
+        continue
+      # A host sync point: nothing is saved, logged or evaluated past a non-finite step.
+      step_metrics, counts = jax.device_get((step_metrics, tally))
+      if counts["first_nonfinite"] and not config.train.skip_nonfinite:
+        checkpoints.wait_until_finished()
+        raise FloatingPointError(f"the loss or gradient norm became NaN or infinite between steps {checked_step} and "
+                                 f"{done} (first at step {counts['first_nonfinite']}); the last good checkpoint is kept "
+                                 f"in {checkpoints.directory} (train.skip_nonfinite=True skips such updates instead)")
+      checked_step = done
+      if log:
+        seconds = time.time() - last_log_time
+        rate = tokens_per_step * (done - last_log_step) / seconds
+        writer.write(done, {**{k: v.item() for k, v in step_metrics.items()}, "skipped": int(counts["skipped"]),
+                            "tokens_per_s": rate,
+                            **hardware.mfu(rate / tokens_per_step * flops_per_step, jax.devices()[0], config.model.dtype,
+                                           jax.device_count()),
+                            "examples_seen": int(state.examples_seen), **stats.counts()})
+        last_log_time, last_log_step = time.time(), done
+        tally = fresh_tally()
+      if stop:
+        checkpoint.save(checkpoints, done, state, batch_data_state, config.data.shards)
+        checkpoints.wait_until_finished()
+        logging.warning("preempted: saved step %d, exiting", done)
+        return
+      if save:
+        checkpoint.save(checkpoints, done, state, batch_data_state, config.data.shards)
+      run_evaluators(due, state, done, writer)
+    checkpoints.wait_until_finished()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 
 import jax
 import numpy as np
@@ -199,7 +200,8 @@ def test_the_logged_learning_rate_is_the_applied_one_after_a_skipped_update():
 @pytest.mark.slow
 def test_train_and_evaluate_in_process_writes_checkpoint_metrics_and_evaluators_at_their_cadence(tmp_path):
   """The whole job from Python, as `python -m flan_jax.train` runs it, with two evaluators at
-  different cadences, and a rerun that has nothing left to do; the caller's config is left as it was."""
+  different cadences, and a rerun that has nothing left to do; the caller's config and SIGTERM
+  handler are left as they were."""
   config = load_config("tiny")
   config.train.update(steps=4, log_every=2, checkpoint_every=2)
   config.data.update(seq_len=128, batch_size=8)
@@ -207,9 +209,10 @@ def test_train_and_evaluate_in_process_writes_checkpoint_metrics_and_evaluators_
   config.model.update(d_model=64, num_layers=2, mlp_dim=128)
   config.evals.held_out.update(every_steps=2, max_examples=4, max_templates=1)
   config.evals.seen.update(max_examples=2, max_templates=1)
-  before = config.to_json(sort_keys=True)
+  before, handler = config.to_json(sort_keys=True), signal.getsignal(signal.SIGTERM)
   train.train_and_evaluate(config, str(tmp_path))
   assert config.to_json(sort_keys=True) == before
+  assert signal.getsignal(signal.SIGTERM) is handler  # SIGTERM is the caller's again
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
   records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in records] == [2, 2, 4, 4] and "eval/seen" not in records[1]
