@@ -4,15 +4,18 @@ r"""Ask a trained or imported model something: one prompt, or a file of them.
   python -m flan_jax.generate --checkpoint CKPT --raw --prompt "The capital of France is" --max_new_tokens 16
   python -m flan_jax.generate --checkpoint CKPT --prompts held_out.jsonl --out answers.jsonl
       [--step N] [--max_new_tokens 64] [--temperature 0] [--top_k 0] [--top_p 1] [--batch_size 8]
+      [--stop "\n\n###" --stop "Q:"]
 
 The prompt is rendered as a user turn in the run's instruction format
 (data.template.format), or for an imported checkpoint (flan_jax.convert) in its
 own chat template (its family's format if it ships none); with --raw it is
 completed as plain text, with the BOS/EOS its tokenizer adds. Decoding is greedy
-unless --temperature is set, with the KV cache, and stops at the tokenizer's stop ids.
+unless --temperature is set, with the KV cache, and stops at the tokenizer's stop ids;
+an answer ends before the first --stop string in it (a raw continuation or a template
+format ends where the next example would begin).
 
---prompts reads JSONL rows with a "prompt" (other fields, such as "category", are
-kept) and --out writes each row with this model's "answer": the form flan_jax.judge
+--prompts reads JSONL rows with a "prompt" and optionally their own "stop" strings,
+which add to --stop (other fields, such as "category", are kept) and --out writes each row with this model's "answer": the form flan_jax.judge
 compares, so another model's answers file can serve as the prompts.
 """
 
@@ -35,7 +38,8 @@ def main(argv):
                   top_k=flag.top_k, top_p=flag.top_p, rng=jax.random.key(flag.seed))
   if flag.prompts:
     rows = inference.read_prompts(flag.prompts)
-    answers = inference.answer(loaded, [[("user", r["prompt"])] for r in rows], **sampling)
+    stops = [[*flag.stop, *r.get("stop", ())] for r in rows]
+    answers = inference.answer(loaded, [[("user", r["prompt"])] for r in rows], stops=stops, **sampling)
     if jax.process_index():
       return
     out = epath.Path(flag.out)
@@ -44,9 +48,10 @@ def main(argv):
     print(f"[step {loaded.step}] {len(rows)} answers -> {out}")
     return
   if flag.raw:
-    [text], _ = inference.continue_texts(loaded, [loaded.tokenizer.encode_text(flag.prompt)], **sampling)
+    [text], _ = inference.continue_texts(loaded, [loaded.tokenizer.encode_text(flag.prompt)],
+                                         stops=[flag.stop], **sampling)
   else:
-    [text] = inference.answer(loaded, [[("user", flag.prompt)]], **sampling)
+    [text] = inference.answer(loaded, [[("user", flag.prompt)]], stops=[flag.stop], **sampling)
   if not jax.process_index():
     print(f"[step {loaded.step}] {text}")
 
@@ -56,6 +61,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("prompt", None, "The instruction (and input) to answer, or with --raw the text to continue.")
   flags.DEFINE_string("prompts", None, "A JSONL file of {\"prompt\", ...} rows to answer (with --out).")
   flags.DEFINE_string("out", None, "Where --prompts' rows go, each with its \"answer\".")
+  flags.DEFINE_multi_string("stop", [], "A string an answer ends before (repeatable).")
   flags.DEFINE_bool("raw", False, "Continue the prompt as plain text, without the instruction format.")
   flags.DEFINE_integer("max_new_tokens", 64, "Most tokens to generate.")
   flags.DEFINE_integer("batch_size", 8, "Prompts decoded together (--prompts).")

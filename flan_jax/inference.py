@@ -54,23 +54,34 @@ def load(*, workdir: str = "", checkpoint_dir: str = "", step: int | None = None
 
 
 def answer(loaded: LoadedModel, conversations, *, max_new_tokens: int, batch_size: int = 8, temperature: float = 0.0,
-           top_k: int = 0, top_p: float = 1.0, rng=None) -> list[str]:
+           top_k: int = 0, top_p: float = 1.0, rng=None, stops=None) -> list[str]:
   """Each conversation ([(role, text)], awaiting the assistant) answered in the model's format."""
   prompts = [loaded.tokenizer.generation_prompt(c, loaded.fmt) for c in conversations]
   return continue_texts(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                        temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)[0]
+                        temperature=temperature, top_k=top_k, top_p=top_p, rng=rng, stops=stops)[0]
 
 
 def continue_texts(loaded: LoadedModel, prompts, *, max_new_tokens: int, batch_size: int = 8,
-                   temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=None):
+                   temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=None, stops=None):
   """(texts, cut short) for token-id prompts: each continuation's text (stripped), and whether it
-  reached max_new_tokens without a stop id."""
+  reached max_new_tokens without a stop id or stop string. `stops`: per prompt, the strings its
+  text ends before (the first found)."""
   outputs = decode.generate(loaded.params, loaded.model, prompts, max_new_tokens=max_new_tokens,
                             stop_ids=loaded.tokenizer.stop_ids, pad_id=loaded.tokenizer.pad_id,
                             temperature=temperature, top_k=top_k, top_p=top_p, rng=rng,
                             bucket=scoring.LENGTH_BUCKET, batch_size=min(batch_size, len(prompts)))
-  return ([loaded.tokenizer.decode(o.tolist()).strip() for o in outputs],
-          [len(o) == max_new_tokens for o in outputs])
+  texts, cut = [], []
+  for output, row_stops in zip(outputs, stops or [()] * len(prompts), strict=True):
+    text, stopped = cut_at_stop(loaded.tokenizer.decode(output.tolist()), row_stops)
+    texts.append(text.strip())
+    cut.append(len(output) == max_new_tokens and not stopped)
+  return texts, cut
+
+
+def cut_at_stop(text: str, stops) -> tuple[str, bool]:
+  """(`text` before the earliest occurrence of any of `stops`, whether one occurred)."""
+  ends = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+  return (text[:min(ends)], True) if ends else (text, False)
 
 
 def choose(loaded: LoadedModel, prompts, labels, *, batch_size: int = 8) -> np.ndarray:
@@ -78,14 +89,21 @@ def choose(loaded: LoadedModel, prompts, labels, *, batch_size: int = 8) -> np.n
   token-id prompt (a label of several tokens: their sum)."""
   label_ids = [np.asarray(loaded.tokenizer.encode(label)) for label in labels]
   requests = [(prompt, [(ids, np.ones(len(ids))) for ids in label_ids]) for prompt in prompts]
+  scores, _ = score(loaded, requests, batch_size=batch_size,
+                    seq_len=max(len(p) for p in prompts) + max(map(len, label_ids)))
+  return np.stack(scores)
+
+
+def score(loaded: LoadedModel, requests, *, batch_size: int, seq_len: int):
+  """scoring.score_continuations on the loaded model, in batches of `batch_size` rounded up to whole
+  rows per device: per request of (prompt ids, [(continuation ids, weights)]), each continuation's
+  log-likelihood and whether each of its tokens is the most likely one."""
   mesh = loaded.mesh
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   with sharding.context(mesh, sharding.rules("fsdp")):
-    scores = scoring.score_continuations(loaded.params, loaded.model, requests,
-                                          batch_size=-(-batch_size // shards) * shards,  # whole rows per device
-                                          seq_len=max(len(p) for p in prompts) + max(map(len, label_ids)),
-                                          chunk_len=SCORE_CHUNK_LEN, mesh=mesh)
-  return np.stack(scores)
+    return scoring.score_continuations(loaded.params, loaded.model, requests,
+                                       batch_size=-(-batch_size // shards) * shards, seq_len=seq_len,
+                                       chunk_len=SCORE_CHUNK_LEN, mesh=mesh)
 
 
 def read_jsonl(path) -> list[tuple[dict, str]]:
@@ -107,11 +125,15 @@ def read_jsonl(path) -> list[tuple[dict, str]]:
 
 
 def read_prompts(path: str) -> list[dict]:
-  """JSONL rows, each with a non-empty string "prompt"; errors name the file and line."""
+  """JSONL rows, each with a non-empty string "prompt" (and if it has "stop", a list of strings);
+  errors name the file and line."""
   rows = []
   for row, where in read_jsonl(path):
     if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
       raise ValueError(f"{where}: expected an object with a non-empty string \"prompt\"")
+    stop = row.get("stop", [])
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+      raise ValueError(f"{where}: \"stop\" must be a list of strings")
     rows.append(row)
   if not rows:
     raise ValueError(f"{path}: no prompts")

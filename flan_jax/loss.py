@@ -162,12 +162,15 @@ def _from_chunks(x, length: int):
 
 
 def token_nll(hidden, unembedding, targets, *, chunk_len: int, dtype: str):
-  """Per-token negative log-likelihood [b, l] of `targets`, logits built one chunk at a time (for scoring)."""
+  """(per-token negative log-likelihood [b, l] of `targets`, whether each target is the argmax
+  [b, l]), logits built one chunk at a time (for scoring)."""
   def step(_, xs):
     h, t = xs
-    return None, _token_losses(matmul("bcd,dv->bcv", h, unembedding, dtype), t, 0.0, 0.0)[1]
-  _, nll = jax.lax.scan(step, None, (_to_chunks(hidden, chunk_len), _to_chunks(targets, chunk_len)))
-  return _from_chunks(nll, hidden.shape[1])
+    logits = matmul("bcd,dv->bcv", h, unembedding, dtype)
+    greedy = _target_logit(logits, t) >= jnp.max(logits, axis=-1)
+    return None, (_token_losses(logits, t, 0.0, 0.0)[1], greedy)
+  _, (nll, greedy) = jax.lax.scan(step, None, (_to_chunks(hidden, chunk_len), _to_chunks(targets, chunk_len)))
+  return _from_chunks(nll, hidden.shape[1]), _from_chunks(greedy, hidden.shape[1])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))

@@ -20,7 +20,8 @@ def score_continuations(params, model: Decoder, requests, *, batch_size: int, se
   """Log-likelihoods of continuations given their prompt, each prompt run through the model once.
 
   `requests` are (prompt ids, [(continuation ids, loss weights), ...]), prompts of one token or more;
-  the result has, per request, each continuation's sum of weighted token log-probabilities. A prompt
+  the result is (scores, greedy): per request, each continuation's sum of weighted token
+  log-probabilities, and whether each of its weighted tokens is the most likely one. A prompt
   is cut from the left so that it and its longest continuation fit in seq_len + 1 tokens.
 
   A request becomes one unit: all of its prompt but the last token (segment s), then each
@@ -49,6 +50,7 @@ def score_continuations(params, model: Decoder, requests, *, batch_size: int, se
   scored = [sum(lengths[i] - len(units[i][0]) for i in members) for members in rows]
   scored_len = -(-max(scored) // 16) * 16  # a few tokens of options a row: a finer bucket
   scores = [np.zeros(len(continuations)) for _, continuations in requests]
+  greedy = [np.ones(len(continuations), bool) for _, continuations in requests]
   for start in range(0, len(rows), batch_size):
     batch = {k: np.zeros((batch_size, row_len), np.int32)
              for k in ("inputs", "positions", "segment_ids", "context_ids")}
@@ -77,11 +79,12 @@ def score_continuations(params, model: Decoder, requests, *, batch_size: int, se
         segment += len(continuations)
     batch = {k: jax.make_array_from_callback(v.shape, sharding.batch_sharding(mesh), lambda index, v=v: v[index])
              for k, v in batch.items()}  # every process builds the same batch; its devices get their rows
-    token_scores = multihost_utils.process_allgather(token_log_likelihoods(params, batch, model=model,
-                                                                            chunk_len=chunk_len), tiled=True)
+    token_scores, token_greedy = multihost_utils.process_allgather(
+        token_log_likelihoods(params, batch, model=model, chunk_len=chunk_len), tiled=True)
     for i, j, row, begin, end in spans:
       scores[i][j] = token_scores[row, begin:end].sum()
-  return scores
+      greedy[i][j] = token_greedy[row, begin:end].all()
+  return scores, greedy
 
 
 def _first_fit_decreasing(lengths, capacity: int) -> list[list[int]]:
@@ -100,11 +103,13 @@ def _first_fit_decreasing(lengths, capacity: int) -> list[list[int]]:
 
 @functools.partial(jax.jit, static_argnames=("model", "chunk_len"))
 def token_log_likelihoods(params, batch, *, model: Decoder, chunk_len: int):
-  """[b, k]: the log-probability of each target token, times its loss weight, after the hidden state at
-  its `scored_columns` [b, k] of the [b, l] rows."""
+  """([b, k], [b, k]): the log-probability of each target token, times its loss weight, after the
+  hidden state at its `scored_columns` [b, k] of the [b, l] rows; and whether the target is the
+  most likely token there (True where its weight is 0)."""
   hidden = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"],
                        context_ids=batch["context_ids"])
   hidden = jnp.take_along_axis(hidden, batch["scored_columns"][:, :, None], axis=1)
   unembedding = model.apply({"params": params}, method=Decoder.unembedding)
-  nll = losses.token_nll(hidden, unembedding, batch["targets"], chunk_len=chunk_len, dtype=model.cfg.dtype)
-  return -nll * batch["loss_weights"]
+  nll, greedy = losses.token_nll(hidden, unembedding, batch["targets"], chunk_len=chunk_len,
+                                 dtype=model.cfg.dtype)
+  return -nll * batch["loss_weights"], greedy | (batch["loss_weights"] == 0)

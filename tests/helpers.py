@@ -11,6 +11,7 @@ import shutil
 import socket
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 
 from flan_jax import sharding
@@ -256,15 +257,20 @@ def one_device_mesh():
   return sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
 
 
-def brute_force_log_likelihood(model, params, tokens, weights):
-  """One full forward pass over one sequence, full log-softmax, summed over the weighted tokens."""
+def brute_force_log_likelihood(model, params, tokens, weights, *, greedy: bool = False):
+  """One full forward pass over one sequence, full log-softmax, summed over the weighted tokens;
+  with `greedy`, also whether every weighted target is the argmax."""
   f = packing.example_features(tokens, weights)
   inputs = jnp.asarray(f["inputs"])[None]
   hidden = model.apply({"params": params}, inputs,
                        jnp.arange(inputs.shape[1])[None], jnp.ones_like(inputs))
   log_probs = jax.nn.log_softmax(
       hidden[0] @ model.apply({"params": params}, method=Decoder.unembedding))
-  return float(jnp.sum(log_probs[jnp.arange(len(f["targets"])), f["targets"]] * f["loss_weights"]))
+  total = float(jnp.sum(log_probs[jnp.arange(len(f["targets"])), f["targets"]] * f["loss_weights"]))
+  if not greedy:
+    return total
+  argmax = np.asarray(jnp.argmax(log_probs, axis=-1))
+  return total, bool(np.all((argmax == f["targets"]) | (f["loss_weights"] == 0)))
 
 
 # Made-up words for texts near-duplicate detection must tell apart.
@@ -303,3 +309,31 @@ def request(port, method, path, body=None, headers=None):
   connection.close()
   return response.status, (json.loads(payload) if response.getheader(
       "Content-Type", "").startswith("application/json") else payload.decode())
+
+
+def write_harness_tasks(directory) -> str:
+  """lm-evaluation-harness task files over one local JSONL of 12 rows, in `directory`: tiny_mc
+  (multiple choice: acc, acc_norm), tiny_gen (greedy generation to a newline or full stop) and
+  tiny_rolling (loglikelihood_rolling over 40-word texts). Returns the directory."""
+  rng = np.random.default_rng(0)
+  words = "cat dog mat sun moon red blue tree house river apple stone".split()
+  rows = [{"question": " ".join(rng.choice(words, 5)),
+           "choices": [" ".join(rng.choice(words, rng.integers(1, 4))) for _ in range(3)],
+           "answer": i % 3, "text": " ".join(rng.choice(words, 40))} for i in range(12)]
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {directory / 'rows.jsonl'}\n"
+            "test_split: test\n")
+  (directory / "mc.yaml").write_text(
+      f"task: tiny_mc\n{common}output_type: multiple_choice\n"
+      "doc_to_text: \"Question: {{question}}\\nAnswer:\"\ndoc_to_choice: \"{{choices}}\"\n"
+      "doc_to_target: \"{{answer}}\"\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+  (directory / "gen.yaml").write_text(
+      f"task: tiny_gen\n{common}output_type: generate_until\n"
+      "doc_to_text: \"Question: {{question}}\\nAnswer:\"\ndoc_to_target: \"{{choices[answer]}}\"\n"
+      "generation_kwargs:\n  until: [\"\\n\", \".\"]\n  max_gen_toks: 12\n"
+      "metric_list:\n  - metric: exact_match\n")
+  (directory / "rolling.yaml").write_text(
+      f"task: tiny_rolling\n{common}output_type: loglikelihood_rolling\n"
+      "doc_to_text: \"\"\ndoc_to_target: \"{{text}}\"\nmetric_list:\n  - metric: bits_per_byte\n")
+  return str(directory)

@@ -29,14 +29,22 @@ def reference_answer(model, reference, prompt, max_new_tokens):
 
 
 def test_prompts_file_is_answered_as_transformers_answers(chat_checkpoint, tmp_path):
+  """The last row has its own stop string, taken from the middle of transformers' answer, and
+  --stop gives every row one that never occurs: that answer ends right before its stop string."""
   checkpoint_dir, model, reference = chat_checkpoint
-  (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p, "category": "c"}) + "\n" for p in PROMPTS))
+  expected = [reference_answer(model, reference, p, 8) for p in PROMPTS]
+  stop = expected[-1][len(expected[-1]) // 2:][:3]
+  expected[-1] = expected[-1][:expected[-1].find(stop)].strip()
+  rows = [{"prompt": p, "category": "c"} for p in PROMPTS]
+  rows[-1]["stop"] = [stop]
+  (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   subprocess.run([sys.executable, "-m", "flan_jax.generate", f"--checkpoint={checkpoint_dir}",
                   f"--prompts={tmp_path / 'prompts.jsonl'}", f"--out={tmp_path / 'answers.jsonl'}",
-                  "--max_new_tokens=8", "--batch_size=2"], cwd=ROOT, check=True, capture_output=True, timeout=600)
+                  "--max_new_tokens=8", "--batch_size=2", "--stop=never in any answer"], cwd=ROOT, check=True,
+                 capture_output=True, timeout=600)
   rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
   assert [(r["prompt"], r["category"], r["model"]) for r in rows] == [(p, "c", checkpoint_dir) for p in PROMPTS]
-  assert [r["answer"] for r in rows] == [reference_answer(model, reference, p, 8) for p in PROMPTS]
+  assert [r["answer"] for r in rows] == expected
 
 
 def test_bad_prompts_files_name_the_line(tmp_path):
@@ -47,6 +55,14 @@ def test_bad_prompts_files_name_the_line(tmp_path):
     assert "p.jsonl:2:" in str(e)
   else:
     raise AssertionError("a row without a prompt was accepted")
+  (tmp_path / "p.jsonl").write_text('{"prompt": "ok", "stop": "###"}\n')
+  with pytest.raises(ValueError, match=r"p.jsonl:1: \"stop\" must be a list of strings"):
+    inference.read_prompts(str(tmp_path / "p.jsonl"))
+
+
+def test_continuations_end_before_their_first_stop_string():
+  assert inference.cut_at_stop("Answer: 4\n\n### Next\nQ:", ["Q:", "\n\n###"]) == ("Answer: 4", True)
+  assert inference.cut_at_stop("Answer: 4", ["Q:", ""]) == ("Answer: 4", False)
 
 
 def test_choose_gives_label_log_probabilities_as_transformers(chat_checkpoint):

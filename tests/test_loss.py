@@ -62,10 +62,13 @@ def test_token_weight_normalizations():
 
 def test_token_nll_matches_the_full_log_softmax():
   hidden, unembed, targets, _ = _inputs()
-  nll = loss.token_nll(hidden, unembed, targets, chunk_len=5, dtype="float32")
+  targets = targets.at[0, :3].set(jnp.argmax(hidden[0, :3] @ unembed, axis=-1))  # some targets greedy
+  nll, greedy = loss.token_nll(hidden, unembed, targets, chunk_len=5, dtype="float32")
   log_probs = jax.nn.log_softmax(hidden @ unembed, axis=-1)
   expected = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
   np.testing.assert_allclose(nll, expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(greedy, jnp.argmax(log_probs, axis=-1) == targets)
+  assert greedy[0, :3].all() and not greedy.all()
 
 
 def _fsdp_mesh():

@@ -109,7 +109,7 @@ def test_chat_template_loss_weights_and_tokens_match_transformers(family, tmp_pa
   messages = [{"role": role, "content": text} for role, text in CONVERSATION]
   assert tokens.tolist() == reference.apply_chat_template(messages, return_dict=True)["input_ids"]
   end = FAMILY_TOKENS[family][2]
-  trained = tokenizer._decode([int(t) for t, w in zip(tokens, weights) if w])
+  trained = tokenizer.raw_decode([int(t) for t, w in zip(tokens, weights) if w])
   answers = ["Yes.", " The dog sat on the mat. "]
   if family in ("llama3", "gemma"):  # their templates trim the content
     answers = [a.strip() for a in answers]

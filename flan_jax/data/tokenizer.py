@@ -57,12 +57,14 @@ class Tokenizer:
     """Text -> ids, no special tokens added (special tokens written as text become their ids)."""
     raise NotImplementedError
 
-  def _decode(self, ids: list[int]) -> str:
+  def raw_decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    """Ids -> text as transformers' `tokenizer.decode` writes it (special tokens as text, or left out)."""
     raise NotImplementedError
 
   def decode(self, ids: Sequence[int]) -> str:
+    """Ids -> text, less padding, BOS, EOS and stop ids (other special tokens are written out)."""
     special = {self.pad_id, self.eos_id, self.bos_id, *self.stop_ids}
-    return self._decode([int(i) for i in ids if int(i) not in special])
+    return self.raw_decode([int(i) for i in ids if int(i) not in special])
 
   def encode_text(self, text: str) -> list[int]:
     """Text as the model's own tokenizer encodes it by default (prefix and suffix added): a raw prompt."""
@@ -105,8 +107,8 @@ class SentencePieceTokenizer(Tokenizer):
   def encode(self, text: str) -> list[int]:
     return self.backend.encode(text)
 
-  def _decode(self, ids: list[int]) -> str:
-    return self.backend.decode(ids)
+  def raw_decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    return self.backend.decode(list(ids))  # control pieces never decode to text
 
 
 class HuggingFaceTokenizer(Tokenizer):
@@ -119,8 +121,8 @@ class HuggingFaceTokenizer(Tokenizer):
   def encode(self, text: str) -> list[int]:
     return self.backend.encode(text, add_special_tokens=False).ids
 
-  def _decode(self, ids: list[int]) -> str:
-    return self.backend.decode(ids, skip_special_tokens=False)
+  def raw_decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
 
 def load(path: str, *, pad_id: int = -1, eos_id: int = -1, bos_id: int = -1) -> Tokenizer:

@@ -100,8 +100,9 @@ def rank_classification(params, model, tokenizer, items, config, settings, mesh)
       split = _shared_prompt_length(encoded)
       requests.append((encoded[0][0][:split], [(tokens[split:], weights[split:]) for tokens, weights in encoded]))
       counts.append(np.asarray([weights.sum() for _, weights in encoded]))
-  scores = scoring.score_continuations(params, model, requests, batch_size=settings.batch_size,
-                               seq_len=config.data.seq_len, chunk_len=config.loss.chunk_len, mesh=mesh)
+  scores, _ = scoring.score_continuations(params, model, requests, batch_size=settings.batch_size,
+                                          seq_len=config.data.seq_len, chunk_len=config.loss.chunk_len,
+                                          mesh=mesh)
   if settings.length_normalize:
     scores = [s / np.maximum(c, 1) for s, c in zip(scores, counts)]
   predictions = iter(o[int(np.argmax(s))] for o, s in zip(options, scores))
