@@ -93,7 +93,7 @@ def test_harness_command_and_lm_eval_hf_agree(tmp_path, task_dir):
       f"pretrained={tmp_path / 'hf'},dtype=float32", "--device", "cpu", *common, "--output_path",
       str(tmp_path / "hf_results")
   ], cwd=ROOT, check=True, capture_output=True, timeout=600, env={
-      **__import__("os").environ, "HF_HUB_OFFLINE": "1",
+      **os.environ, "HF_HUB_OFFLINE": "1",
       "HF_DATASETS_OFFLINE": "1"
   })
   read = lambda d: json.loads(next(pathlib.Path(d).rglob("results_*.json")).read_text())["results"][
