@@ -4,6 +4,7 @@ import dataclasses
 
 import ml_collections
 
+from flan_jax.evaluators import ifeval as ifeval_lib
 from flan_jax.evaluators import pairwise as pairwise_lib
 from flan_jax.evaluators import zero_shot as zero_shot_lib
 
@@ -22,6 +23,14 @@ def pairwise(prompts: str, judge: str, *, every_steps: int = 0, at_start: bool =
   starting model's). Its cadence and every key of pairwise.Settings."""
   keys = dataclasses.asdict(pairwise_lib.Settings(prompts=prompts, judge=judge, **settings))
   return ml_collections.ConfigDict(dict(type="pairwise", every_steps=every_steps, at_start=at_start, **keys))
+
+
+def ifeval(prompts: str, *, every_steps: int = 0, at_start: bool = True, **settings):
+  """A config.evals entry of IFEval (flan_jax/evaluators/ifeval.py) on an IFEval-form JSONL file,
+  by default on the starting model and after the last step. Its cadence and every key of
+  ifeval.Settings."""
+  keys = dataclasses.asdict(ifeval_lib.Settings(prompts=prompts, **settings))
+  return ml_collections.ConfigDict(dict(type="ifeval", every_steps=every_steps, at_start=at_start, **keys))
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:

@@ -71,6 +71,8 @@ def get_config(arg: str | None = None):
   data.tokenizer.pad_id = -1  # -1: the model's own id
   data.tokenizer.eos_id = -1
   data.tokenizer.bos_id = -1
+  # The day chat templates' strftime_now renders (Llama 3.x's system line), fixed: not the clock's.
+  data.tokenizer.chat_template_date = templates.CHAT_TEMPLATE_DATE
 
   config.model = presets.get("tiny", vocab_size=data.tokenizer.get_ref("vocab_size"))
 

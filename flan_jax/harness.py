@@ -37,4 +37,6 @@ if __name__ == "__main__":
   flags.DEFINE_float("limit", None, "At most this many examples per task (a fraction if below 1).")
   flags.DEFINE_bool("apply_chat_template", False, "Render prompts with the model's chat template.")
   flags.DEFINE_integer("batch_size", 8, "Rows scored or decoded at once.")
+  flags.DEFINE_integer("max_length", None, "Tokens of context (default: an imported model's context "
+                       "length, else 2048), as the hf backend's max_length.")
   app.run(main)

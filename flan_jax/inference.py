@@ -78,6 +78,20 @@ def continue_texts(loaded: LoadedModel, prompts, *, max_new_tokens: int, batch_s
   return texts, cut
 
 
+def evaluated_continuations(loaded: LoadedModel, prompts, *, max_new_tokens: int, batch_size: int = 8,
+                            temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=None,
+                            stops=None) -> list[str]:
+  """Continuations of token-id prompts as evaluation harnesses read them: decoded as transformers
+  decodes with skip_special_tokens (whitespace kept), each cut before its first stop string
+  (`stops`: per prompt)."""
+  outputs = decode.generate(loaded.params, loaded.model, prompts, max_new_tokens=max_new_tokens,
+                            stop_ids=loaded.tokenizer.stop_ids, pad_id=loaded.tokenizer.pad_id,
+                            temperature=temperature, top_k=top_k, top_p=top_p, rng=rng,
+                            bucket=scoring.LENGTH_BUCKET, batch_size=min(batch_size, len(prompts)))
+  return [cut_at_stop(loaded.tokenizer.raw_decode(output.tolist(), skip_special_tokens=True), row_stops)[0]
+          for output, row_stops in zip(outputs, stops or [()] * len(prompts), strict=True)]
+
+
 def cut_at_stop(text: str, stops) -> tuple[str, bool]:
   """(`text` before the earliest occurrence of any of `stops`, whether one occurred)."""
   ends = [i for i in (text.find(s) for s in stops if s) if i >= 0]

@@ -34,7 +34,8 @@ from lm_eval.api import registry  # noqa: E402
 from lm_eval import utils as harness_utils  # noqa: E402
 from lm_eval.models import utils as model_utils  # noqa: E402
 
-from flan_jax import decode, inference, scoring  # noqa: E402
+from flan_jax import inference  # noqa: E402
+from flan_jax.evaluators import ifeval  # noqa: E402
 from flan_jax.data import templates  # noqa: E402
 
 DEFAULT_MAX_LENGTH = 2048  # the hf backend's, for a model whose config names no context length
@@ -144,15 +145,12 @@ class FlanJaxLM(lm_model.TemplateLM):
       prompts = [
           self.tok_encode(requests[i].args[0])[-(self.max_length - max_gen_toks):] for i in members
       ]
-      outputs = decode.generate(self.loaded.params, self.loaded.model, prompts,
-                                max_new_tokens=max_gen_toks, stop_ids=tokenizer.stop_ids,
-                                pad_id=tokenizer.pad_id, temperature=temperature, top_k=int(
-                                    arguments.get("top_k") or 0), top_p=float(
-                                        arguments.get("top_p", 1.0)), bucket=scoring.LENGTH_BUCKET,
-                                batch_size=min(self.batch_size, len(prompts)))
-      for i, output in zip(members, outputs):
-        out[i] = inference.cut_at_stop(
-            tokenizer.raw_decode(output.tolist(), skip_special_tokens=True), until)[0]
+      texts = inference.evaluated_continuations(
+          self.loaded, prompts, max_new_tokens=max_gen_toks, batch_size=self.batch_size,
+          temperature=temperature, top_k=int(arguments.get("top_k") or 0),
+          top_p=float(arguments.get("top_p", 1.0)), stops=[until] * len(prompts))
+      for i, text in zip(members, texts):
+        out[i] = text
     return out
 
   def chat_template(self, chat_template: bool | str = False) -> str | None:
@@ -196,9 +194,11 @@ def _context_length(model_path: str) -> int:
 
 def evaluate(loaded: inference.LoadedModel, *, tasks: list[str], output_path: str,
              include_path: str = "", num_fewshot: int | None = None, limit: float | None = None,
-             apply_chat_template: bool = False, batch_size: int = 8) -> dict:
+             apply_chat_template: bool = False, batch_size: int = 8,
+             max_length: int | None = None) -> dict:
   """Runs harness tasks on a loaded model; process 0 writes the harness's results JSON and each
   task's samples (JSONL) under `output_path`, as `lm_eval --output_path` does. Returns the results.
+  `max_length`: tokens of context (FlanJaxLM's default if None).
 
   An unknown task, or any task file under `include_path` that does not parse, is an error naming
   it."""
@@ -207,13 +207,14 @@ def evaluate(loaded: inference.LoadedModel, *, tasks: list[str], output_path: st
 
   if include_path:
     _check_task_files(include_path)
+  ifeval.install_punkt_tab()  # before any IFEval task module loads (it would download it)
   manager = harness_tasks.TaskManager(include_path=include_path or None)
   unknown = [t for t in tasks if t not in manager.all_tasks]
   if unknown:
     raise ValueError(f"unknown task(s) {unknown}: neither the harness's nor under --include_path "
                      f"{include_path or '(none given)'}")
   tracker = EvaluationTracker(output_path=output_path)
-  lm = FlanJaxLM(loaded=loaded, batch_size=batch_size)
+  lm = FlanJaxLM(loaded=loaded, batch_size=batch_size, max_length=max_length)
   results = lm_eval.simple_evaluate(model=lm, model_args=f"pretrained={loaded.path}", tasks=tasks,
                                     num_fewshot=num_fewshot, limit=limit,
                                     apply_chat_template=apply_chat_template, task_manager=manager,

@@ -1,6 +1,9 @@
+import datetime
+import json
+
 import pytest
 
-from flan_jax.data import templates
+from flan_jax.data import templates, vocab
 from flan_jax.data.templates import EOS, Template
 from tests.helpers import FAMILY_CHAT_TEMPLATES, FAMILY_TOKENS, family_tokenizer
 
@@ -153,3 +156,38 @@ def test_template_styles_keep_instructions_or_only_the_inputs():
   assert render(bare) == ("A dog runs.\nAn animal moves.\n\nOPTIONS:\n- yes\n- no", "yes")
   with pytest.raises(ValueError, match="data.template.style='names': choose from instructions, task_name, none"):
     templates.styled(task_templates, "names", "t")
+
+
+def test_chat_templates_render_the_configured_date_not_the_clocks(tmp_path, monkeypatch, tiny_config):
+  """Llama 3.x's template writes strftime_now's date into every conversation: the tokenizer a run
+  loads renders data.tokenizer.chat_template_date, the same on any day."""
+  family_tokenizer(tmp_path, "llama3")
+  config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+  config["chat_template"] = ("{{ bos_token }}<|start_header_id|>system<|end_header_id|>\n\nToday Date: "
+                             "{{ strftime_now('%d %b %Y') }}<|eot_id|>{% for m in messages %}"
+                             "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}"
+                             "<|eot_id|>{% endfor %}")
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+  data = tiny_config.data
+  with data.unlocked():
+    data.tokenizer.model = str(tmp_path)
+
+  def render_on(day):
+    class Clock(datetime.datetime):
+      @classmethod
+      def now(cls, tz=None):
+        return cls(day.year, day.month, day.day)
+    monkeypatch.setattr(datetime, "datetime", Clock)
+    tokenizer = vocab.get_tokenizer(data, str(tmp_path / "unused"))
+    monkeypatch.undo()
+    return tokenizer.chat_template.generation_prompt([("user", "Hi")])
+
+  first, second = render_on(datetime.date(2025, 3, 1)), render_on(datetime.date(2027, 9, 30))
+  assert first == second and "Today Date: 01 Jan 2026" in first
+  with data.unlocked():
+    data.tokenizer.chat_template_date = "2024-07-26"
+  assert "Today Date: 26 Jul 2024" in render_on(datetime.date(2025, 3, 1))
+  with data.unlocked():
+    data.tokenizer.chat_template_date = "26/07/2024"
+  with pytest.raises(ValueError, match="data.tokenizer.chat_template_date='26/07/2024': expected YYYY-MM-DD"):
+    render_on(datetime.date(2025, 3, 1))

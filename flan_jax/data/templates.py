@@ -82,6 +82,9 @@ FORMATS = {
     },
 }
 CHAT_TEMPLATE = "chat_template"  # the format that renders with the tokenizer's own chat template
+# The day a chat template's strftime_now renders (Llama 3.x's "Today Date" system line), never the
+# clock's: the same examples train and evaluate on any day. data.tokenizer.chat_template_date.
+CHAT_TEMPLATE_DATE = "2026-01-01"
 # Markers a trained tokenizer keeps as single pieces.
 SPECIAL_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>")
 
@@ -239,7 +242,8 @@ def _raise_exception(message):
 class ChatTemplate:
   """A tokenizer's Jinja chat template, rendered as transformers' `apply_chat_template` renders it: a
   sandboxed environment with trim_blocks and lstrip_blocks, `raise_exception`, `strftime_now`, a
-  `tojson` filter, and the tokenizer's special tokens as variables (bos_token, eos_token, ...).
+  `tojson` filter, and the tokenizer's special tokens as variables (bos_token, eos_token, ...);
+  except that `strftime_now` formats `date` (YYYY-MM-DD), not today.
 
   `segments` cuts a rendered conversation into prompt text (weight 0) and each assistant turn's
   content with its end-of-turn token (weight 1): the text up to an assistant turn is the
@@ -248,8 +252,13 @@ class ChatTemplate:
   another (some drop earlier turns' reasoning) cannot be trained on and is an error.
   """
 
-  def __init__(self, source: str, special_tokens: dict[str, str], end_tokens: Sequence[str], where: str):
+  def __init__(self, source: str, special_tokens: dict[str, str], end_tokens: Sequence[str], where: str,
+               date: str = CHAT_TEMPLATE_DATE):
     self.source, self.where = source, where
+    try:
+      day = datetime.datetime.fromisoformat(date)
+    except (TypeError, ValueError):
+      raise ChatTemplateError(f"data.tokenizer.chat_template_date={date!r}: expected YYYY-MM-DD") from None
     self.variables = dict(special_tokens)
     self.end_tokens = tuple(t for t in end_tokens if t)  # special tokens that can end a turn
     env = sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
@@ -257,7 +266,7 @@ class ChatTemplate:
     env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False, sort_keys=False: json.dumps(
         x, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
     env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    env.globals["strftime_now"] = day.strftime
     try:
       self.template = env.from_string(source)
     except jinja2.exceptions.TemplateError as e:

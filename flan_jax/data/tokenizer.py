@@ -125,7 +125,8 @@ class HuggingFaceTokenizer(Tokenizer):
     return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
 
-def load(path: str, *, pad_id: int = -1, eos_id: int = -1, bos_id: int = -1) -> Tokenizer:
+def load(path: str, *, pad_id: int = -1, eos_id: int = -1, bos_id: int = -1,
+         chat_template_date: str = templates.CHAT_TEMPLATE_DATE) -> Tokenizer:
   """Loads a SentencePiece `.model` file, a Hugging Face `tokenizer.json`, or a directory holding
   either (tokenizer.json preferred). Beside it, `tokenizer_config.json` names the special tokens,
   its `add_bos_token`/`add_eos_token` flags and its chat template (or `chat_template.jinja`), and
@@ -173,7 +174,8 @@ def load(path: str, *, pad_id: int = -1, eos_id: int = -1, bos_id: int = -1) -> 
   token_names = {k: (v.get("content") if isinstance(v, dict) else v) or "" for k, v in token_names.items()}
   return tokenizer_cls(backend=backend, path=path, prefix_ids=tuple(prefix), suffix_ids=tuple(suffix),
                        stop_ids=tuple(dict.fromkeys(int(i) for i in stop)),
-                       chat_template=_chat_template(directory, config, token_names, special), **resolved)
+                       chat_template=_chat_template(directory, config, token_names, special, chat_template_date),
+                       **resolved)
 
 
 def _read_json(path: epath.Path) -> dict:
@@ -209,7 +211,7 @@ def _hf_special_ids(backend, config: dict, config_path: epath.Path) -> dict[str,
   return ids
 
 
-def _chat_template(directory: epath.Path, config: dict, token_names: dict, special: list[str]):
+def _chat_template(directory: epath.Path, config: dict, token_names: dict, special: list[str], date: str):
   """The model's chat template: `chat_template.jinja` (transformers 5) or tokenizer_config.json's
   `chat_template` (a string, or a list of named templates: the "default" one); None if it ships none."""
   jinja_path = directory / "chat_template.jinja"
@@ -223,7 +225,7 @@ def _chat_template(directory: epath.Path, config: dict, token_names: dict, speci
       source = named.get("default")
   if not source:
     return None
-  return templates.ChatTemplate(source, token_names, special, where)
+  return templates.ChatTemplate(source, token_names, special, where, date)
 
 
 def train(texts: Iterable[str], path: str, *, vocab_size: int) -> Tokenizer:

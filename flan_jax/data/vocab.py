@@ -71,7 +71,10 @@ def get_tokenizer(data_cfg, cache_dir: str) -> Tokenizer:
   `cache_dir`."""
   cfg = data_cfg.tokenizer
   if cfg.model:
-    return tokenizer_lib.load(cfg.model, pad_id=cfg.pad_id, eos_id=cfg.eos_id, bos_id=cfg.bos_id)
+    # Runs from before the key existed rendered with the same fixed date.
+    date = cfg.get("chat_template_date", templates.CHAT_TEMPLATE_DATE)
+    return tokenizer_lib.load(cfg.model, pad_id=cfg.pad_id, eos_id=cfg.eos_id, bos_id=cfg.bos_id,
+                              chat_template_date=date)
   spec = tokenizer_spec(data_cfg)
   path = tokenizer_lib.cache_path(cache_dir, spec)
   try:

@@ -13,10 +13,11 @@ knows nothing else about it.
 import dataclasses
 from typing import Any
 
-from flan_jax.evaluators import pairwise, zero_shot
+from flan_jax.evaluators import ifeval, pairwise, zero_shot
 
-# type -> evaluator class. zero_shot: FLAN's held-out evaluation; pairwise: a judge's win rate over a baseline.
-REGISTRY = {"zero_shot": zero_shot.ZeroShot, "pairwise": pairwise.Pairwise}
+# type -> evaluator class. zero_shot: FLAN's held-out evaluation; pairwise: a judge's win rate over a
+# baseline; ifeval: verifiable instruction following.
+REGISTRY = {"zero_shot": zero_shot.ZeroShot, "pairwise": pairwise.Pairwise, "ifeval": ifeval.IFEval}
 CADENCE = ("type", "every_steps", "at_start")
 
 
