@@ -289,6 +289,7 @@ class GGUFReader(contextlib.ExitStack):
 
 
 GGUF_ARCHITECTURES = ("llama", "qwen2")  # mistral's GGUF files use the llama architecture
+ROPE_FREQS = "rope_freqs.weight"  # llama.cpp's Llama 3 rope scaling: a divisor per rotary frequency
 
 
 def import_gguf(path: str, out: str, *, scan_layers: bool = False, devices=None) -> dict:
@@ -311,6 +312,9 @@ def import_gguf(path: str, out: str, *, scan_layers: bool = False, devices=None)
     hf_config = transformers.AutoConfig.from_pretrained(directory, gguf_file=name).to_dict()
     hf_config.pop("quantization_config", None)
     hf_config["dtype"] = "float32"  # the weights are dequantized to f32; compute as transformers does
+    if ROPE_FREQS in {t.name for t in file.tensors}:  # transformers' GGUF reader ignores it
+      hf_config["rope_parameters"] = {**(hf_config.get("rope_parameters") or {}),
+                                      **llama3_rope_scaling(path, file, hf_config)}
     os.makedirs(hf_out, exist_ok=True)
     with open(os.path.join(hf_out, "config.json"), "w") as f:
       json.dump(hf_config, f, indent=2)
@@ -320,8 +324,50 @@ def import_gguf(path: str, out: str, *, scan_layers: bool = False, devices=None)
   with open(os.path.join(hf_out, "config.json")) as f:
     hf_config = json.load(f)
   with GGUFReader(path, file, hf_config) as reader:
+    reader.used.add(ROPE_FREQS)  # read into the config above
     return _import(hf_config, f"{path} (as {os.path.join(hf_out, 'config.json')})", reader, out, scan_layers,
                    devices, hf_files=hf_out)
+
+
+def llama3_rope_factors(head_dim: int, theta: float, rope: dict) -> np.ndarray:
+  """The per-frequency divisors of Llama 3's rope scaling ("llama3" in Hugging Face configs), as
+  llama.cpp stores them in a GGUF file's rope_freqs.weight."""
+  wavelength = 2 * np.pi * theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+  original, low, high = (rope["original_max_position_embeddings"], rope["low_freq_factor"],
+                         rope["high_freq_factor"])
+  smooth = (original / wavelength - low) / (high - low)
+  interpolated = 1 / ((1 - smooth) / rope["factor"] + smooth)
+  return np.where(wavelength < original / high, 1.0,
+                  np.where(wavelength > original / low, rope["factor"], interpolated))
+
+
+def llama3_rope_scaling(path: str, file: gguf.GGUFReader, hf_config: dict) -> dict:
+  """The "llama3" rope parameters whose divisors are the file's rope_freqs.weight (Llama 3.1-3.3),
+  or an error naming the tensor. Only the ratios of original_max_position_embeddings to the low and
+  high frequency factors act, so the low one is taken as 1: the factor is the largest divisor, and
+  the rest is solved from the divisors between 1 and the factor (Llama 3's published 4 and 8192
+  where fewer than two are)."""
+  tensor = next(t for t in file.tensors if t.name == ROPE_FREQS)
+  divisors = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), np.float64).reshape(-1)
+  theta = float((hf_config.get("rope_parameters") or {}).get("rope_theta", hf_config.get("rope_theta", 1e4)))
+  head_dim = hf_config.get("head_dim") or hf_config["hidden_size"] // hf_config["num_attention_heads"]
+  wavelength = 2 * np.pi * theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+  factor = float(divisors.max())
+  rope = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 8192}
+  middle = (divisors > 1 + 1e-6) & (divisors < factor - 1e-6)
+  if middle.sum() >= 2 and factor > 1:
+    # smooth = (1 / divisor - 1 / factor) / (1 - 1 / factor) = (original / wavelength - 1) / (high - 1)
+    smooth = (1 / divisors[middle] - 1 / factor) / (1 - 1 / factor)
+    (original, high), *_ = np.linalg.lstsq(
+        np.stack([1 / wavelength[middle], -smooth], axis=1), 1 - smooth, rcond=None)
+    rope.update(high_freq_factor=float(high), original_max_position_embeddings=int(round(original)))
+  if divisors.shape != wavelength.shape or not np.allclose(
+      llama3_rope_factors(head_dim, theta, rope), divisors, rtol=1e-4):
+    raise ValueError(f"{path}: tensor {ROPE_FREQS!r} ({len(divisors)} divisors from 1 to {factor:g}) is not "
+                     "Llama 3's rope scaling for any parameters flan_jax can find; importing without it would "
+                     "compute with the wrong rotary frequencies")
+  return rope
 
 
 def _keep_gguf_special_token_flags(fields, tokenizer_config: str):

@@ -204,10 +204,10 @@ def test_import_finetune_with_lora_generate_and_export(tmp_path):
   assert (tmp_path / "exported" / "tokenizer.json").exists()
 
 
-def write_gguf(path, model, tokenizer_dir, qtype):
+def write_gguf(path, model, tokenizer_dir, qtype, extra_tensors=None):
   """`model` (a transformers Llama) and its tokenizer as llama.cpp writes a GGUF file: gguf's tensor
   names, query/key rows interleaved for its rotary kernel, matrices in `qtype` (norms stay f32), the
-  byte-level BPE vocabulary, merges and chat template as metadata."""
+  byte-level BPE vocabulary, merges and chat template as metadata; `extra_tensors` by GGUF name."""
   import gguf
   cfg = model.config
   writer = gguf.GGUFWriter(str(path), "llama")
@@ -246,6 +246,8 @@ def write_gguf(path, model, tokenizer_dir, qtype):
       writer.add_tensor(gguf_name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
     else:
       writer.add_tensor(gguf_name, array)
+  for gguf_name, array in (extra_tensors or {}).items():
+    writer.add_tensor(gguf_name, np.asarray(array, np.float32))
   writer.write_header_to_file()
   writer.write_kv_data_to_file()
   writer.write_tensors_to_file()
@@ -306,6 +308,37 @@ def test_gguf_import_gives_transformers_logits_and_tokens(gguf_model, qtype, tmp
   messages = [{"role": "user", "content": "Is the cat on the mat?"}]
   assert ours.generation_prompt([("user", "Is the cat on the mat?")], "chat_template") == theirs.apply_chat_template(
       messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+
+
+def test_gguf_rope_freqs_become_llama3_rope_scaling(gguf_model, tmp_path):
+  """llama.cpp keeps Llama 3.x's rope scaling only as rope_freqs.weight, which transformers' GGUF
+  reader ignores: it is imported as "llama3" rope parameters, and the logits equal transformers'
+  model built with them (not the unscaled model's). A tensor no such parameters produce is refused."""
+  import gguf
+  root, base = gguf_model
+  rope = {"rope_type": "llama3", "rope_theta": 10_000.0, "factor": 8.0, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+  config = transformers.LlamaConfig(**{**base.config.to_dict(), "rope_parameters": rope})
+  scaled = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+  scaled.load_state_dict(base.state_dict())
+  divisors = convert.llama3_rope_factors(SHAPE["hidden_size"] // SHAPE["num_attention_heads"], 1e4, rope)
+  assert 1 < np.sort(divisors)[-2] and ((divisors > 1) & (divisors < 8)).sum() >= 2
+  path = tmp_path / "llama3.gguf"
+  write_gguf(path, scaled, root / "hf", gguf.GGMLQuantizationType.F32, {"rope_freqs.weight": divisors})
+  fields = convert.import_gguf(str(path), str(tmp_path / "ckpt"))
+  assert (fields["rope_scaling_factor"], fields["rope_original_max_len"]) == (8.0, 64)
+  _, params, _ = checkpoint.load_for_inference(fields, checkpoint_dir=str(tmp_path / "ckpt"))
+  with torch.no_grad():
+    expected = scaled(torch.tensor(TOKENS)).logits.numpy()
+    unscaled = base(torch.tensor(TOKENS)).logits.numpy()
+  assert not np.allclose(expected, unscaled, atol=1e-3)
+  np.testing.assert_allclose(our_logits(params, fields), expected, atol=1e-4, rtol=1e-5)
+
+  odd = tmp_path / "odd.gguf"
+  write_gguf(odd, scaled, root / "hf", gguf.GGMLQuantizationType.F32,
+             {"rope_freqs.weight": divisors[::-1]})
+  with pytest.raises(ValueError, match=r"odd.gguf: tensor 'rope_freqs.weight' .* is not Llama 3's rope scaling"):
+    convert.import_gguf(str(odd), str(tmp_path / "odd_ckpt"))
 
 
 def test_bad_gguf_files_are_errors_naming_file_and_key(gguf_model, tmp_path):
