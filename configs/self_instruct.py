@@ -16,14 +16,15 @@ the metrics). Two answer sets are also one command apart:
 
 Arguments: checkpoint=DIR (from `flan_jax.convert import`), data=FILE (self_instruct's output),
 seeds=FILE (the seed tasks, Self-Instruct's format), lora=RANK (0: full fine-tuning), judge=CKPT and
-prompts=FILE (both or neither).
+prompts=FILE (both or neither), ifeval=FILE (IFEval-form prompts: the ifeval evaluator at the start and
+the end; flan_jax/evaluators/ifeval.py).
 """
 
 from configs import common, finetune
 
 
 def get_config(arg: str | None = None):
-  arg = common.parse_arg(arg, checkpoint="", data="", seeds="", lora=16, judge="", prompts="")
+  arg = common.parse_arg(arg, checkpoint="", data="", seeds="", lora=16, judge="", prompts="", ifeval="")
   if not arg["data"] or not arg["seeds"]:
     raise ValueError("configs/self_instruct.py needs :data=FILE (flan_jax.self_instruct's output) and "
                      ":seeds=FILE (the seed tasks)")
@@ -53,4 +54,7 @@ def get_config(arg: str | None = None):
   if arg["judge"]:
     with config.unlocked():
       config.evals.judged = common.pairwise(arg["prompts"], arg["judge"], at_start=True, max_new_tokens=96)
+  if arg["ifeval"]:
+    with config.unlocked():
+      config.evals.ifeval = common.ifeval(arg["ifeval"])
   return config

@@ -8,7 +8,8 @@ clusters; whole clusters are held out and evaluated zero-shot before training (e
 
 The model's own chat template and tokenizer, LoRA adapters on every projection (full fine-tuning
 with lora=0). Arguments: checkpoint=DIR (from `flan_jax.convert import`), data=DIR (required: the
-folder of the T0 files), lora=RANK, held_out=CLUSTER[+CLUSTER...].
+folder of the T0 files), lora=RANK, held_out=CLUSTER[+CLUSTER...], ifeval=FILE (IFEval-form prompts:
+the ifeval evaluator at the start and the end; flan_jax/evaluators/ifeval.py).
 """
 
 import os
@@ -37,7 +38,7 @@ VALIDATION_ROWS = 20  # per dataset, the last rows of its last file: the seen cl
 
 
 def get_config(arg: str | None = None):
-  arg = common.parse_arg(arg, checkpoint="", data="", lora=16, held_out="sentiment+paraphrase")
+  arg = common.parse_arg(arg, checkpoint="", data="", lora=16, held_out="sentiment+paraphrase", ifeval="")
   if not arg["data"]:
     raise ValueError("configs/t0.py needs :data=DIR, the folder of the T0 training files "
                      "(<dataset>_*.jsonl, {\"prompt\", \"completion\"} rows)")
@@ -65,4 +66,7 @@ def get_config(arg: str | None = None):
   for clusters in ("held_out", "seen"):  # per task: its first rows (held out) or its validation rows (seen)
     config.evals[clusters] = common.zero_shot(clusters, at_start=True, max_examples=16, batch_size=16,
                                               max_new_tokens=16)
+  if arg["ifeval"]:
+    with config.unlocked():
+      config.evals.ifeval = common.ifeval(arg["ifeval"])
   return config

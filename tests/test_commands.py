@@ -95,7 +95,8 @@ def test_no_library_module_and_no_config_imports_a_command():
   is_command = {name: '__name__ == "__main__"' in open(path).read() for path, name in modules.items()}
   commands = {name for name, command in is_command.items() if command}
   assert {"flan_jax.train", "flan_jax.evaluate", "flan_jax.generate", "flan_jax.judge", "flan_jax.convert",
-          "flan_jax.self_instruct", "flan_jax.bench", "flan_jax.sweep", "flan_jax.report"} <= commands
+          "flan_jax.self_instruct", "flan_jax.bench", "flan_jax.sweep", "flan_jax.report",
+          "flan_jax.harness"} <= commands
   importers = [path for path, name in modules.items() if not is_command[name]]
   importers += glob.glob(os.path.join(root, "configs", "**", "*.py"), recursive=True)
   for path in importers:

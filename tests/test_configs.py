@@ -98,6 +98,16 @@ def test_t0_and_self_instruct_share_the_small_model_recipe(tmp_path, lora):
     section, name = key.split(".")
     assert t0[section][name] == self_instruct[section][name], key
   assert len(t0.model.lora_targets) == 7 and t0.optim.learning_rate == (1e-4 if lora else 1e-5)
+  assert "ifeval" not in t0.evals and "ifeval" not in self_instruct.evals
+
+
+def test_t0_and_self_instruct_take_an_ifeval_file(tmp_path):
+  """ifeval=FILE adds the IFEval evaluator, on the starting model and after the last step."""
+  _fake_import(tmp_path)
+  for name, arg in (("t0", "data=/t0"), ("self_instruct", "data=/g.jsonl,seeds=/s.jsonl")):
+    config = load_config(name, f"checkpoint={tmp_path},{arg},ifeval=/ifeval.jsonl")
+    entry = config.evals.ifeval
+    assert (entry.type, entry.prompts, entry.at_start, entry.every_steps) == ("ifeval", "/ifeval.jsonl", True, 0)
 
 
 def test_every_config_docstring_carries_the_command_that_runs_it():

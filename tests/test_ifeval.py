@@ -64,8 +64,8 @@ from flan_jax.evaluators import ifeval
 utils, _ = ifeval.checkers()
 doc = {"key": 3, "prompt": "p", "instruction_id_list": ["length_constraints:number_sentences"],
        "kwargs": [{"relation": "less than", "num_sentences": 3}]}
-print(utils.process_results(doc, ["Dr. Smith left at 5 p.m. on Jan. 3. He came back."])["prompt_level_strict_acc"],
-      utils.process_results(doc, ["One. Two. Three."])["prompt_level_strict_acc"])
+follows = lambda text: utils.process_results(doc, [text])["prompt_level_strict_acc"]
+print(follows("Dr. Smith left at 5 p.m. on Jan. 3. He came back."), follows("One. Two. Three."))
 """
   env = {
       **os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"),
@@ -146,7 +146,8 @@ def test_the_evaluator_and_the_harness_ifeval_task_agree(tmp_path, chat_checkpoi
   (tmp_path / "tasks" / "ifeval_local.yaml").write_text(
       f"include: {harness_yaml}\ntask: ifeval_local\ndataset_path: json\ndataset_kwargs:\n"
       f"  data_files:\n    train: {prompts}\n"
-      "generation_kwargs:\n  until: []\n  do_sample: false\n  temperature: 0.0\n  max_gen_toks: 24\n"
+      "generation_kwargs:\n  until: []\n  do_sample: false\n  temperature: 0.0\n"
+      "  max_gen_toks: 24\n"
   )
   results = lm_harness.evaluate(
       loaded, tasks=["ifeval_local"], include_path=str(tmp_path / "tasks"),
