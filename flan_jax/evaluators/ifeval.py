@@ -29,6 +29,7 @@ import numpy as np
 from etils import epath
 
 from flan_jax import inference
+from flan_jax.evaluators.settings import read as read_settings
 
 METRICS = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc",
            "inst_level_loose_acc")
@@ -158,11 +159,7 @@ class IFEval:
   and checked at construction: a bad file stops the run before it trains."""
 
   def __init__(self, context, *, name: str, **kwargs):
-    try:
-      self.settings = Settings(**kwargs)
-    except (TypeError, ValueError) as error:
-      raise ValueError(
-          f"evals.{name}: {error} (keys: {', '.join(Settings.__dataclass_fields__)})") from None
+    self.settings = read_settings(Settings, name, kwargs)
     self.context, self.name = context, name
     self.prompts = read_prompts(self.settings.prompts)
 

@@ -34,6 +34,7 @@ from etils import epath
 
 from flan_jax import inference
 from flan_jax.data import templates
+from flan_jax.evaluators.settings import read as read_settings
 
 LABELS = ("1", "2")  # the judge names the better answer's position
 JUDGE_PROMPT = """Compare two responses to the same request and decide which one is better: \
@@ -362,11 +363,7 @@ class Pairwise:
   first comparison and kept."""
 
   def __init__(self, context, *, name: str, **kwargs):
-    try:
-      self.settings = Settings(**kwargs)
-    except (TypeError, ValueError) as error:
-      raise ValueError(
-          f"evals.{name}: {error} (keys: {', '.join(Settings.__dataclass_fields__)})") from None
+    self.settings = read_settings(Settings, name, kwargs)
     self.context, self.name = context, name
     self.prompts = inference.read_prompts(self.settings.prompts)
     self._judge = None

@@ -21,6 +21,7 @@ from etils import epath
 
 from flan_jax import decode, metrics, scoring
 from flan_jax.data import pipeline, render, tasks, templates
+from flan_jax.evaluators.settings import read as read_settings
 
 GROUPS = ("held_out", "seen")
 
@@ -44,10 +45,7 @@ class ZeroShot:
   """The zero_shot evaluator (see the module docstring and evaluators/common.py)."""
 
   def __init__(self, context, *, name: str, **kwargs):
-    try:
-      self.settings = Settings(**kwargs)
-    except (TypeError, ValueError) as error:
-      raise ValueError(f"evals.{name}: {error} (keys: {', '.join(Settings.__dataclass_fields__)})") from None
+    self.settings = read_settings(Settings, name, kwargs)
     self.context, self.name = context, name
 
   def run(self, params, step: int) -> dict:
