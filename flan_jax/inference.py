@@ -66,10 +66,8 @@ def continue_texts(loaded: LoadedModel, prompts, *, max_new_tokens: int, batch_s
   """(texts, cut short) for token-id prompts: each continuation's text (stripped), and whether it
   reached max_new_tokens without a stop id or stop string. `stops`: per prompt, the strings its
   text ends before (the first found)."""
-  outputs = decode.generate(loaded.params, loaded.model, prompts, max_new_tokens=max_new_tokens,
-                            stop_ids=loaded.tokenizer.stop_ids, pad_id=loaded.tokenizer.pad_id,
-                            temperature=temperature, top_k=top_k, top_p=top_p, rng=rng,
-                            bucket=scoring.LENGTH_BUCKET, batch_size=min(batch_size, len(prompts)))
+  outputs = _generate(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                      temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
   texts, cut = [], []
   for output, row_stops in zip(outputs, stops or [()] * len(prompts), strict=True):
     text, stopped = cut_at_stop(loaded.tokenizer.decode(output.tolist()), row_stops)
@@ -84,12 +82,18 @@ def evaluated_continuations(loaded: LoadedModel, prompts, *, max_new_tokens: int
   """Continuations of token-id prompts as evaluation harnesses read them: decoded as transformers
   decodes with skip_special_tokens (whitespace kept), each cut before its first stop string
   (`stops`: per prompt)."""
-  outputs = decode.generate(loaded.params, loaded.model, prompts, max_new_tokens=max_new_tokens,
-                            stop_ids=loaded.tokenizer.stop_ids, pad_id=loaded.tokenizer.pad_id,
-                            temperature=temperature, top_k=top_k, top_p=top_p, rng=rng,
-                            bucket=scoring.LENGTH_BUCKET, batch_size=min(batch_size, len(prompts)))
+  outputs = _generate(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                      temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
   return [cut_at_stop(loaded.tokenizer.raw_decode(output.tolist(), skip_special_tokens=True), row_stops)[0]
           for output, row_stops in zip(outputs, stops or [()] * len(prompts), strict=True)]
+
+
+def _generate(loaded: LoadedModel, prompts, *, max_new_tokens: int, batch_size: int, **sampling):
+  """decode.generate on the loaded model: token ids per prompt, cut before the first stop id."""
+  return decode.generate(loaded.params, loaded.model, prompts, max_new_tokens=max_new_tokens,
+                         stop_ids=loaded.tokenizer.stop_ids, pad_id=loaded.tokenizer.pad_id,
+                         bucket=scoring.LENGTH_BUCKET, batch_size=min(batch_size, len(prompts)),
+                         **sampling)
 
 
 def cut_at_stop(text: str, stops) -> tuple[str, bool]:
