@@ -68,6 +68,7 @@ class FlanJaxLM(lm_model.TemplateLM):
     self.batch_size = int(batch_size or 8)
     self.max_length = int(max_length or _context_length(self.loaded.path))
     self.max_gen_toks = int(max_gen_toks)
+    self._prefix_text = self.loaded.tokenizer.raw_decode([self.prefix_token_id])  # read per request
 
   @property
   def eot_token_id(self) -> int:
@@ -88,8 +89,7 @@ class FlanJaxLM(lm_model.TemplateLM):
     text already starts with the BOS."""
     tokenizer = self.loaded.tokenizer
     if add_special_tokens is None:
-      bos = tokenizer.raw_decode([self.prefix_token_id])
-      add_special_tokens = not (bos and string.startswith(bos))
+      add_special_tokens = not (self._prefix_text and string.startswith(self._prefix_text))
     return tokenizer.encode_text(string) if add_special_tokens else tokenizer.encode(string)
 
   def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **unused):
