@@ -32,6 +32,7 @@ def get_config(arg: str | None = None):
 
   config.data.mixture = ("flan2021",)
   config.data.held_out_clusters = (arg["held_out"],)
+  config.data.max_examples_per_task = 30_000  # FLAN 2021's limit per dataset (its mixing cap: 3k)
   config.data.seq_len = 1024
   # 1,024 tokens per data x fsdp shard: 8,192 a step on 8 chips (the paper's batch), 65,536 on a v5p-64.
   config.data.rows_per_shard = 1

@@ -20,6 +20,7 @@ def get_config(arg: str | None = None):
   data.mixture = ("flan_mini",)  # registered mixture or task names
   data.local_tasks = ()  # see flan_jax/data/sources/local_files.py
   data.weights = {}  # task or mixture name -> rate, replacing the examples-proportional one
+  data.max_examples_per_task = 0  # > 0: a task contributes at most this many (a fixed random draw)
   data.example_cap = 3000  # FLAN's cap on examples counted per task
   data.temperature = 1.0
   data.held_out_clusters = ("nli",)
@@ -31,6 +32,7 @@ def get_config(arg: str | None = None):
   data.truncation = "prompt_left"
   data.packer = "best_fit"
   data.packing_bins = 64
+  data.prepared = ""  # a `python -m flan_jax.data prepare` directory: read its shards, no scan
 
   # Training examples that overlap evaluation instances (flan_jax/data/decontamination.py, Tülu 3's rule).
   data.decontamination = ml_collections.ConfigDict()

@@ -277,6 +277,22 @@ def brute_force_log_likelihood(model, params, tokens, weights, *, greedy: bool =
 VOCABULARY = [f"w{i}" for i in range(5000)]
 
 
+def write_jsonl(path, rows) -> str:
+  """Writes rows (JSON values, or bytes written as they are) one per line; returns the path."""
+  path.write_bytes(b"\n".join(r if isinstance(r, bytes) else json.dumps(r).encode() for r in rows) + b"\n")
+  return str(path)
+
+
+def dropped(mix) -> dict[str, frozenset[int]]:
+  """Per training task of a resolved mixture, the training indices it does not train on (where any)."""
+  out = {}
+  for task in mix.train:
+    left_out = set(range(len(task.source(task.splits[0])))) - {int(i) for i in mix.kept[task.name]}
+    if left_out:
+      out[task.name] = frozenset(left_out)
+  return out
+
+
 def sentence(rng, length):
   """`length` words drawn from VOCABULARY with `rng` (a random.Random)."""
   return " ".join(rng.choice(VOCABULARY) for _ in range(length))

@@ -1,12 +1,11 @@
 """Decontamination: planted copies of evaluation instances are found; a clean file is not flagged."""
 
-import json
 import random
 
 import pytest
 
 from flan_jax.data import decontamination, pipeline
-from tests.helpers import lightly_edited, load_config, sentence
+from tests.helpers import dropped, lightly_edited, load_config, sentence, write_jsonl
 
 def test_planted_copies_and_edited_copies_are_found_and_a_clean_file_is_not():
   rng = random.Random(0)
@@ -50,11 +49,6 @@ def test_settings_outside_their_range_are_errors_naming_the_key(ngram, threshold
     decontamination.Index(ngram=ngram, threshold=threshold)
 
 
-def _write(path, rows):
-  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  return str(path)
-
-
 def test_a_run_drops_training_rows_copied_from_its_held_out_and_evaluation_files(tmp_path):
   rng = random.Random(1)
   held_out = [{"instruction": "Answer the question.", "input": sentence(rng, 30), "output": "yes"} for _ in range(20)]
@@ -67,12 +61,12 @@ def test_a_run_drops_training_rows_copied_from_its_held_out_and_evaluation_files
   config.data.mixture = ()
   config.data.held_out_clusters = ("held",)
   config.data.local_tasks = (
-      {"name": "dc_train", "path": _write(tmp_path / "train.jsonl", train), "format": "alpaca", "cluster": "mine"},
-      {"name": "dc_held", "path": _write(tmp_path / "held.jsonl", held_out), "format": "alpaca", "cluster": "held"})
+      {"name": "dc_train", "path": write_jsonl(tmp_path / "train.jsonl", train), "format": "alpaca", "cluster": "mine"},
+      {"name": "dc_held", "path": write_jsonl(tmp_path / "held.jsonl", held_out), "format": "alpaca", "cluster": "held"})
   config.data.decontamination.evaluation_files = (
-      {"name": "dc_exam", "path": _write(tmp_path / "exam.jsonl", exam), "format": "alpaca", "cluster": "exam"},)
+      {"name": "dc_exam", "path": write_jsonl(tmp_path / "exam.jsonl", exam), "format": "alpaca", "cluster": "exam"},)
   mix = pipeline.resolve_mixture(config.data)
-  assert mix.dropped == {"dc_train": frozenset({5, 50, 150})} and mix.sizes["dc_train"] == 197
+  assert dropped(mix) == {"dc_train": frozenset({5, 50, 150})} and mix.sizes["dc_train"] == 197
   sets = mix.contamination["evaluation_sets"]
   assert sets["held_out:dc_held"] == {"instances": 20, "found_in_training": 2}
   assert sets["file:dc_exam:train"] == {"instances": 10, "found_in_training": 1}
@@ -84,7 +78,7 @@ def test_a_run_drops_training_rows_copied_from_its_held_out_and_evaluation_files
 
   config.data.decontamination.mode = "report"  # found, reported, trained on
   mix = pipeline.resolve_mixture(config.data)
-  assert mix.dropped == {} and mix.sizes["dc_train"] == 200
+  assert dropped(mix) == {} and mix.sizes["dc_train"] == 200
   assert mix.contamination["training_tasks"]["dc_train"]["flagged"] == 3
   config.data.decontamination.mode = "off"
   assert pipeline.resolve_mixture(config.data).contamination is None
@@ -105,3 +99,30 @@ def test_an_evaluation_file_that_cannot_be_read_names_the_key(tmp_path):
       {"name": "dc_missing", "path": str(tmp_path / "nope.jsonl"), "format": "alpaca", "cluster": "exam"},)
   with pytest.raises(FileNotFoundError, match=r"data.decontamination.evaluation_files: .*nope.jsonl"):
     pipeline.resolve_mixture(config.data)
+
+
+def test_an_instruction_a_task_shares_is_not_a_match_but_a_copied_input_is(tmp_path):
+  """200 rows of one 10-word instruction over different inputs, checked against an evaluation file
+  of the same instruction: nothing flagged but the row whose input copies an instance."""
+  rng = random.Random(2)
+  instruction = "Read the following short passage and then write one summary sentence."
+  rows = lambda n, words: [{"instruction": instruction, "input": sentence(rng, words), "output": "ok"}
+                           for _ in range(n)]
+  train, exam = rows(200, 9), rows(30, 9)  # the instruction alone would cover 10 of 19 words
+  train[77]["input"] = exam[4]["input"]
+  solo = {"instruction": f"{sentence(rng, 4)} {exam[9]['input']}", "output": "ok"}  # no input: compared whole
+  config = load_config("tiny")
+  config.data.mixture = ()
+  config.data.held_out_clusters = ()
+  config.data.deduplication.mode = "near"
+  config.data.local_tasks = (
+      {"name": "shared_train", "path": write_jsonl(tmp_path / "train.jsonl", train + [solo]), "format": "alpaca",
+       "cluster": "mine"},)
+  config.data.decontamination.evaluation_files = (
+      {"name": "shared_exam", "path": write_jsonl(tmp_path / "exam.jsonl", exam), "format": "alpaca",
+       "cluster": "exam"},)
+  mix = pipeline.resolve_mixture(config.data)
+  flagged = mix.contamination["training_tasks"]["shared_train"]["examples"]
+  assert [(f["index"], [m["name"] for m in f["instances"]]) for f in flagged] == [
+      (77, ["file:shared_exam:train/4"]), (200, ["file:shared_exam:train/9"])]
+  assert dropped(mix) == {"shared_train": frozenset({77, 200})}  # and no row is a near copy of another

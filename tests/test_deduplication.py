@@ -1,17 +1,11 @@
 """Deduplication: exact copies within and across tasks are dropped and counted; near copies with `near`."""
 
-import json
 import random
 
 import pytest
 
 from flan_jax.data import pipeline
-from tests.helpers import lightly_edited, load_config, sentence
-
-
-def _write(path, rows):
-  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  return str(path)
+from tests.helpers import dropped, lightly_edited, load_config, sentence, write_jsonl
 
 
 def _config(tmp_path, first, second, prefix="dd"):
@@ -20,8 +14,8 @@ def _config(tmp_path, first, second, prefix="dd"):
   config.data.held_out_clusters = ()
   config.data.decontamination.mode = "off"
   config.data.local_tasks = (
-      {"name": f"{prefix}_first", "path": _write(tmp_path / "first.jsonl", first), "format": "alpaca", "cluster": "a"},
-      {"name": f"{prefix}_second", "path": _write(tmp_path / "second.jsonl", second), "format": "alpaca",
+      {"name": f"{prefix}_first", "path": write_jsonl(tmp_path / "first.jsonl", first), "format": "alpaca", "cluster": "a"},
+      {"name": f"{prefix}_second", "path": write_jsonl(tmp_path / "second.jsonl", second), "format": "alpaca",
        "cluster": "b"})
   return config
 
@@ -38,7 +32,7 @@ def test_exact_copies_within_and_across_tasks_are_dropped_and_counted(tmp_path):
   first[61] = {**first[6], "output": "1"}  # punctuation counts
   config = _config(tmp_path, first, second)
   mix = pipeline.resolve_mixture(config.data)
-  assert mix.dropped == {"dd_first": frozenset({40, 41}), "dd_second": frozenset({7})}
+  assert dropped(mix) == {"dd_first": frozenset({40, 41}), "dd_second": frozenset({7})}
   assert mix.sizes == {"dd_first": 98, "dd_second": 99}
   assert mix.duplicates["dd_second"] == {"dropped": 1, "of": 100, "examples": [{"index": 7, "duplicate_of": "dd_first/10"}]}
   assert [e["duplicate_of"] for e in mix.duplicates["dd_first"]["examples"]] == ["dd_first/3", "dd_first/4"]
@@ -46,7 +40,7 @@ def test_exact_copies_within_and_across_tasks_are_dropped_and_counted(tmp_path):
   assert not {(stream[i][0], stream[i][1]) for i in range(3000)} & {("dd_first", 40), ("dd_first", 41), ("dd_second", 7)}
 
   config.data.deduplication.mode = "off"
-  assert pipeline.resolve_mixture(config.data).dropped == {}
+  assert dropped(pipeline.resolve_mixture(config.data)) == {}
 
 
 def test_near_copies_only_with_near(tmp_path):
@@ -55,10 +49,10 @@ def test_near_copies_only_with_near(tmp_path):
   second = [{"instruction": "Repeat.", "input": sentence(rng, 40), "output": "y"} for _ in range(50)]
   second[20]["input"] = lightly_edited(rng, first[30]["input"])
   config = _config(tmp_path, first, second, prefix="near")
-  assert pipeline.resolve_mixture(config.data).dropped == {}
+  assert dropped(pipeline.resolve_mixture(config.data)) == {}
   config.data.deduplication.mode = "near"
   mix = pipeline.resolve_mixture(config.data)
-  assert mix.dropped == {"near_second": frozenset({20})}
+  assert dropped(mix) == {"near_second": frozenset({20})}
   assert mix.duplicates["near_second"]["examples"] == [{"index": 20, "duplicate_of": "near_first/30"}]
 
 

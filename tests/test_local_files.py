@@ -4,16 +4,11 @@ import pytest
 
 from flan_jax.data import pipeline, render, tasks
 from flan_jax.data.sources import local_files
-from tests.helpers import load_config
-
-
-def _write(path, rows):
-  path.write_bytes(b"\n".join(r if isinstance(r, bytes) else json.dumps(r).encode() for r in rows) + b"\n")
-  return str(path)
+from tests.helpers import load_config, write_jsonl
 
 
 def _register(tmp_path, rows, name, skip=False, **spec):
-  path = _write(tmp_path / f"{name}.jsonl", rows)
+  path = write_jsonl(tmp_path / f"{name}.jsonl", rows)
   return local_files.register({"name": name, "path": path, "format": "alpaca", "cluster": "misc", **spec}, skip)
 
 
@@ -137,7 +132,7 @@ def test_templated_local_task(tmp_path, tokenizer):
 
 
 def test_specs_from_a_json_file_or_inline(tmp_path):
-  path = _write(tmp_path / "d.jsonl", [{"instruction": "a", "output": "b"}])
+  path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "output": "b"}])
   spec = {"name": "lf_json_spec", "path": path, "format": "alpaca", "cluster": "mine"}
   (tmp_path / "one.json").write_text(json.dumps(spec))
   (tmp_path / "many.json").write_text(json.dumps([spec, {**spec, "name": "lf_json_spec2"}]))
@@ -179,7 +174,7 @@ def test_skip_bad_records_counts_every_skip(tmp_path):
 
 
 def test_bad_specs(tmp_path):
-  path = _write(tmp_path / "ok.jsonl", [{"instruction": "a", "output": "b"}])
+  path = write_jsonl(tmp_path / "ok.jsonl", [{"instruction": "a", "output": "b"}])
   with pytest.raises(KeyError, match="unknown key.*'colour'"):
     local_files.register({"name": "lf_s1", "path": path, "format": "alpaca", "cluster": "misc", "colour": 1}, False)
   with pytest.raises(ValueError, match="unknown format 'csv'"):
@@ -196,7 +191,7 @@ def test_bad_specs(tmp_path):
 
 def test_local_task_in_the_pipeline(tmp_path, tiny_config, tokenizer):
   rows = [{"instruction": f"Repeat {i}.", "output": f"{i}"} for i in range(50)] + [b"{broken"]
-  path = _write(tmp_path / "mine.jsonl", rows)
+  path = write_jsonl(tmp_path / "mine.jsonl", rows)
   data = tiny_config.data
   data.mixture = ()
   data.held_out_clusters = ()

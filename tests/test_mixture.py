@@ -1,6 +1,10 @@
+import random
+
+import numpy as np
 import pytest
 
 from flan_jax.data import mixture, pipeline
+from tests.helpers import load_config, sentence, write_jsonl
 
 
 def test_examples_proportional_with_cap_and_temperature():
@@ -43,3 +47,23 @@ def test_unknown_task_in_config(tiny_config):
   tiny_config.data.mixture = ("flan_mini", "mini_does_not_exist")
   with pytest.raises(KeyError, match="unknown task 'mini_does_not_exist'"):
     pipeline.resolve_mixture(tiny_config.data)
+
+
+def test_a_task_is_capped_first_at_a_fixed_draw(tmp_path):
+  """data.max_examples_per_task: a task contributes that many rows, drawn from all of it, the same
+  ones in every run."""
+  rng = random.Random(0)
+  rows = [{"instruction": sentence(rng, 5), "input": sentence(rng, 20), "output": f"{i}"} for i in range(500)]
+  config = load_config("tiny")
+  config.data.mixture = ()
+  config.data.held_out_clusters = ()
+  config.data.local_tasks = ({"name": "capped", "path": write_jsonl(tmp_path / "rows.jsonl", rows),
+                              "format": "alpaca", "cluster": "a"},)
+  config.data.max_examples_per_task = 100
+  mix = pipeline.resolve_mixture(config.data)
+  kept = mix.kept["capped"]
+  assert mix.sizes == {"capped": 100} and len(set(kept)) == 100 and list(kept) == sorted(kept)
+  assert kept.max() > 400 and kept.min() < 100  # drawn from the whole task, not its head
+  np.testing.assert_array_equal(pipeline.resolve_mixture(config.data).kept["capped"], kept)
+  config.data.max_examples_per_task = 0
+  assert pipeline.resolve_mixture(config.data).sizes == {"capped": 500}

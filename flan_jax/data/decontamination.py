@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable
 
 from flan_jax.data import tasks
+from flan_jax.data.mixture import capped
 
 _WORD = re.compile(r"\w+")
 
@@ -88,9 +89,16 @@ def scan(index: Index, examples: Iterable[tuple[str, int, str]]) -> dict[str, li
 OUTPUT_FIELDS = ("answer", "references", "rationale")
 
 
-def prompt_text(task: tasks.Task, fields: dict) -> str:
+def prompt_text(task: tasks.Task, fields: dict, shared: frozenset[int] = frozenset()) -> str:
   """What is compared of an example: its input fields (every string field but the outputs, and
-  per-example options), or a conversation's turns but the assistant's and the system prompt."""
+  per-example options), or a conversation's turns but the assistant's and the system prompt. An
+  instruction in `shared` (hashes: see shared_instructions) is left out where the row has an input
+  of its own, since it is the task's text, not the row's."""
+  instruction = fields.get("instruction")
+  if fields.get("input", "").strip() and hash(instruction) in shared:
+    fields = {k: v for k, v in fields.items() if k != "instruction"}
+    if task.conversational:
+      fields["messages"] = [(r, t) for r, t in fields["messages"] if (r, t) != ("user", instruction)]
   if task.conversational:
     return "\n".join(text for role, text in fields["messages"] if role not in ("assistant", "system"))
   parts = []
@@ -104,15 +112,31 @@ def prompt_text(task: tasks.Task, fields: dict) -> str:
   return "\n".join(parts)
 
 
-def _texts(task: tasks.Task, split: str):
-  """(index, prompt text) of a split's readable records (unreadable ones are counted where they are
-  trained or evaluated, not here)."""
+def _readable(task: tasks.Task, split: str, indices=None):
+  """(index, fields) of a split's readable records (all, or those at `indices`); unreadable ones
+  are counted where they are trained or evaluated, not here."""
   records = task.source(split)
-  for i in range(len(records)):
+  for i in range(len(records)) if indices is None else indices:
     try:
-      yield i, prompt_text(task, task.example_fields(records[i]))
+      yield int(i), task.example_fields(records[int(i)])
     except tasks.BadRecordError:
       continue
+
+
+def shared_instructions(task: tasks.Task, split: str, indices=None) -> frozenset[int]:
+  """Hashes of the instructions that several rows of a split (all, or those at `indices`) pair with
+  an input of their own: Alpaca or Dolly files of one task, one instruction over many inputs."""
+  counts = collections.Counter(hash(f["instruction"]) for _, f in _readable(task, split, indices)
+                               if "instruction" in f and f.get("input", "").strip())
+  return frozenset(key for key, count in counts.items() if count > 1)
+
+
+def texts(task: tasks.Task, split: str, indices=None):
+  """(index, prompt text, fields) of a split's readable records (all, or those at `indices`): each
+  row's own text (prompt_text, leaving out the instruction the split's rows share)."""
+  shared = shared_instructions(task, split, indices)
+  for i, fields in _readable(task, split, indices):
+    yield i, prompt_text(task, fields, shared), fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,15 +156,16 @@ class Found:
 
 @functools.lru_cache(maxsize=16)
 def find(train: tuple[tasks.Task, ...], evaluation_sets: tuple[tuple[str, tasks.Task, str], ...], ngram: int,
-         threshold: float) -> Found:
-  """Every training example of `train` (their training splits) against every instance of the
-  evaluation sets ((name, task, split), ...). Cached per process: tasks compare by their sources,
-  so a re-registered local task is a new key."""
+         threshold: float, limit: int = 0) -> Found:
+  """Every training example of `train` (their training splits, each capped at `limit` examples:
+  mixture.capped) against every instance of the evaluation sets ((name, task, split), ...). Cached
+  per process: tasks compare by their sources, so a re-registered local task is a new key."""
   index = Index(ngram, threshold)
   for name, task, split in evaluation_sets:
-    for i, text in _texts(task, split):
+    for i, text, _ in texts(task, split):
       index.add(f"{name}/{i}", text)
-  flagged = scan(index, ((task.name, i, text) for task in train for i, text in _texts(task, task.splits[0])))
+  flagged = scan(index, ((task.name, i, text) for task in train
+                         for i, text, _ in texts(task, task.splits[0], capped(task, limit))))
   found_instances = {m["name"] for found in flagged.values() for f in found for m in f["instances"]}
   hit = collections.Counter(name.rsplit("/", 1)[0] for name in found_instances)
   instances = collections.Counter(name.rsplit("/", 1)[0] for name in index.names)

@@ -8,7 +8,10 @@ the computed rate. Held-out clusters, and the clusters FLAN excludes with them,
 are removed from training; their tasks form the zero-shot evaluation set.
 """
 
+import zlib
 from collections.abc import Sequence
+
+import numpy as np
 
 from flan_jax.data import tasks
 
@@ -30,6 +33,17 @@ def leaf_tasks(names: Sequence[str]) -> list[tasks.Task]:
     for task in (leaf_tasks(_MIXTURES[name]) if name in _MIXTURES else [tasks.get(name)]):
       out.setdefault(task.name, task)
   return list(out.values())
+
+
+def capped(task: tasks.Task, limit: int) -> np.ndarray:
+  """The training indices a task may contribute, ascending: all of them, or with `limit` > 0 (FLAN's
+  at most 30k examples per dataset, data.max_examples_per_task) that many drawn at random, the draw a
+  function of the task's name only, so that every run and process of a mixture takes the same."""
+  size = len(task.source(task.splits[0]))
+  if not limit or size <= limit:
+    return np.arange(size)
+  rng = np.random.default_rng(zlib.crc32(task.name.encode()))
+  return np.sort(rng.choice(size, size=limit, replace=False))
 
 
 def rates(names: Sequence[str], *, sizes: dict[str, int], cap: int, temperature: float,

@@ -31,12 +31,11 @@ class Mixture:
   train: tuple[tasks.Task, ...]
   evaluation: tuple[tasks.Task, ...]  # zero-shot tasks of the held-out clusters
   rates: dict[str, float]  # normalised sampling rate of each training task
-  sizes: dict[str, int]  # training examples available per task (after decontamination drops)
+  sizes: dict[str, int]  # training examples per task: len(kept[task])
+  kept: dict[str, np.ndarray]  # task -> training indices trained on (capped, less drops), ascending
   skipped_rows: tuple[str, ...]  # local-file rows skipped under skip_bad_records
   contamination: dict | None = None  # decontamination.Found.report(), unless data.decontamination.mode is off
   duplicates: dict = dataclasses.field(default_factory=dict)  # deduplication.Duplicates.report()
-  # task -> training indices dropped (contaminating or duplicate)
-  dropped: dict[str, frozenset[int]] = dataclasses.field(default_factory=dict)
 
 
 def task_names(data_cfg) -> tuple[list[str], list[str]]:
@@ -59,17 +58,22 @@ def split_tasks(data_cfg) -> tuple[list[tasks.Task], list[tasks.Task]]:
 
 
 def resolve_mixture(data_cfg) -> Mixture:
+  """The training tasks and their examples: each task capped at data.max_examples_per_task first,
+  then less the examples that contaminate evaluation sets (data.decontamination) or repeat one
+  another (data.deduplication); examples-proportional rates over what is kept."""
   names, skipped_rows = task_names(data_cfg)
   train, evaluation = mixture.split_by_held_out(names, list(data_cfg.held_out_clusters))
   sizes = {t.name: len(t.source(t.splits[0])) for t in mixture.leaf_tasks(names)}
-  contamination, dropped = decontaminate(data_cfg, train, evaluation, sizes)
+  kept = {t.name: mixture.capped(t, data_cfg.max_examples_per_task) for t in train}
+  contamination, dropped = decontaminate(data_cfg, train, evaluation, kept)
+  kept = {name: np.setdiff1d(indices, list(dropped.get(name, ()))) for name, indices in kept.items()}
   dedup = data_cfg.deduplication
-  duplicates = deduplication.find(train, dedup.mode, dedup.ngram, dedup.threshold, skip=dropped)
-  duplicate_report = duplicates.report(sizes)
-  for name, indices in duplicates.dropped.items():
-    dropped[name] = dropped.get(name, frozenset()) | indices
-  sizes.update({name: sizes[name] - len(indices) for name, indices in dropped.items()})
-  empty = [n for n, s in sizes.items() if s == 0 and n in {t.name for t in train}]
+  duplicates = deduplication.find(train, dedup.mode, dedup.ngram, dedup.threshold, kept)
+  duplicate_report = duplicates.report({name: len(indices) for name, indices in kept.items()})
+  kept = {name: np.setdiff1d(indices, list(duplicates.dropped.get(name, ())))
+          for name, indices in kept.items()}
+  sizes.update({name: len(indices) for name, indices in kept.items()})
+  empty = [t.name for t in train if sizes[t.name] == 0]
   if empty:
     raise ValueError(f"training task(s) {empty} have no training examples")
   all_rates = mixture.rates(names, sizes=sizes, cap=data_cfg.example_cap, temperature=data_cfg.temperature,
@@ -77,14 +81,14 @@ def resolve_mixture(data_cfg) -> Mixture:
   total = sum(all_rates[t.name] for t in train)
   return Mixture(train=tuple(train), evaluation=tuple(evaluation),
                  rates={t.name: all_rates[t.name] / total for t in train},
-                 sizes={t.name: sizes[t.name] for t in train}, skipped_rows=tuple(skipped_rows),
-                 contamination=contamination, duplicates=duplicate_report, dropped=dropped)
+                 sizes={t.name: sizes[t.name] for t in train}, kept=kept, skipped_rows=tuple(skipped_rows),
+                 contamination=contamination, duplicates=duplicate_report)
 
 
 DECONTAMINATION_MODES = ("off", "report", "drop")
 
 
-def decontaminate(data_cfg, train, evaluation, sizes) -> tuple[dict | None, dict[str, frozenset[int]]]:
+def decontaminate(data_cfg, train, evaluation, candidates) -> tuple[dict | None, dict[str, frozenset[int]]]:
   """(report, training indices to drop per task) of data.decontamination: training examples
   against the held-out tasks' evaluation instances, the seen validation splits with include_seen,
   and every split of the evaluation_files (local-file specs, checked and never trained on)."""
@@ -103,7 +107,9 @@ def decontaminate(data_cfg, train, evaluation, sizes) -> tuple[dict | None, dict
       raise type(e)(f"data.decontamination.evaluation_files: {e}") from None
     for task in registered:
       sets += [(f"file:{task.name}:{split}", task, split) for split in task.splits if len(task.source(split))]
-  found = decontamination.find(tuple(train), tuple(sets), cfg.ngram, cfg.threshold)
+  found = decontamination.find(tuple(train), tuple(sets), cfg.ngram, cfg.threshold,
+                               data_cfg.max_examples_per_task)
+  sizes = {name: len(indices) for name, indices in candidates.items()}
   if cfg.mode == "report":
     return found.report(sizes), {}
   dropped = {name: frozenset(f["index"] for f in flagged) for name, flagged in found.flagged.items()}
@@ -125,8 +131,8 @@ def mixed_records(mix: Mixture, seed: int) -> grain.MapDataset:
   per_task = []
   for task in mix.train:
     records = task.source(task.splits[0])
-    kept = [i for i in range(len(records)) if i not in mix.dropped.get(task.name, ())]
-    records = grain.MapDataset.source(kept).map(functools.partial(_tag, task.name, records))
+    kept = grain.MapDataset.source(mix.kept[task.name])
+    records = kept.map(functools.partial(_tag, task.name, records))
     per_task.append(records.shuffle(seed=_task_seed(seed, task.name)).repeat())
   mixed = grain.MapDataset.mix(per_task, [mix.rates[t.name] for t in mix.train])
   # Mixing interleaves in a fixed pattern; shuffling it keeps every process's
@@ -135,7 +141,7 @@ def mixed_records(mix: Mixture, seed: int) -> grain.MapDataset:
 
 
 def _tag(name, records, index):
-  return name, index, records[index]
+  return name, int(index), records[int(index)]
 
 
 def examples(data_cfg, mix: Mixture, tokenizer: Tokenizer, stats: Stats, *, seed: int,
@@ -143,7 +149,8 @@ def examples(data_cfg, mix: Mixture, tokenizer: Tokenizer, stats: Stats, *, seed
   """Example features of one shard of the stream (None where a bad record was skipped). Rendering's
   RNG is seeded by the element's place in the whole stream, so an element renders the same in any
   shard, and shards do not repeat one another's template choices."""
-  rendered = mixed_records(mix, seed).random_map(Renderer(data_cfg, tokenizer, mix.train, stats), seed=seed)
+  renderer = Renderer(data_cfg, tokenizer, mix.train, stats, kept=mix.kept)
+  rendered = mixed_records(mix, seed).random_map(renderer, seed=seed)
   return rendered[shard_index::shard_count]
 
 

@@ -107,13 +107,16 @@ class Renderer:
   the same element always renders the same way. Every training example draws, by the
   data.template weights: a template; zero-shot, few-shot or chain-of-thought (a task without
   rationales renders zero-shot); a preamble (a system turn) or none; whether an input turn joins
-  the instruction; and its output format. `stats.renderings` counts what was drawn.
+  the instruction; and its output format. `stats.renderings` counts what was drawn. Few-shot
+  exemplars are drawn from `kept` (per task, the training indices the mixture keeps; default all),
+  so that an example decontamination or deduplication dropped never returns inside a prompt.
   """
 
   def __init__(self, data_cfg, tokenizer: Tokenizer | None, train_tasks: Sequence[tasks.Task],
-               stats: Stats):
+               stats: Stats, kept: dict[str, np.ndarray] | None = None):
     check_template_config(data_cfg.template)
     self.cfg, self.tokenizer, self.stats = data_cfg, tokenizer, stats
+    self.kept = kept
     self.tasks = {t.name: t for t in train_tasks}
     template_cfg = data_cfg.template
     self.templates = {
@@ -157,11 +160,9 @@ class Renderer:
       exemplars = []
       if setting == "few_shot":
         records = self._train_records[task_name]
-        candidates = [
-            int(i) for i in rng.choice(len(records), size=min(template_cfg.num_shots +
-                                                              1, len(records)), replace=False)
-            if i != index
-        ][:template_cfg.num_shots]
+        pool = np.arange(len(records)) if self.kept is None else self.kept[task_name]
+        drawn = rng.choice(len(pool), size=min(template_cfg.num_shots + 1, len(pool)), replace=False)
+        candidates = [int(pool[j]) for j in drawn if pool[j] != index][:template_cfg.num_shots]
         exemplars = [
             f for f in (self.fields(task, records[i]) for i in candidates) if f is not None
         ]
