@@ -25,7 +25,7 @@ from ml_collections import config_flags
 
 from flan_jax import checkpoint, commands, distributed, hardware, lora, metric_writer, optim, sharding, workdirs
 from flan_jax import loss as losses
-from flan_jax.data import packing, pipeline, render, vocab
+from flan_jax.data import packing, pipeline, prepared, render, vocab
 from flan_jax.evaluators import common
 from flan_jax.model import Decoder, ModelConfig, from_config, train_flops_per_token
 
@@ -160,24 +160,21 @@ def train_and_evaluate(config, workdir: str):
                      "checkpoint (python -m flan_jax.convert import ...)")
 
   # Data: this process's rows of every batch.
-  mix = pipeline.resolve_mixture(config.data)
-  for name, found in (mix.contamination or {}).get("training_tasks", {}).items():
-    logging.info("decontamination (%s): %d of %d training examples of %s overlap evaluation instances",
-                 config.data.decontamination.mode, found["flagged"], found["of"], name)
-  for name, found in mix.duplicates.items():
-    logging.info("deduplication: dropped %d of %d training examples of %s", found["dropped"], found["of"], name)
+  tokenizer_cache = (prepared.tokenizer_dir(config.data.prepared) if config.data.prepared
+                     else workdirs.tokenizer_dir(workdir))
   if jax.process_index() == 0:  # trains and caches the tokenizer if needed, and records it; the others then load it
-    workdirs.check_tokenizer(workdir, vocab.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir)), write=True)
+    workdirs.check_tokenizer(workdir, vocab.get_tokenizer(config.data, tokenizer_cache), write=True)
   multihost_utils.sync_global_devices("tokenizer ready")
-  tokenizer = vocab.get_tokenizer(config.data, workdirs.tokenizer_dir(workdir))
+  tokenizer = vocab.get_tokenizer(config.data, tokenizer_cache)
   workdirs.check_tokenizer(workdir, tokenizer, write=False)
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
                      f"{tokenizer.vocab_size}")
-  pipeline.check_seq_len(config.data, mix, tokenizer, seed=config.seed)
-  stats = render.Stats(mixture_skipped=len(mix.skipped_rows))
-  data_iterator = iter(pipeline.batches(config.data, mix, tokenizer, stats, seed=config.seed,
-                                        process_index=jax.process_index(), process_count=jax.process_count()))
+  stats = render.Stats()
+  stream = example_stream(config, tokenizer, stats)
+  data_iterator = iter(pipeline.pack_batches(config.data, stream, seed=config.seed,
+                                             process_index=jax.process_index(),
+                                             process_count=jax.process_count()))
 
   # Model and state: the newest readable checkpoint, else fresh (optionally with init_from's parameters).
   model = from_config(config.model)
@@ -211,6 +208,27 @@ def train_and_evaluate(config, workdir: str):
                      writer)
     train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh, evaluators, stats)
   data_iterator.close()
+
+
+def example_stream(config, tokenizer, stats: render.Stats):
+  """The run's example stream: data.prepared's shards (checked against the run's data config,
+  tokenizer and evaluation sets; no scan), else the mixture resolved here, rendered as it
+  streams."""
+  if config.data.prepared:
+    manifest = prepared.read_manifest(config.data.prepared)
+    prepared.check(manifest, config.data.prepared, config, tokenizer)
+    stats.mixture_skipped = manifest["mixture"]["skipped_row_count"]
+    logging.info("data: %d prepared examples in %s", manifest["examples"], config.data.prepared)
+    return prepared.examples(config.data.prepared, manifest, stats)
+  mix = pipeline.resolve_mixture(config.data)
+  for name, found in (mix.contamination or {}).get("training_tasks", {}).items():
+    logging.info("decontamination (%s): %d of %d training examples of %s overlap evaluation instances",
+                 config.data.decontamination.mode, found["flagged"], found["of"], name)
+  for name, found in mix.duplicates.items():
+    logging.info("deduplication: dropped %d of %d training examples of %s", found["dropped"], found["of"], name)
+  pipeline.check_seq_len(config.data, mix, tokenizer, seed=config.seed)
+  stats.mixture_skipped = len(mix.skipped_rows)
+  return pipeline.examples(config.data, mix, tokenizer, stats, seed=config.seed)
 
 
 def run_evaluators(evaluators, state: TrainState, step: int, writer):

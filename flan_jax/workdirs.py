@@ -4,11 +4,12 @@ A workdir may be any path `etils.epath` reads and writes: a local directory, or 
 (`gs://...`, `s3://...`) that every process of a multi-host run sees.
 """
 
-import hashlib
 import os
 
 import jax
 from etils import epath
+
+from flan_jax.data import tokenizer as tokenizer_lib
 
 
 def default(config_arg: str) -> str:
@@ -27,10 +28,7 @@ def check_tokenizer(workdir: str, tokenizer, write: bool) -> str:
   """Ties a run to its tokenizer: the first run records a checksum of the tokenizer file and chat
   template in `<workdir>/tokenizer.sha256`; a rerun with another tokenizer is an error, since its
   token ids would silently differ from the ones the checkpoints were trained on."""
-  digest = hashlib.sha256(epath.Path(tokenizer.path).read_bytes())
-  if tokenizer.chat_template is not None:
-    digest.update(tokenizer.chat_template.source.encode())
-  checksum, record = digest.hexdigest(), epath.Path(workdir) / "tokenizer.sha256"
+  checksum, record = tokenizer_lib.checksum(tokenizer), epath.Path(workdir) / "tokenizer.sha256"
   if record.exists():
     recorded = record.read_text().split()[0]
     if recorded != checksum:

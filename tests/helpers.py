@@ -1,6 +1,6 @@
 """What several test modules share: the repository's root, configs as the commands load them,
 tokenizers and transformers models of each family, a small version of the tiny run (as flags for a
-subprocess, as a config in-process) and its checks, small models, made-up texts, answers files and
+subprocess, as a config in-process) and its checks (kill -9 included), small models, made-up texts, answers files and
 HTTP requests, and a free port. Test modules import from here, never from each other."""
 
 import http.client
@@ -8,7 +8,11 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -237,6 +241,27 @@ def corrupt(workdir, step):
 def copy_tokenizer(source, workdir):
   """Gives `workdir` the tokenizer `source` trained, so that a run there does not train it again."""
   shutil.copytree(os.path.join(source, "tokenizer"), os.path.join(workdir, "tokenizer"))
+
+
+def train_command(workdir, *overrides) -> list[str]:
+  """`python -m flan_jax.train` of the small tiny run (SMALL) in `workdir`."""
+  return [sys.executable, "-m", "flan_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}", *SMALL,
+          *overrides]
+
+
+def kill_9_after(command, workdir, steps: int) -> int:
+  """Starts a train command and kills it (SIGKILL) once `workdir` logs `steps` records; returns the
+  last step logged."""
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if os.path.exists(metrics_path) and len(open(metrics_path).readlines()) >= steps:
+      break
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  return max(losses(workdir))
 
 
 def free_port() -> int:

@@ -215,3 +215,38 @@ def test_refuse_field_marks_requests_to_decline(tmp_path):
   assert task.metrics == ("refusal", "rouge")
   with pytest.raises(tasks.BadRecordError, match=r"lf_unsure.jsonl:1: refuse_field 'harmful' must be true or false"):
     _register(tmp_path, [{**rows[0], "harmful": "maybe"}], "lf_unsure", refuse_field="harmful")
+
+
+def test_hugging_face_datasets_saved_to_disk_read_like_files(tmp_path, monkeypatch):
+  """save_to_disk directories (a DatasetDict with its splits, or one Dataset) through the same
+  formats; a path that is not there, or a split that is not, is an error naming it, and nothing is
+  fetched from the network."""
+  import datasets
+  rows = [{"instruction": "Add.", "context": f"{i} and 1", "response": str(i + 1)} for i in range(5)]
+  dataset_dict = datasets.DatasetDict(train=datasets.Dataset.from_list(rows),
+                                      test=datasets.Dataset.from_list(rows[:2]))
+  dataset_dict.save_to_disk(str(tmp_path / "dict"))
+  datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}]
+                             ).save_to_disk(str(tmp_path / "one"))
+  spec = {"name": "lf_hf", "hf_dataset": str(tmp_path / "dict"), "validation_split": "test", "format": "dolly",
+          "cluster": "misc"}
+  (task,), _ = local_files.register(spec, False)
+  assert len(task.source("train")) == 5 and len(task.source("validation")) == 2
+  assert task.source("train")[3]["messages"] == [("user", "Add."), ("input", "3 and 1"), ("assistant", "4")]
+  (chat,), _ = local_files.register({"name": "lf_hf_one", "hf_dataset": str(tmp_path / "one"), "format": "messages",
+                                     "cluster": "misc"}, False)
+  assert chat.source("train")[0]["messages"] == [("user", "Hi"), ("assistant", "Yo")]
+  with pytest.raises(ValueError, match=r"hf_dataset '.*dict' has no split 'dev'; its splits are \['test', 'train'\]"):
+    local_files.register({**spec, "name": "lf_hf_dev", "split": "dev"}, False)
+  monkeypatch.setattr("socket.socket.connect", lambda *a: (_ for _ in ()).throw(AssertionError("network used")))
+  with pytest.raises(FileNotFoundError, match=r"hf_dataset 'someone/not_cached_here' is neither a directory written "
+                                              r"by save_to_disk nor a dataset in the local Hugging Face cache") as error:
+    local_files.register({**spec, "name": "lf_hf_missing", "hf_dataset": "someone/not_cached_here"}, False)
+  assert "network used" not in str(error.value)
+  with pytest.raises(KeyError, match="set one of 'path' and 'hf_dataset'"):
+    local_files.register({**spec, "name": "lf_hf_both", "path": "x.jsonl"}, False)
+  bad = [{"instruction": "Add.", "context": "x"}]
+  datasets.Dataset.from_list(bad).save_to_disk(str(tmp_path / "bad"))
+  with pytest.raises(Exception, match=r"bad\[train\] row 0: missing field 'response'"):
+    local_files.register({**spec, "name": "lf_hf_bad", "hf_dataset": str(tmp_path / "bad"), "validation_split": ""},
+                         False)

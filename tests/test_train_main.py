@@ -15,16 +15,12 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from flan_jax import train
-from tests.helpers import ROOT, SMALL, copy_tokenizer, corrupt, losses, small_run_config
-
-
-def command(workdir, *overrides):
-  return [sys.executable, "-m", "flan_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}", *SMALL,
-          *overrides]
+from tests.helpers import (ROOT, SMALL, copy_tokenizer, corrupt, kill_9_after, losses, small_run_config,
+                           train_command)
 
 
 def run(workdir, *overrides, check=True):
-  result = subprocess.run(command(workdir, *overrides), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(train_command(workdir, *overrides), cwd=ROOT, capture_output=True, text=True, timeout=600)
   if check and result.returncode:
     raise AssertionError(f"train failed ({result.returncode}):\n{result.stderr[-4000:]}")
   return result
@@ -67,16 +63,7 @@ def test_a_run_writes_checkpoints_metrics_and_tensorboard(uninterrupted):
 def test_kill_9_then_rerun_continues_bitwise_identically(uninterrupted, tmp_path):
   workdir = str(tmp_path)
   copy_tokenizer(uninterrupted, workdir)
-  process = subprocess.Popen(command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + 300
-  while time.time() < deadline and process.poll() is None:
-    if os.path.exists(metrics_path) and len(open(metrics_path).readlines()) >= 6:
-      break
-    time.sleep(0.05)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  killed_at = max(losses(workdir))
+  killed_at = kill_9_after(train_command(workdir), workdir, 6)
   assert 6 <= killed_at < 12, killed_at
   run(workdir)
   assert losses(workdir) == losses(uninterrupted)  # every step, bit for bit
@@ -101,7 +88,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(uninterrupted,
 def test_sigterm_saves_and_exits_cleanly_and_the_rerun_continues_identically(uninterrupted, tmp_path):
   workdir = str(tmp_path)
   copy_tokenizer(uninterrupted, workdir)
-  process = subprocess.Popen(command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  process = subprocess.Popen(train_command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   while process.poll() is None and not (os.path.exists(metrics_path) and len(open(metrics_path).readlines()) >= 5):
     time.sleep(0.05)

@@ -1,6 +1,10 @@
-r"""Mixture report: what a config's data pipeline feeds the model.
+r"""Mixture report: what a config's data pipeline feeds the model; and its preparation.
 
   python -m flan_jax.data --config configs/tiny.py [--workdir DIR] [--json] [--show N]
+  python -m flan_jax.data prepare --config configs/t0.py:... --out DIR [--num_workers N]
+
+`prepare` writes the training stream, rendered and tokenized, to DIR (data/prepared.py); train
+on it with `--config.data.prepared=DIR`.
 
 Per task and cluster: examples available, sampling rate and count in a sample
 of the stream; held-out and excluded clusters and the zero-shot evaluation
@@ -18,8 +22,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from flan_jax.data import decontamination, packing, pipeline, render, tasks, templates, vocab
-from flan_jax import workdirs
+from flan_jax import distributed, workdirs
+from flan_jax.data import decontamination, packing, pipeline, prepared, render, tasks, templates, vocab
 
 
 
@@ -154,9 +158,19 @@ def print_table(r: dict):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if argv[1:] not in ([], ["prepare"]):
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; the one command is `prepare`")
   config = flags.FLAGS.config
+  if argv[1:] == ["prepare"]:
+    if not flags.FLAGS.out:
+      raise app.UsageError("prepare needs --out DIR")
+    distributed.initialize(config.distributed)
+    manifest = prepared.prepare(config, flags.FLAGS.out, flags.FLAGS.num_workers)
+    if manifest:
+      print(f"prepared {manifest['examples']} examples ({manifest['truncated']} truncated, "
+            f"{sum(manifest['skipped'].values())} skipped) in {flags.FLAGS.out}; train with "
+            f"--config.data.prepared={flags.FLAGS.out}")
+    return
   workdir = flags.FLAGS.workdir or workdirs.default(flags.FLAGS["config"].config_filename)
   r = report(config, workdir, flags.FLAGS.examples, flags.FLAGS.batches)
   if flags.FLAGS.json:
@@ -175,6 +189,8 @@ if __name__ == "__main__":
   flags.DEFINE_bool("json", False, "Print the report as JSON.")
   flags.DEFINE_integer("show", 0, "Also print this many rendered training examples.")
   flags.DEFINE_integer("examples", 4000, "Examples drawn to measure lengths and rates.")
+  flags.DEFINE_string("out", None, "prepare: the directory to write (local or gs://).")
+  flags.DEFINE_integer("num_workers", 0, "prepare: processes rendering shards (0: this one).")
   flags.DEFINE_integer("batches", 30, "Packed batches drawn to measure packing and throughput (rounded up to whole "
                        "packing cycles).")
   app.run(main)

@@ -167,10 +167,18 @@ def check_seq_len(data_cfg, mix: Mixture, tokenizer: Tokenizer, *, seed: int, sa
 
 def batches(data_cfg, mix: Mixture, tokenizer: Tokenizer, stats: Stats, *, seed: int,
             process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """Packed batches of `data.batch_size / process_count` rows for this process.
+  """pack_batches of the mixture's example stream (examples)."""
+  return pack_batches(data_cfg, examples(data_cfg, mix, tokenizer, stats, seed=seed), seed=seed,
+                      process_index=process_index, process_count=process_count)
 
-  The example stream is cut into `data.shards` shards, each packed on its own into
-  `batch_size / shards` rows of every batch; a process builds a contiguous block of
+
+def pack_batches(data_cfg, stream: grain.MapDataset, *, seed: int, process_index: int = 0,
+                 process_count: int = 1) -> grain.IterDataset:
+  """Packed batches of `data.batch_size / process_count` rows for this process, from an example
+  stream (examples, or prepared.examples: features or None).
+
+  The stream is cut into `data.shards` shards (element i to shard i % shards), each packed on its
+  own into `batch_size / shards` rows of every batch; a process builds a contiguous block of
   shards. So the global batch is the same however many processes build it.
   """
   shards, batch_size = data_cfg.shards, data_cfg.batch_size
@@ -181,8 +189,7 @@ def batches(data_cfg, mix: Mixture, tokenizer: Tokenizer, stats: Stats, *, seed:
   streams = []
   for shard in range(process_index * per_process, (process_index + 1) * per_process):
     # Read in the calling thread: rendering holds the GIL, so reader threads only add contention.
-    ds = examples(data_cfg, mix, tokenizer, stats, seed=seed, shard_index=shard,
-                  shard_count=shards).to_iter_dataset(grain.ReadOptions(num_threads=0))
+    ds = stream[shard::shards].to_iter_dataset(grain.ReadOptions(num_threads=0))
     rows = packing.pack(ds, data_cfg.seq_len, packer=data_cfg.packer, num_bins=data_cfg.packing_bins, seed=seed)
     streams.append(rows.batch(batch_size // shards, drop_remainder=True))
   zipped = grain_experimental.ZipIterDataset(streams).map(

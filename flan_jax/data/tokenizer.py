@@ -251,6 +251,14 @@ def train(texts: Iterable[str], path: str, *, vocab_size: int) -> Tokenizer:
   return load(path)
 
 
+def checksum(tokenizer: Tokenizer) -> str:
+  """sha256 of the tokenizer's file and chat template: what its token ids are a function of."""
+  digest = hashlib.sha256(epath.Path(tokenizer.path).read_bytes())
+  if tokenizer.chat_template is not None:
+    digest.update(tokenizer.chat_template.source.encode())
+  return digest.hexdigest()
+
+
 def cache_path(cache_dir: str, spec: dict) -> str:
   """Where a trained model for this training spec lives; the spec's hash names the file."""
   digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]

@@ -2,6 +2,7 @@
 
 A local task is declared in config (`data.local_tasks`), for example
   dict(name="my_alpaca", path="data/train.jsonl", format="alpaca", cluster="emails")
+  dict(name="my_dolly", hf_dataset="data/dolly", split="train", format="dolly", cluster="qa")
 or, on the command line, as a JSON file holding one such spec or a list of them
 (`--config.data.local_tasks=tasks.json`) or as inline JSON.
 
@@ -15,6 +16,11 @@ Formats (the columns each reads; `field_map` renames them, e.g. {"output": "answ
 A response may be a list of strings: several references, the first trained on, the best one
 scored. `response_suffix` is a marker every response of the file may end with (T0's
 "<|endoftext|>"), removed where present.
+
+Hugging Face datasets: `hf_dataset` instead of `path` names a directory written by `save_to_disk`
+(a DatasetDict, or one Dataset, read as split "train") or a dataset in the local Hugging Face
+cache, read offline (nothing is ever downloaded); `split` (default "train") holds the training
+rows, `validation_split` the evaluation rows.
 
 Clusters are free names: `cluster` for the whole file, or `cluster_field`, a column whose values
 (optionally renamed by `cluster_map`) name each row's cluster; one task is registered per cluster,
@@ -57,7 +63,7 @@ FORMATS = {
     "messages": {"messages": "messages"},
 }
 OPTIONAL_FIELDS = ("input",)
-SPEC_KEYS = ("name", "path", "format", "cluster", "validation_path", "validation_rows", "field_map", "cluster_field",
+SPEC_KEYS = ("name", "path", "hf_dataset", "split", "validation_split", "format", "cluster", "validation_path", "validation_rows", "field_map", "cluster_field",
              "cluster_map", "options", "options_field", "templates", "metrics", "response_suffix", "refuse_field")
 MESSAGE_ROLES = ("system", "user", "assistant")
 FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet")
@@ -98,6 +104,30 @@ def read_rows(pattern: str):
     raise FileNotFoundError(f"local task pattern {pattern!r} matches no file")
   for path in paths:
     yield from _read_file(path)
+
+
+def read_hf_rows(name: str, split: str):
+  """Yields (place, row) of one split of a Hugging Face dataset (see the module docstring), the place
+  being `name[split] row i`."""
+  os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # read before `datasets` is first imported
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  import datasets  # noqa: PLC0415 -- only for Hugging Face datasets
+  if os.path.isdir(name):
+    try:
+      loaded = datasets.load_from_disk(name)
+    except FileNotFoundError as error:
+      raise FileNotFoundError(f"hf_dataset {name!r} is a directory but not one save_to_disk wrote ({error})") from None
+    splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+  else:
+    try:
+      splits = dict(datasets.load_dataset(name))
+    except Exception as error:  # noqa: BLE001 -- datasets raises many kinds, all meaning "not here"
+      raise FileNotFoundError(f"hf_dataset {name!r} is neither a directory written by save_to_disk nor a dataset "
+                              f"in the local Hugging Face cache (nothing is downloaded): {error}") from None
+  if split not in splits:
+    raise ValueError(f"hf_dataset {name!r} has no split {split!r}; its splits are {sorted(splits)}")
+  for i, row in enumerate(splits[split]):
+    yield f"{name}[{split}] row {i}", row
 
 
 def _read_file(path: str):
@@ -263,13 +293,14 @@ def _cluster(spec: dict, row, where: str) -> str:
   return cluster
 
 
-def load(spec: dict, path: str, skip_bad_records: bool) -> tuple[dict[str, list], list[str]]:
-  """Examples of one file grouped by cluster, and the messages of skipped rows."""
+def load(spec: dict, rows, skip_bad_records: bool) -> tuple[dict[str, list], list[str]]:
+  """Examples of (place, row) pairs (read_rows, read_hf_rows) grouped by cluster, and the messages
+  of skipped rows."""
   fmt, suffix = spec["format"], spec.get("response_suffix") or ""
   field_map = dict(spec.get("field_map") or {})
   classification = bool(spec.get("options") or spec.get("options_field"))
   by_cluster, skipped = {}, []
-  for where, row in read_rows(path):
+  for where, row in rows:
     try:
       examples = to_examples(row, fmt, field_map, where, suffix)
       cluster = _cluster(spec, row, where)
@@ -289,22 +320,30 @@ def load(spec: dict, path: str, skip_bad_records: bool) -> tuple[dict[str, list]
   return by_cluster, skipped
 
 
+def _source(spec: dict) -> str:
+  return spec.get("path") or spec["hf_dataset"]
+
+
 def _check_spec(spec: dict):
   name = spec.get("name")
   unknown = sorted(set(spec) - set(SPEC_KEYS))
   if unknown:
     raise KeyError(f"local task {name!r}: unknown key(s) {unknown}; keys are {SPEC_KEYS}")
-  for key in ("name", "path", "format"):
+  for key in ("name", "format"):
     if not spec.get(key):
       raise KeyError(f"local task {name!r}: missing {key!r}")
+  if bool(spec.get("path")) == bool(spec.get("hf_dataset")):
+    raise KeyError(f"local task {name!r}: set one of 'path' and 'hf_dataset'")
+  if not spec.get("hf_dataset") and (spec.get("split") or spec.get("validation_split")):
+    raise KeyError(f"local task {name!r}: 'split' and 'validation_split' go with 'hf_dataset'")
+  if sum(bool(spec.get(k)) for k in ("validation_path", "validation_rows", "validation_split")) > 1:
+    raise KeyError(f"local task {name!r}: set one of 'validation_path', 'validation_rows' and 'validation_split'")
   if spec["format"] not in FORMATS:
     raise ValueError(f"local task {name!r}: unknown format {spec['format']!r}; formats are {sorted(FORMATS)}")
   if not spec.get("cluster") and not spec.get("cluster_field"):
     raise KeyError(f"local task {name!r}: set 'cluster' or 'cluster_field'")
   if spec.get("cluster") is not None and not isinstance(spec["cluster"], str):
     raise ValueError(f"local task {name!r}: 'cluster' must be a string, not {spec['cluster']!r}")
-  if spec.get("validation_path") and spec.get("validation_rows"):
-    raise KeyError(f"local task {name!r}: set one of 'validation_path' and 'validation_rows'")
   if spec.get("options") and spec.get("options_field"):
     raise KeyError(f"local task {name!r}: set one of 'options' and 'options_field'")
   if spec.get("templates") and spec["format"] == "messages":
@@ -327,18 +366,24 @@ def _templates(spec: dict) -> tuple[templates.Template, ...]:
 def _register(spec_json: str, skip_bad_records: bool) -> tuple[tuple[tasks.Task, ...], tuple[str, ...]]:
   spec = json.loads(spec_json)
   _check_spec(spec)
-  train, skipped = load(spec, spec["path"], skip_bad_records)
+  if spec.get("hf_dataset"):
+    rows = read_hf_rows(spec["hf_dataset"], spec.get("split") or "train")
+  else:
+    rows = read_rows(spec["path"])
+  train, skipped = load(spec, rows, skip_bad_records)
   validation = {}
-  if spec.get("validation_path"):
-    validation, more = load(spec, spec["validation_path"], skip_bad_records)
+  if spec.get("validation_path") or spec.get("validation_split"):
+    rows = (read_hf_rows(spec["hf_dataset"], spec["validation_split"]) if spec.get("validation_split")
+            else read_rows(spec["validation_path"]))
+    validation, more = load(spec, rows, skip_bad_records)
     skipped += more
   elif spec.get("validation_rows"):
     keep = int(spec["validation_rows"])
     validation = {cluster: rows[-keep:] for cluster, rows in train.items()}
     train = {cluster: rows[:-keep] for cluster, rows in train.items()}
   if not train and not validation:
-    raise ValueError(f"local task {spec['name']!r}: no usable row in {spec['path']!r} ({len(skipped)} skipped, "
-                     f"e.g. {skipped[0] if skipped else 'none'})")
+    raise ValueError(f"local task {spec['name']!r}: no usable row in {_source(spec)!r} ({len(skipped)} "
+                     f"skipped, e.g. {skipped[0] if skipped else 'none'})")
   task_templates = _templates(spec)
   classification = bool(spec.get("options") or spec.get("options_field"))
   default = ("accuracy", "macro_f1") if classification else ("refusal", "rouge") if spec.get("refuse_field") else ("rouge",)
@@ -363,7 +408,7 @@ def _check_templates(task: tasks.Task, splits: dict, spec: dict):
     for i, template in enumerate(task.templates):
       options = task.example_options(example) if task.is_classification else None
       templates.render_pair(template, example, options=options, show_options=True, chain_of_thought=False,
-                            where=f"local task {spec['name']!r} ({spec['path']}), template {i}")
+                            where=f"local task {spec['name']!r} ({_source(spec)}), template {i}")
 
 
 def register(spec: dict, skip_bad_records: bool) -> tuple[tuple[tasks.Task, ...], tuple[str, ...]]:
