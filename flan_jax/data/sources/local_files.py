@@ -20,7 +20,8 @@ scored. `response_suffix` is a marker every response of the file may end with (T
 Hugging Face datasets: `hf_dataset` instead of `path` names a directory written by `save_to_disk`
 (a DatasetDict, or one Dataset, read as split "train") or a dataset in the local Hugging Face
 cache, read offline (nothing is ever downloaded); `split` (default "train") holds the training
-rows, `validation_split` the evaluation rows.
+rows, `validation_split` the evaluation rows. Every row is read and checked at registration, but
+only its position is kept: an example is converted from its memory-mapped row when read.
 
 Clusters are free names: `cluster` for the whole file, or `cluster_field`, a column whose values
 (optionally renamed by `cluster_map`) name each row's cluster; one task is registered per cluster,
@@ -46,11 +47,15 @@ Rows are read and checked when the task is registered. A bad row is an error nam
 and line (or row), or, with `skip_bad_records`, a counted skip.
 """
 
+import collections
 import csv
 import functools
 import glob
 import json
 import os
+from collections.abc import Sequence
+
+import numpy as np
 
 from flan_jax import metrics as metrics_lib
 from flan_jax.data import tasks, templates
@@ -106,9 +111,9 @@ def read_rows(pattern: str):
     yield from _read_file(path)
 
 
-def read_hf_rows(name: str, split: str):
-  """Yields (place, row) of one split of a Hugging Face dataset (see the module docstring), the place
-  being `name[split] row i`."""
+def hf_split(name: str, split: str):
+  """One split of a Hugging Face dataset (see the module docstring), memory-mapped from its Arrow
+  files."""
   os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # read before `datasets` is first imported
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   import datasets  # noqa: PLC0415 -- only for Hugging Face datasets
@@ -126,8 +131,45 @@ def read_hf_rows(name: str, split: str):
                               f"in the local Hugging Face cache (nothing is downloaded): {error}") from None
   if split not in splits:
     raise ValueError(f"hf_dataset {name!r} has no split {split!r}; its splits are {sorted(splits)}")
-  for i, row in enumerate(splits[split]):
-    yield f"{name}[{split}] row {i}", row
+  return splits[split]
+
+
+class ArrowExamples(Sequence):
+  """The examples of a Hugging Face dataset split, each converted from its row when read: memory
+  holds the Arrow files' mapping and a (row, part) position per example, not the examples.
+  `positions` [n, 2] int64: the row, and which of the row's examples (instances) it is."""
+
+  def __init__(self, spec: dict, dataset, place: str, positions: np.ndarray):
+    self.spec, self.dataset, self.place, self.positions = spec, dataset, place, positions
+
+  def __len__(self) -> int:
+    return len(self.positions)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return ArrowExamples(self.spec, self.dataset, self.place, self.positions[index])
+    row, part = self.positions[index]
+    return row_examples(self.spec, self.dataset[int(row)], f"{self.place} row {row}")[1][part]
+
+
+def load_hf(spec: dict, split: str, skip_bad_records: bool) -> tuple[dict[str, ArrowExamples], list[str]]:
+  """load() of a Hugging Face dataset split: every row is read and checked once, and kept as its
+  position only."""
+  name = spec["hf_dataset"]
+  dataset, place = hf_split(name, split), f"{name}[{split}]"
+  positions, skipped, row = collections.defaultdict(list), [], 0
+  for batch in dataset.iter(batch_size=1024):
+    for values in zip(*batch.values()):
+      try:
+        cluster, examples = row_examples(spec, dict(zip(batch, values)), f"{place} row {row}")
+        positions[cluster] += [(row, part) for part in range(len(examples))]
+      except tasks.BadRecordError as e:
+        if not skip_bad_records:
+          raise
+        skipped.append(str(e))
+      row += 1
+  return {cluster: ArrowExamples(spec, dataset, place, np.asarray(p, np.int64).reshape(-1, 2))
+          for cluster, p in positions.items()}, skipped
 
 
 def _read_file(path: str):
@@ -293,24 +335,27 @@ def _cluster(spec: dict, row, where: str) -> str:
   return cluster
 
 
-def load(spec: dict, rows, skip_bad_records: bool) -> tuple[dict[str, list], list[str]]:
-  """Examples of (place, row) pairs (read_rows, read_hf_rows) grouped by cluster, and the messages
-  of skipped rows."""
-  fmt, suffix = spec["format"], spec.get("response_suffix") or ""
-  field_map = dict(spec.get("field_map") or {})
-  classification = bool(spec.get("options") or spec.get("options_field"))
+def row_examples(spec: dict, row, where: str) -> tuple[str, list[dict]]:
+  """(cluster, examples) of one parsed row under a spec; raises BadRecordError naming `where`."""
+  examples = to_examples(row, spec["format"], dict(spec.get("field_map") or {}), where,
+                         spec.get("response_suffix") or "")
+  cluster = _cluster(spec, row, where)
+  for example in examples:
+    if spec.get("options") or spec.get("options_field"):
+      example["options"] = _options(spec, row, example, where)
+    if spec.get("templates"):
+      example.update({k: v for k, v in row.items() if isinstance(v, str) and k not in example})
+    if spec.get("refuse_field"):
+      example["refuse"] = _refuse(spec["refuse_field"], row, where)
+  return cluster, examples
+
+
+def load(spec: dict, path: str, skip_bad_records: bool) -> tuple[dict[str, list], list[str]]:
+  """Examples of one file (or glob pattern) grouped by cluster, and the messages of skipped rows."""
   by_cluster, skipped = {}, []
-  for where, row in rows:
+  for where, row in read_rows(path):
     try:
-      examples = to_examples(row, fmt, field_map, where, suffix)
-      cluster = _cluster(spec, row, where)
-      for example in examples:
-        if classification:
-          example["options"] = _options(spec, row, example, where)
-        if spec.get("templates"):
-          example.update({k: v for k, v in row.items() if isinstance(v, str) and k not in example})
-        if spec.get("refuse_field"):
-          example["refuse"] = _refuse(spec["refuse_field"], row, where)
+      cluster, examples = row_examples(spec, row, where)
     except tasks.BadRecordError as e:
       if not skip_bad_records:
         raise
@@ -367,15 +412,13 @@ def _register(spec_json: str, skip_bad_records: bool) -> tuple[tuple[tasks.Task,
   spec = json.loads(spec_json)
   _check_spec(spec)
   if spec.get("hf_dataset"):
-    rows = read_hf_rows(spec["hf_dataset"], spec.get("split") or "train")
+    train, skipped = load_hf(spec, spec.get("split") or "train", skip_bad_records)
   else:
-    rows = read_rows(spec["path"])
-  train, skipped = load(spec, rows, skip_bad_records)
+    train, skipped = load(spec, spec["path"], skip_bad_records)
   validation = {}
   if spec.get("validation_path") or spec.get("validation_split"):
-    rows = (read_hf_rows(spec["hf_dataset"], spec["validation_split"]) if spec.get("validation_split")
-            else read_rows(spec["validation_path"]))
-    validation, more = load(spec, rows, skip_bad_records)
+    validation, more = (load_hf(spec, spec["validation_split"], skip_bad_records) if spec.get("validation_split")
+                        else load(spec, spec["validation_path"], skip_bad_records))
     skipped += more
   elif spec.get("validation_rows"):
     keep = int(spec["validation_rows"])
