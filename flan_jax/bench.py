@@ -25,6 +25,11 @@ pipeline  tokens/s the tiny config's input pipeline produces, over what its trai
 stall     input_stall_fraction: the tiny config's train loop fed by its real pipeline over the same loop fed
           pre-built batches, minus 1 (the share of time the device waits for input).
 decontamination  training examples/s streamed past an 8-gram index of evaluation instances (T0 files).
+data_scale  `python -m flan_jax.data prepare` of a generated SCALE_RECORDS-record mixture (data/scale_mixture.py)
+          with 1 and 2 workers: seconds resolving it (decontamination and deduplication), prepared examples/s,
+          peak RSS (the process's and its workers'), whether exactly the planted copies and exact repeats were
+          dropped; then a run's start-up to its first batch on the prepared shards versus the streaming path.
+          Not in the default set (tens of minutes).
 checkpoint  save and restore seconds per GB; the seconds an async save adds to the tiny config's training, and
           that over its training time between two saves (train.checkpoint_every steps).
 lora      Llama-3.2-1B's trainable parameters and optimiser state (--config's): full fine-tuning versus LoRA rank 16.
@@ -56,7 +61,7 @@ from etils import epath
 
 from flan_jax import loss as losses
 from flan_jax import checkpoint, commands, decode, hardware, lora, optim, presets, sharding, train, workdirs
-from flan_jax.data import decontamination, packing, pipeline, render, vocab
+from flan_jax.data import decontamination, packing, pipeline, prepared, render, scale_mixture, vocab
 from flan_jax.model import Decoder, ModelConfig, from_config, matmul, train_flops_per_token
 
 
@@ -539,13 +544,66 @@ def lora_memory(results, config):
   return out
 
 
+SCALE_RECORDS = 2_000_000
+
+
+def data_scale(results, config):
+  """See the module docstring (data_scale). The mixture and preparations go to a temporary directory."""
+  del results
+  figures = {}
+  with tempfile.TemporaryDirectory() as directory:
+    mixture = scale_mixture.write(directory, SCALE_RECORDS)
+    specs = {name: os.path.join(directory, f"{name}.json") for name in ("task", "evaluation")}
+    for name, path in specs.items():
+      with open(path, "w") as f:
+        json.dump([mixture[name]], f)
+    overrides = ["--config.data.mixture=()", "--config.data.held_out_clusters=()",
+                 "--config.data.deduplication.mode=exact", f"--config.data.local_tasks={specs['task']}",
+                 f"--config.data.decontamination.evaluation_files={specs['evaluation']}"]
+    for workers in (1, 2):
+      out = os.path.join(directory, f"prepared_{workers}")
+      start = time.perf_counter()
+      subprocess.run([sys.executable, "-m", "flan_jax.data", "prepare", f"--out={out}", f"--num_workers={workers}",
+                      f"--config={flags.FLAGS['config'].config_filename}", *overrides], check=True,
+                     stdout=subprocess.DEVNULL)
+      seconds = time.perf_counter() - start
+      manifest = prepared.read_manifest(out)
+      figures[f"data_scale_{workers}_workers_s"] = seconds
+      figures[f"data_scale_{workers}_workers_scan_s"] = manifest["scan_seconds"]
+      figures[f"data_scale_{workers}_workers_examples_per_s"] = manifest["examples"] / manifest["render_seconds"]
+      figures[f"data_scale_{workers}_workers_peak_rss_gb"] = manifest["peak_rss_gb"]
+    truth = mixture["truth"]
+    contamination, duplicates = manifest["mixture"]["contamination"], manifest["mixture"]["duplicates"]
+    figures.update({
+        "data_scale_records": SCALE_RECORDS, "data_scale_prepared_examples": manifest["examples"],
+        "data_scale_planted": sum(len(t["planted"]) for t in truth.values()),
+        "data_scale_flagged": sum(t["flagged"] for t in contamination["training_tasks"].values()),
+        "data_scale_exact_repeats": sum(len(t["exact"]) for t in truth.values()),
+        "data_scale_duplicates_dropped": sum(t["dropped"] for t in duplicates.values()),
+        "data_scale_drops_match_per_task": all(
+            contamination["training_tasks"].get(name, {}).get("flagged", 0) == len(t["planted"])
+            and duplicates.get(name, {}).get("dropped", 0) == len(t["exact"]) for name, t in truth.items())})
+    config = copy.deepcopy(config)
+    scale_mixture.configure(config, mixture)
+    tokenizer = vocab.get_tokenizer(config.data, prepared.tokenizer_dir(out))
+    for path in ("prepared", "streaming"):
+      config.data.prepared = out if path == "prepared" else ""
+      start = time.perf_counter()
+      batches = iter(pipeline.pack_batches(config.data, train.example_stream(config, tokenizer, render.Stats()),
+                                           seed=config.seed))
+      next(batches)
+      figures[f"data_scale_start_up_s_{path}"] = time.perf_counter() - start
+      batches.close()
+  return figures
+
+
 SECTIONS = {"peak": peak, "train": train_steps, "peer": peer_training, "loss": fused_loss, "sharding": fsdp_memory,
             "decode": kv_cache_decoding, "packing": packing_efficiency, "pipeline": input_pipeline, "stall": input_stall,
             "decontamination": decontamination_speed,
             "checkpoint": checkpoints, "lora": lora_memory, "attention": attention_implementations}
 # Run by the sections above in processes of their own: `sharding` (8 simulated devices), `peer`.
 INTERNAL_SECTIONS = {"fsdp_memory_on_8_devices": fsdp_memory_on_8_devices,
-                     "peer_model": peer_model}
+                     "peer_model": peer_model, "data_scale": data_scale}  # the last: too long for the default
 
 
 def _format(value) -> str:
@@ -560,7 +618,7 @@ def main(argv):
   sections = {**SECTIONS, **INTERNAL_SECTIONS}
   unknown = sorted(set(names) - set(sections))
   if unknown:
-    raise app.UsageError(f"--only: unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    raise app.UsageError(f"--only: unknown sections {unknown}; choose from {', '.join(SECTIONS)}, data_scale")
   device = jax.devices()[0]
   results = {"backend": jax.default_backend(), "device": hardware.device_name(device)}
   for name in names:

@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import resource
 import time
 
 import grain
@@ -47,8 +48,12 @@ BATCHING_KEYS = ("batch_size", "rows_per_shard", "shards", "packer", "packing_bi
 
 
 def identity(config) -> dict:
-  """What the prepared examples are a function of: config.data but its batching keys, and the seed."""
+  """What the prepared examples are a function of: config.data but its batching keys (local task
+  specs as specs, however given), and the seed."""
   data = json.loads(config.data.to_json_best_effort(sort_keys=True))
+  data["local_tasks"] = sources.local_files.specs(config.data.local_tasks)
+  data["decontamination"]["evaluation_files"] = sources.local_files.specs(
+      config.data.decontamination.evaluation_files)
   return {"data": {k: v for k, v in data.items() if k not in BATCHING_KEYS}, "seed": config.seed}
 
 
@@ -167,6 +172,7 @@ def prepare(config, out_dir: str, num_workers: int = 0, log=print) -> dict:
           if not (out / shard_name(s, shards)).exists()]
   log(f"{count} examples in {shards} shards ({len(todo)} to write here) after {scan_seconds:.1f} s "
       f"resolving the mixture")
+  render_start = time.perf_counter()
   _JOB.update(out=out, count=count, shards=shards, data_cfg=data_cfg, mix=mix, tokenizer=tokenizer,
               seed=config.seed)
   if num_workers:
@@ -183,7 +189,9 @@ def prepare(config, out_dir: str, num_workers: int = 0, log=print) -> dict:
     multihost_utils.sync_global_devices("prepared shards written")
   if process_index:
     return {}
+  peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
   manifest = {**plan, **_counts(out, shards), "scan_seconds": scan_seconds,
+              "render_seconds": time.perf_counter() - render_start, "peak_rss_gb": peak / 2**20,
               "mixture": {"rates": mix.rates, "kept": mix.sizes, "skipped_rows": list(mix.skipped_rows[:20]),
                           "skipped_row_count": len(mix.skipped_rows), "contamination": mix.contamination,
                           "duplicates": mix.duplicates}}
