@@ -21,14 +21,16 @@ sharding  per-device parameter + optimiser memory on 8 simulated CPU devices (a 
 decode    greedy decoding of 64 tokens with the KV cache versus recomputing the whole sequence per token.
 packing   best-fit / first-fit / one-example-per-row efficiency, lognormal lengths (median 200, length 2,048)
           and flan_mini's lengths.
-pipeline  tokens/s the tiny config's input pipeline produces, over what its train step consumes.
+pipeline  tokens/s the tiny config's input pipeline produces, streaming and from prepared shards, over what its
+          train step consumes, and the CPU milliseconds each spends per 1,000 tokens.
 stall     input_stall_fraction: the tiny config's train loop fed by its real pipeline over the same loop fed
           pre-built batches, minus 1 (the share of time the device waits for input).
 decontamination  training examples/s streamed past an 8-gram index of evaluation instances (T0 files).
 data_scale  `python -m flan_jax.data prepare` of a generated SCALE_RECORDS-record mixture (data/scale_mixture.py)
           with 1 and 2 workers: seconds resolving it (decontamination and deduplication), prepared examples/s,
           peak RSS (the process's and its workers'), whether exactly the planted copies and exact repeats were
-          dropped; then a run's start-up to its first batch on the prepared shards versus the streaming path.
+          dropped; then a run's start-up to its first batch on the prepared shards versus the streaming path
+          (its first start, and a restart that finds the scan cached).
           Not in the default set (tens of minutes).
 checkpoint  save and restore seconds per GB; the seconds an async save adds to the tiny config's training, and
           that over its training time between two saves (train.checkpoint_every steps).
@@ -350,17 +352,35 @@ def _tokenizer(config):
 
 
 def input_pipeline(results, config):
-  """Tokens/s the tiny config's input pipeline produces on one process, over what its train step consumes."""
+  """Tokens/s the tiny config's input pipeline produces on one process, streaming (rendering and
+  tokenizing as it goes) and from prepared shards (`python -m flan_jax.data prepare` first: reading
+  and packing only), over what its train step consumes; and each one's CPU milliseconds per 1,000
+  tokens, so that a host's need is its chips' tokens/s x that / 10^6 cores."""
   data = config.data
-  batches = iter(pipeline.batches(data, pipeline.resolve_mixture(data), _tokenizer(config), render.Stats(), seed=0))
-  next(batches)  # opens the sources
-  start, count = time.perf_counter(), 2 * pipeline.packing_cycle(data)
-  for _ in range(count):
-    next(batches)
-  batches.close()
-  produced = count * data.batch_size * data.seq_len / (time.perf_counter() - start)
-  consumed = results.get("train_tokens_per_s_tiny") or measure_train_step(config, repeats=3)["tokens_per_s"]
-  return {"pipeline_tokens_per_s": produced, "pipeline_to_train_ratio": produced / consumed}
+  tokenizer = _tokenizer(config)
+  figures = {}
+  with tempfile.TemporaryDirectory() as directory:
+    cached = epath.Path(prepared.tokenizer_dir(directory)) / os.path.basename(tokenizer.path)
+    epath.Path(tokenizer.path).copy(cached)  # the same tokenizer, not trained again
+    manifest = prepared.prepare(config, directory, num_workers=os.cpu_count(), log=lambda _: None)
+    mix = pipeline.resolve_mixture(data)
+    streams = {"": pipeline.examples(data, mix, tokenizer, render.Stats(), seed=config.seed),
+               "_prepared": prepared.examples(directory, manifest, render.Stats())}
+    consumed = (results.get("train_tokens_per_s_tiny")
+                or measure_train_step(config, repeats=3)["tokens_per_s"])
+    for name, stream in streams.items():
+      batches = iter(pipeline.pack_batches(data, stream, seed=config.seed))
+      next(batches)  # opens the sources
+      start, cpu, count = time.perf_counter(), time.process_time(), 2 * pipeline.packing_cycle(data)
+      for _ in range(count):
+        next(batches)
+      tokens = count * data.batch_size * data.seq_len
+      produced = tokens / (time.perf_counter() - start)
+      cpu_ms = (time.process_time() - cpu) / tokens * 1e6
+      figures.update({f"pipeline{name}_tokens_per_s": produced, f"pipeline{name}_cpu_ms_per_1k_tokens": cpu_ms,
+                      f"pipeline{name}_to_train_ratio": produced / consumed})
+      batches.close()
+  return figures
 
 
 def input_stall(results, config):
@@ -586,11 +606,12 @@ def data_scale(results, config):
     config = copy.deepcopy(config)
     scale_mixture.configure(config, mixture)
     tokenizer = vocab.get_tokenizer(config.data, prepared.tokenizer_dir(out))
-    for path in ("prepared", "streaming"):
+    # The streaming path's first start scans (and caches the scan in the workdir); a restart reads it.
+    for path in ("prepared", "streaming", "streaming_restart"):
       config.data.prepared = out if path == "prepared" else ""
       start = time.perf_counter()
-      batches = iter(pipeline.pack_batches(config.data, train.example_stream(config, tokenizer, render.Stats()),
-                                           seed=config.seed))
+      stream = train.example_stream(config, directory, tokenizer, render.Stats())
+      batches = iter(pipeline.pack_batches(config.data, stream, seed=config.seed))
       next(batches)
       figures[f"data_scale_start_up_s_{path}"] = time.perf_counter() - start
       batches.close()

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from absl import app, flags, logging
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
@@ -171,7 +172,7 @@ def train_and_evaluate(config, workdir: str):
     raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
                      f"{tokenizer.vocab_size}")
   stats = render.Stats()
-  stream = example_stream(config, tokenizer, stats)
+  stream = example_stream(config, workdir, tokenizer, stats)
   data_iterator = iter(pipeline.pack_batches(config.data, stream, seed=config.seed,
                                              process_index=jax.process_index(),
                                              process_count=jax.process_count()))
@@ -210,17 +211,23 @@ def train_and_evaluate(config, workdir: str):
   data_iterator.close()
 
 
-def example_stream(config, tokenizer, stats: render.Stats):
+def example_stream(config, workdir: str, tokenizer, stats: render.Stats):
   """The run's example stream: data.prepared's shards (checked against the run's data config,
-  tokenizer and evaluation sets; no scan), else the mixture resolved here, rendered as it
-  streams."""
+  tokenizer and evaluation sets; no scan), else the mixture resolved (decontamination and
+  deduplication's scan) by process 0 into `<workdir>/data_scan/<checksum of its inputs>.npz`,
+  where a restart finds it, and rendered as it streams."""
   if config.data.prepared:
     manifest = prepared.read_manifest(config.data.prepared)
     prepared.check(manifest, config.data.prepared, config, tokenizer)
     stats.mixture_skipped = manifest["mixture"]["skipped_row_count"]
     logging.info("data: %d prepared examples in %s", manifest["examples"], config.data.prepared)
     return prepared.examples(config.data.prepared, manifest, stats)
-  mix = pipeline.resolve_mixture(config.data)
+  path = epath.Path(workdir) / "data_scan" / f"{pipeline.scan_checksum(config.data)}.npz"
+  if jax.process_index() == 0 and not path.exists():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pipeline.write_mixture(pipeline.resolve_mixture(config.data), str(path))
+  multihost_utils.sync_global_devices("data scan written")
+  mix = pipeline.read_mixture(config.data, str(path))
   for name, found in (mix.contamination or {}).get("training_tasks", {}).items():
     logging.info("decontamination (%s): %d of %d training examples of %s overlap evaluation instances",
                  config.data.decontamination.mode, found["flagged"], found["of"], name)

@@ -1,7 +1,10 @@
+import random
+
 import numpy as np
 import pytest
 
 from flan_jax.data import pipeline, render
+from tests.helpers import load_config, sentence, write_jsonl
 
 
 def _small(config):
@@ -115,3 +118,36 @@ def test_an_element_renders_the_same_in_any_shard_and_shards_draw_differently(ti
   whole, first, second = draws(0, 1), draws(0, 2), draws(1, 2)
   assert first == whole[0:100:2] and second == whole[1:100:2]
   assert all(a != b for a, b in zip(first, second))  # before: shard k's element i drew what every shard's i drew
+
+
+def _scan_config(tmp_path, rows):
+  config = load_config("tiny")
+  config.data.mixture = ()
+  config.data.held_out_clusters = ()
+  path = write_jsonl(tmp_path / "rows.jsonl", rows)
+  config.data.local_tasks = ({"name": "scan_cache", "path": path, "format": "alpaca", "cluster": "a"},)
+  return config
+
+
+def test_a_scan_saved_reads_back_and_its_checksum_follows_its_inputs(tmp_path):
+  rng = random.Random(0)
+  rows = [{"instruction": sentence(rng, 5), "input": sentence(rng, 20), "output": "x"} for _ in range(50)]
+  rows[9] = dict(rows[4])
+  config = _scan_config(tmp_path, rows)
+  mix = pipeline.resolve_mixture(config.data)
+  pipeline.write_mixture(mix, str(tmp_path / "scan.npz"))
+  read = pipeline.read_mixture(config.data, str(tmp_path / "scan.npz"))
+  assert read.train == mix.train and read.rates == mix.rates and read.duplicates == mix.duplicates
+  assert read.sizes == mix.sizes == {"scan_cache": 49}
+  np.testing.assert_array_equal(read.kept["scan_cache"], mix.kept["scan_cache"])
+  checksum = pipeline.scan_checksum(config.data)
+  config.data.template.format = "chatml"  # rendering is not the scan's
+  config.data.seq_len = 64
+  assert pipeline.scan_checksum(config.data) == checksum
+  config.data.deduplication.mode = "off"
+  assert pipeline.scan_checksum(config.data) != checksum
+  records = mix.train[0].source("train")
+  records[30] = {**records[30], "answer": "y"}  # one training row edited, in the registered task itself
+  changed = pipeline.scan_checksum(config.data)
+  config.data.deduplication.mode = "exact"
+  assert pipeline.scan_checksum(config.data) not in (checksum, changed)

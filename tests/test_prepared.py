@@ -14,16 +14,21 @@ import pytest
 from flan_jax import train
 from flan_jax.data import pipeline, prepared, render, vocab
 from flan_jax.data import tokenizer as tokenizer_lib
-from tests.helpers import (ROOT, SMALL, copy_tokenizer, kill_9_after, load_config, losses, make_hf_tokenizer, sentence,
-                           small_run_config, train_command, write_jsonl)
+from tests.helpers import (ROOT, SMALL, copy_tokenizer, kill_9_after, load_config, losses,
+                           make_hf_tokenizer, sentence, small_run_config, train_command,
+                           write_jsonl)
 
 
 @pytest.fixture(scope="module")
 def rows_file(tmp_path_factory):
   """Two local training clusters (one bad row, some rows longer than seq_len) and a held-out one."""
   rng = random.Random(0)
-  rows = lambda n, words, cluster: [{"instruction": sentence(rng, 6), "input": sentence(rng, words()),
-                                     "output": f"{cluster} {i}", "cluster": cluster} for i in range(n)]
+  rows = lambda n, words, cluster: [{
+      "instruction": sentence(rng, 6),
+      "input": sentence(rng, words()),
+      "output": f"{cluster} {i}",
+      "cluster": cluster
+  } for i in range(n)]
   train = rows(150, lambda: rng.randint(5, 60), "a") + rows(90, lambda: rng.randint(5, 20), "b")
   train[17] = {"instruction": "no output"}
   held = rows(20, lambda: 12, "held")
@@ -33,11 +38,14 @@ def rows_file(tmp_path_factory):
 def small_mixture_config(rows_path, tokenizer_path):
   config = load_config("tiny")
   config.data.mixture = ()
-  config.data.held_out_clusters = ("held",)
+  config.data.held_out_clusters = ("held", )
   config.data.skip_bad_records = True
-  config.data.local_tasks = (
-      {"name": "prep", "path": rows_path, "format": "alpaca",
-       "cluster_field": "cluster"},)
+  config.data.local_tasks = ({
+      "name": "prep",
+      "path": rows_path,
+      "format": "alpaca",
+      "cluster_field": "cluster"
+  }, )
   config.data.seq_len = 64
   config.data.batch_size = 4
   config.data.shards = 2
@@ -55,8 +63,9 @@ def small(tmp_path, monkeypatch, tokenizer, rows_file):
 
 
 def streaming_batches(config, tokenizer, stats, count):
-  it = iter(pipeline.batches(config.data, pipeline.resolve_mixture(config.data), tokenizer, stats,
-                             seed=config.seed))
+  it = iter(
+      pipeline.batches(config.data, pipeline.resolve_mixture(config.data), tokenizer, stats,
+                       seed=config.seed))
   out = [next(it) for _ in range(count)]
   it.close()
   return out
@@ -64,7 +73,9 @@ def streaming_batches(config, tokenizer, stats, count):
 
 def prepared_batches(directory, config, stats, count, state=None):
   manifest = prepared.read_manifest(directory)
-  it = iter(pipeline.pack_batches(config.data, prepared.examples(directory, manifest, stats), seed=config.seed))
+  it = iter(
+      pipeline.pack_batches(config.data, prepared.examples(directory, manifest, stats),
+                            seed=config.seed))
   if state is not None:
     it.set_state(state)
   out = [next(it) for _ in range(count)]
@@ -114,22 +125,25 @@ def test_a_killed_preparation_resumes_and_another_config_is_refused(small):
   assert "(1 to write here)" in logged[0]
   assert open(os.path.join(directory, prepared.shard_name(3, 5)), "rb").read() == first
   config.data.seq_len = 96
-  with pytest.raises(ValueError, match=r"holds a preparation of another config: identity.data.seq_len: "
-                                       r"prepared 64, this run 96"):
+  with pytest.raises(
+      ValueError, match=r"holds a preparation of another config: identity.data.seq_len: "
+      r"prepared 64, this run 96"):
     prepared.prepare(config, directory, log=lambda _: None)
 
 
-def test_a_run_that_does_not_match_the_preparation_is_refused_naming_the_difference(small, tmp_path):
+def test_a_run_that_does_not_match_the_preparation_is_refused_naming_the_difference(
+    small, tmp_path):
   config, directory = small
   manifest = prepared.prepare(config, directory, log=lambda _: None)
   tokenizer = vocab.get_tokenizer(config.data, prepared.tokenizer_dir(directory))
   config.data.batch_size = 8  # batching is the run's choice
   prepared.check(manifest, directory, config, tokenizer)
-  config.data.held_out_clusters = ("b",)
+  config.data.held_out_clusters = ("b", )
   config.data.template.num_shots = 2
-  with pytest.raises(ValueError, match=r"does not match this run: data.held_out_clusters: prepared \[\"held\"\], "
-                                       r"this run \[\"b\"\]; data.template.num_shots: prepared 3, this run 2; "
-                                       r"evaluation set prep_b: prepared null"):
+  with pytest.raises(
+      ValueError, match=r"does not match this run: data.held_out_clusters: prepared \[\"held\"\], "
+      r"this run \[\"b\"\]; data.template.num_shots: prepared 3, this run 2; "
+      r"evaluation set prep_b: prepared null"):
     prepared.check(manifest, directory, config, tokenizer)
   make_hf_tokenizer(str(tmp_path / "other"), ["some other text"] * 10)
   other = tokenizer_lib.load(str(tmp_path / "other"))
@@ -145,13 +159,15 @@ def test_a_missing_or_cut_shard_and_an_unfinished_preparation_are_errors_naming_
   data = open(path, "rb").read()
   with open(path, "wb") as f:
     f.write(data[:len(data) // 2])
-  with pytest.raises(ValueError, match=rf"shard {path} (cannot be read|holds \d+ examples, not 50)"):
+  with pytest.raises(ValueError,
+                     match=rf"shard {path} (cannot be read|holds \d+ examples, not 50)"):
     prepared.examples(directory, manifest, render.Stats())
   os.remove(path)
   with pytest.raises(ValueError, match=rf"shard {path} cannot be read"):
     prepared.examples(directory, manifest, render.Stats())
   os.remove(os.path.join(directory, prepared.MANIFEST))
-  with pytest.raises(FileNotFoundError, match=r"no manifest.json \(not prepared, or its preparation did not finish"):
+  with pytest.raises(FileNotFoundError,
+                     match=r"no manifest.json \(not prepared, or its preparation did not finish"):
     prepared.read_manifest(directory)
 
 
@@ -163,15 +179,17 @@ def test_prepare_then_train_equals_streaming_and_resumes_after_kill_9(tmp_path):
   train.train_and_evaluate(small_run_config(), streaming)
   directory = str(tmp_path / "prepared")
   copy_tokenizer(streaming, directory)
-  result = subprocess.run([sys.executable, "-m", "flan_jax.data", "prepare", "--config=configs/tiny.py",
-                           f"--out={directory}", "--num_workers=2", *SMALL], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+  result = subprocess.run([
+      sys.executable, "-m", "flan_jax.data", "prepare", "--config=configs/tiny.py",
+      f"--out={directory}", "--num_workers=2", *SMALL
+  ], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"train with --config.data.prepared={directory}" in result.stdout
   workdir = str(tmp_path / "on_prepared")
   command = train_command(workdir, f"--config.data.prepared={directory}")
   assert 6 <= kill_9_after(command, workdir, 6) < 12
-  result = subprocess.run([*command, "--verbosity=0"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result = subprocess.run([*command, "--verbosity=0"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert losses(workdir) == losses(streaming)
   assert "prepared examples" in result.stderr and "decontamination" not in result.stderr

@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec
 
 from flan_jax import model as model_lib
 from flan_jax import optim, sharding, train, workdirs
-from flan_jax.data import packing
+from flan_jax.data import packing, pipeline, render
 from tests.helpers import load_config, small_step_config
 
 MESHES = [dict(data=8, fsdp=1, tensor=1), dict(data=1, fsdp=8, tensor=1), dict(data=2, fsdp=2, tensor=2)]
@@ -223,3 +223,18 @@ def test_train_and_evaluate_in_process_writes_checkpoint_metrics_and_evaluators_
   assert json.loads((tmp_path / "config.json").read_text())["model"]["dtype"] in ("float32", "bfloat16")
   train.train_and_evaluate(config, str(tmp_path))
   assert len(open(tmp_path / "metrics.jsonl").readlines()) == 4
+
+
+def test_the_streaming_paths_scan_is_written_once_and_read_at_restart(tmp_path, monkeypatch,
+                                                                      tokenizer):
+  config = load_config("tiny")
+  stream = train.example_stream(config, str(tmp_path), tokenizer, render.Stats())
+  [saved] = (tmp_path / "data_scan").glob("*.npz")
+  monkeypatch.setattr(pipeline, "resolve_mixture", lambda *_: pytest.fail("scanned again"))
+  again = train.example_stream(config, str(tmp_path), tokenizer, render.Stats())
+  for i in range(50):
+    if stream[i] is None:
+      assert again[i] is None
+    else:
+      np.testing.assert_array_equal(stream[i]["inputs"], again[i]["inputs"])
+  assert list((tmp_path / "data_scan").glob("*.npz")) == [saved]

@@ -12,10 +12,13 @@ truncated, packed and batched. The iterator's `get_state()` is a small dict;
 
 import dataclasses
 import functools
+import hashlib
+import json
 import zlib
 
 import grain
 import numpy as np
+from etils import epath
 from grain import experimental as grain_experimental
 
 from flan_jax.data import decontamination, deduplication, mixture, packing, sources, tasks
@@ -120,6 +123,65 @@ def decontaminate(data_cfg, train, evaluation, candidates) -> tuple[dict | None,
                      f"training task(s) {too_many}; see `python -m flan_jax.data --config ...` (with "
                      "data.decontamination.mode=report) for what they share with the evaluation sets")
   return found.report(sizes), dropped
+
+
+def _records_digest(records, indices=None) -> str:
+  digest = hashlib.sha256()
+  for i in range(len(records)) if indices is None else indices:
+    digest.update(json.dumps(records[int(i)], sort_keys=True, default=str).encode() + b"\n")
+  return digest.hexdigest()
+
+
+def evaluation_checksums(data_cfg) -> dict[str, str]:
+  """sha256 of every evaluation set a run holds out or checks against: the held-out tasks'
+  evaluation splits and every split of data.decontamination.evaluation_files."""
+  sets = [(t.name, t, t.evaluation_split(held_out=True)) for t in split_tasks(data_cfg)[1]]
+  for spec in sources.local_files.specs(data_cfg.decontamination.evaluation_files):
+    for task in sources.local_files.register(spec, data_cfg.skip_bad_records)[0]:
+      sets += [(f"file:{task.name}:{split}", task, split) for split in task.splits]
+  return {name: _records_digest(task.source(split)) for name, task, split in sets}
+
+
+SCAN_KEYS = ("mixture", "weights", "max_examples_per_task", "example_cap", "temperature",
+             "held_out_clusters", "skip_bad_records", "decontamination", "deduplication")
+
+
+def scan_checksum(data_cfg) -> str:
+  """sha256 of what resolve_mixture is a function of: the data keys it reads (local task specs as
+  specs, however given), the evaluation sets, and the training records it scans (each task's
+  capped rows)."""
+  inputs = {key: json.loads(json.dumps(data_cfg[key].to_dict() if hasattr(data_cfg[key], "to_dict")
+                                       else data_cfg[key], default=list)) for key in SCAN_KEYS}
+  inputs["local_tasks"] = sources.local_files.specs(data_cfg.local_tasks)
+  inputs["decontamination"]["evaluation_files"] = sources.local_files.specs(
+      data_cfg.decontamination.evaluation_files)
+  inputs["evaluation"] = evaluation_checksums(data_cfg)
+  limit = data_cfg.max_examples_per_task
+  inputs["training"] = {t.name: _records_digest(t.source(t.splits[0]), mixture.capped(t, limit))
+                        for t in split_tasks(data_cfg)[0]}
+  return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def write_mixture(mix: Mixture, path: str):
+  """Saves what resolve_mixture found (read_mixture reads it back), as one .npz file."""
+  report = {"rates": mix.rates, "skipped_rows": list(mix.skipped_rows),
+            "contamination": mix.contamination, "duplicates": mix.duplicates}
+  kept = {f"kept/{name}": indices for name, indices in mix.kept.items()}
+  with epath.Path(path).open("wb") as f:
+    np.savez(f, report=json.dumps(report), **kept)
+
+
+def read_mixture(data_cfg, path: str) -> Mixture:
+  """The Mixture write_mixture saved, its tasks registered anew from data_cfg."""
+  train, evaluation = split_tasks(data_cfg)
+  with epath.Path(path).open("rb") as f:
+    saved = np.load(f)
+    report = json.loads(str(saved["report"]))
+    kept = {t.name: saved[f"kept/{t.name}"] for t in train}
+  return Mixture(train=tuple(train), evaluation=tuple(evaluation), rates=report["rates"],
+                 sizes={name: len(indices) for name, indices in kept.items()}, kept=kept,
+                 skipped_rows=tuple(report["skipped_rows"]), contamination=report["contamination"],
+                 duplicates=report["duplicates"])
 
 
 def _task_seed(seed: int, name: str) -> int:

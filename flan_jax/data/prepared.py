@@ -22,7 +22,6 @@ weights; a skipped bad record (data.skip_bad_records) is the flags alone.
 """
 
 import collections
-import hashlib
 import json
 import math
 import multiprocessing
@@ -57,22 +56,6 @@ def identity(config) -> dict:
   return {"data": {k: v for k, v in data.items() if k not in BATCHING_KEYS}, "seed": config.seed}
 
 
-def evaluation_checksums(data_cfg) -> dict[str, str]:
-  """sha256 of every evaluation set a run holds out or checks against: the held-out tasks'
-  evaluation splits and every split of data.decontamination.evaluation_files."""
-  sets = [(t.name, t, t.evaluation_split(held_out=True)) for t in pipeline.split_tasks(data_cfg)[1]]
-  for spec in sources.local_files.specs(data_cfg.decontamination.evaluation_files):
-    for task in sources.local_files.register(spec, data_cfg.skip_bad_records)[0]:
-      sets += [(f"file:{task.name}:{split}", task, split) for split in task.splits]
-  out = {}
-  for name, task, split in sets:
-    digest = hashlib.sha256()
-    for record in task.source(split):
-      digest.update(json.dumps(record, sort_keys=True, default=str).encode() + b"\n")
-    out[name] = digest.hexdigest()
-  return out
-
-
 def shard_name(shard: int, shards: int) -> str:
   return f"examples-{shard:05d}-of-{shards:05d}.array_record"
 
@@ -95,7 +78,8 @@ class Decode:
 
   def __call__(self, record: bytes) -> dict | None:
     if record[0] & SKIPPED:
-      self.stats.skip("prepared", "a bad record skipped when the data was prepared (see its manifest)")
+      self.stats.skip("prepared",
+                      "a bad record skipped when the data was prepared (see its manifest)")
       return None
     self.stats.truncated += bool(record[0] & TRUNCATED)
     n = (len(record) - 1) // 5
@@ -137,9 +121,14 @@ def _write_shard(shard: int) -> int:
     tasks[records[i][0]] += features is not None
     writer.write(encode(features, stats.truncated > truncated))
   writer.close()
-  _write_json(out / final.name.replace(".array_record", ".json"),
-              {"tasks": dict(tasks), "truncated": stats.truncated, "skipped": dict(stats.skipped),
-               "skip_messages": stats.skip_messages[:20], "renderings": dict(stats.renderings)})
+  _write_json(
+      out / final.name.replace(".array_record", ".json"), {
+          "tasks": dict(tasks),
+          "truncated": stats.truncated,
+          "skipped": dict(stats.skipped),
+          "skip_messages": stats.skip_messages[:20],
+          "renderings": dict(stats.renderings)
+      })
   partial.rename(final)
   return shard
 
@@ -158,18 +147,25 @@ def prepare(config, out_dir: str, num_workers: int = 0, log=print) -> dict:
   pipeline.check_seq_len(data_cfg, mix, tokenizer, seed=config.seed)
   count = sum(mix.sizes.values())
   shards = math.ceil(count / EXAMPLES_PER_SHARD)
-  plan = {"identity": identity(config), "tokenizer_sha256": tokenizer_lib.checksum(tokenizer),
-          "evaluation_sha256": evaluation_checksums(data_cfg), "examples": count, "shards": shards}
+  plan = {
+      "identity": identity(config),
+      "tokenizer_sha256": tokenizer_lib.checksum(tokenizer),
+      "evaluation_sha256": pipeline.evaluation_checksums(data_cfg),
+      "examples": count,
+      "shards": shards
+  }
   process_index, process_count = _processes()
   if (out / PLAN).exists():
     recorded = json.loads((out / PLAN).read_text())
     if recorded != plan:
-      raise ValueError(f"{out / PLAN}: {out_dir} holds a preparation of another config: "
-                       + "; ".join(differences(recorded, plan)) + ". Use an empty directory")
+      raise ValueError(f"{out / PLAN}: {out_dir} holds a preparation of another config: " +
+                       "; ".join(differences(recorded, plan)) + ". Use an empty directory")
   elif process_index == 0:
     _write_json(out / PLAN, plan)
-  todo = [s for s in range(process_index, shards, process_count)
-          if not (out / shard_name(s, shards)).exists()]
+  todo = [
+      s for s in range(process_index, shards, process_count)
+      if not (out / shard_name(s, shards)).exists()
+  ]
   log(f"{count} examples in {shards} shards ({len(todo)} to write here) after {scan_seconds:.1f} s "
       f"resolving the mixture")
   render_start = time.perf_counter()
@@ -189,12 +185,22 @@ def prepare(config, out_dir: str, num_workers: int = 0, log=print) -> dict:
     multihost_utils.sync_global_devices("prepared shards written")
   if process_index:
     return {}
-  peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-  manifest = {**plan, **_counts(out, shards), "scan_seconds": scan_seconds,
-              "render_seconds": time.perf_counter() - render_start, "peak_rss_gb": peak / 2**20,
-              "mixture": {"rates": mix.rates, "kept": mix.sizes, "skipped_rows": list(mix.skipped_rows[:20]),
-                          "skipped_row_count": len(mix.skipped_rows), "contamination": mix.contamination,
-                          "duplicates": mix.duplicates}}
+  peak = max(
+      resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+  manifest = {
+      **plan,
+      **_counts(out, shards), "scan_seconds": scan_seconds,
+      "render_seconds": time.perf_counter() - render_start,
+      "peak_rss_gb": peak / 2**20,
+      "mixture": {
+          "rates": mix.rates,
+          "kept": mix.sizes,
+          "skipped_rows": list(mix.skipped_rows[:20]),
+          "skipped_row_count": len(mix.skipped_rows),
+          "contamination": mix.contamination,
+          "duplicates": mix.duplicates
+      }
+  }
   _write_json(out / MANIFEST, manifest)
   return manifest
 
@@ -204,14 +210,20 @@ def _counts(out: epath.Path, shards: int) -> dict:
   tasks, skipped, renderings, truncated, messages = (collections.Counter(), collections.Counter(),
                                                      collections.Counter(), 0, [])
   for shard in range(shards):
-    counts = json.loads((out / shard_name(shard, shards).replace(".array_record", ".json")).read_text())
+    counts = json.loads(
+        (out / shard_name(shard, shards).replace(".array_record", ".json")).read_text())
     tasks.update(counts["tasks"])
     skipped.update(counts["skipped"])
     renderings.update(counts["renderings"])
     truncated += counts["truncated"]
     messages += counts["skip_messages"][:20 - len(messages)]
-  return {"tasks": dict(tasks), "truncated": truncated, "skipped": dict(skipped), "skip_messages": messages,
-          "renderings": dict(renderings)}
+  return {
+      "tasks": dict(tasks),
+      "truncated": truncated,
+      "skipped": dict(skipped),
+      "skip_messages": messages,
+      "renderings": dict(renderings)
+  }
 
 
 def differences(prepared: dict, run: dict, where: str = "") -> list[str]:
@@ -234,8 +246,9 @@ def tokenizer_dir(directory: str) -> str:
 def read_manifest(directory: str) -> dict:
   path = epath.Path(directory) / MANIFEST
   if not path.exists():
-    raise FileNotFoundError(f"data.prepared={directory}: no {MANIFEST} (not prepared, or its preparation did "
-                            "not finish: run `python -m flan_jax.data prepare` to complete it)")
+    raise FileNotFoundError(
+        f"data.prepared={directory}: no {MANIFEST} (not prepared, or its preparation did "
+        "not finish: run `python -m flan_jax.data prepare` to complete it)")
   return json.loads(path.read_text())
 
 
@@ -246,8 +259,10 @@ def check(manifest: dict, directory: str, config, tokenizer: Tokenizer):
   if manifest["tokenizer_sha256"] != tokenizer_lib.checksum(tokenizer):
     found.append(f"tokenizer sha256: prepared {manifest['tokenizer_sha256']}, this run "
                  f"{tokenizer_lib.checksum(tokenizer)} ({tokenizer.path})")
-  found += [f"evaluation set {d}" for d in differences(manifest["evaluation_sha256"],
-                                                       evaluation_checksums(config.data))]
+  found += [
+      f"evaluation set {d}" for d in differences(manifest["evaluation_sha256"],
+                                                 pipeline.evaluation_checksums(config.data))
+  ]
   if found:
     raise ValueError(f"data.prepared={directory} does not match this run: " + "; ".join(found))
 

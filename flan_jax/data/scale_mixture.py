@@ -25,7 +25,7 @@ EXACT_SHARE, NEAR_SHARE, PLANTED_SHARE = 0.10, 0.10, 0.01
 
 
 def _words(rng: np.random.Generator, count: int) -> np.ndarray:
-  """`count` made-up words of 3 to 9 letters (distinct, so that n-grams do not collide by chance)."""
+  """`count` distinct made-up words of 3 to 9 letters (so that n-grams never collide by chance)."""
   letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
   words = {"".join(rng.choice(letters, size=rng.integers(3, 10))) for _ in range(int(count * 1.2))}
   return np.array(sorted(words)[:count])
@@ -59,8 +59,9 @@ def write(directory: str, records: int, seed: int = 0) -> dict:
     shared = task % 2 == 0
     own = _texts(rng, vocabulary, _lengths(rng, size))
     outputs = _texts(rng, vocabulary, rng.integers(3, 21, size))
-    kind = rng.choice(4, size=size, p=[1 - EXACT_SHARE - NEAR_SHARE - PLANTED_SHARE, EXACT_SHARE, NEAR_SHARE,
-                                       PLANTED_SHARE])
+    kind = rng.choice(
+        4, size=size,
+        p=[1 - EXACT_SHARE - NEAR_SHARE - PLANTED_SHARE, EXACT_SHARE, NEAR_SHARE, PLANTED_SHARE])
     kind[0] = 0  # the first row is an original
     originals = np.flatnonzero(kind == 0)
     for i in np.flatnonzero((kind == 1) | (kind == 2)):
@@ -68,7 +69,9 @@ def write(directory: str, records: int, seed: int = 0) -> dict:
       own[i], outputs[i] = own[source], outputs[source]
       if kind[i] == 2:
         words = own[i].split()
-        words[::20] = [str(w) for w in vocabulary[rng.integers(len(vocabulary), size=len(words[::20]))]]
+        words[::20] = [
+            str(w) for w in vocabulary[rng.integers(len(vocabulary), size=len(words[::20]))]
+        ]
         own[i] = " ".join(words)
     for i in np.flatnonzero(kind == 3):
       own[i] = evaluation[rng.integers(len(evaluation))]
@@ -77,24 +80,36 @@ def write(directory: str, records: int, seed: int = 0) -> dict:
     columns["input"] += own if shared else [""] * size
     columns["output"] += outputs
     columns["task"] += [f"t{task:02d}"] * size
-    truth[f"scale_t{task:02d}"] = {"planted": np.flatnonzero(kind == 3).tolist(),
-                                   "exact": np.flatnonzero(kind == 1).tolist()}
+    truth[f"scale_t{task:02d}"] = {
+        "planted": np.flatnonzero(kind == 3).tolist(),
+        "exact": np.flatnonzero(kind == 1).tolist()
+    }
   datasets.Dataset.from_dict(columns).save_to_disk(os.path.join(directory, "train"))
   with open(os.path.join(directory, "evaluation.jsonl"), "w") as f:
     for text in evaluation:
       f.write(json.dumps({"instruction": "Answer.", "input": text, "output": "x"}) + "\n")
-  return {"task": {"name": "scale", "hf_dataset": os.path.join(directory, "train"), "format": "alpaca",
-                   "cluster_field": "task"},
-          "evaluation": {"name": "scale_eval", "path": os.path.join(directory, "evaluation.jsonl"),
-                         "format": "alpaca", "cluster": "eval"},
-          "truth": truth}
+  return {
+      "task": {
+          "name": "scale",
+          "hf_dataset": os.path.join(directory, "train"),
+          "format": "alpaca",
+          "cluster_field": "task"
+      },
+      "evaluation": {
+          "name": "scale_eval",
+          "path": os.path.join(directory, "evaluation.jsonl"),
+          "format": "alpaca",
+          "cluster": "eval"
+      },
+      "truth": truth
+  }
 
 
 def configure(config, mixture: dict):
   """Points a (tiny) config at a written mixture: its one local task, no held-out cluster, the
   evaluation file checked (decontamination drops), exact deduplication."""
   config.data.mixture = ()
-  config.data.local_tasks = (mixture["task"],)
+  config.data.local_tasks = (mixture["task"], )
   config.data.held_out_clusters = ()
-  config.data.decontamination.evaluation_files = (mixture["evaluation"],)
+  config.data.decontamination.evaluation_files = (mixture["evaluation"], )
   config.data.deduplication.mode = "exact"
