@@ -21,10 +21,12 @@ sharding  per-device parameter + optimiser memory on 8 simulated CPU devices (a 
 decode    greedy decoding of 64 tokens with the KV cache versus recomputing the whole sequence per token.
 packing   best-fit / first-fit / one-example-per-row efficiency, lognormal lengths (median 200, length 2,048)
           and flan_mini's lengths.
-pipeline  tokens/s the tiny config's input pipeline produces, streaming and from prepared shards, over what its
-          train step consumes, and the CPU milliseconds each spends per 1,000 tokens.
+pipeline  tokens/s the tiny config's input pipeline produces, streaming and from prepared shards (prepared once into
+          the tiny run's workdir), over what its train step consumes, and the CPU milliseconds each spends per 1,000
+          tokens.
 stall     input_stall_fraction: the tiny config's train loop fed by its real pipeline over the same loop fed
-          pre-built batches, minus 1 (the share of time the device waits for input).
+          pre-built batches, minus 1 (the share of time the device waits for input); _prepared: fed from its
+          prepared shards.
 decontamination  training examples/s streamed past an 8-gram index of evaluation instances (T0 files).
 data_scale  `python -m flan_jax.data prepare` of a generated SCALE_RECORDS-record mixture (data/scale_mixture.py)
           with 1 and 2 workers: seconds resolving it (decontamination and deduplication), prepared examples/s,
@@ -358,29 +360,39 @@ def input_pipeline(results, config):
   tokens, so that a host's need is its chips' tokens/s x that / 10^6 cores."""
   data = config.data
   tokenizer = _tokenizer(config)
+  directory, manifest = _prepared(config)
+  streams = {"": pipeline.examples(data, pipeline.resolve_mixture(data), tokenizer, render.Stats(), seed=config.seed),
+             "_prepared": prepared.examples(directory, manifest, render.Stats())}
+  consumed = results.get("train_tokens_per_s_tiny") or measure_train_step(config, repeats=3)["tokens_per_s"]
   figures = {}
-  with tempfile.TemporaryDirectory() as directory:
-    cached = epath.Path(prepared.tokenizer_dir(directory)) / os.path.basename(tokenizer.path)
-    epath.Path(tokenizer.path).copy(cached)  # the same tokenizer, not trained again
-    manifest = prepared.prepare(config, directory, num_workers=os.cpu_count(), log=lambda _: None)
-    mix = pipeline.resolve_mixture(data)
-    streams = {"": pipeline.examples(data, mix, tokenizer, render.Stats(), seed=config.seed),
-               "_prepared": prepared.examples(directory, manifest, render.Stats())}
-    consumed = (results.get("train_tokens_per_s_tiny")
-                or measure_train_step(config, repeats=3)["tokens_per_s"])
-    for name, stream in streams.items():
-      batches = iter(pipeline.pack_batches(data, stream, seed=config.seed))
-      next(batches)  # opens the sources
-      start, cpu, count = time.perf_counter(), time.process_time(), 2 * pipeline.packing_cycle(data)
-      for _ in range(count):
-        next(batches)
-      tokens = count * data.batch_size * data.seq_len
-      produced = tokens / (time.perf_counter() - start)
-      cpu_ms = (time.process_time() - cpu) / tokens * 1e6
-      figures.update({f"pipeline{name}_tokens_per_s": produced, f"pipeline{name}_cpu_ms_per_1k_tokens": cpu_ms,
-                      f"pipeline{name}_to_train_ratio": produced / consumed})
-      batches.close()
+  for name, stream in streams.items():
+    batches = iter(pipeline.pack_batches(data, stream, seed=config.seed))
+    next(batches)  # opens the sources
+    start, cpu, count = time.perf_counter(), time.process_time(), 2 * pipeline.packing_cycle(data)
+    for _ in range(count):
+      next(batches)
+    tokens = count * data.batch_size * data.seq_len
+    produced = tokens / (time.perf_counter() - start)
+    cpu_ms = (time.process_time() - cpu) / tokens * 1e6
+    figures.update({f"pipeline{name}_tokens_per_s": produced, f"pipeline{name}_cpu_ms_per_1k_tokens": cpu_ms,
+                    f"pipeline{name}_to_train_ratio": produced / consumed})
+    batches.close()
   return figures
+
+
+def _prepared(config) -> tuple[str, dict]:
+  """(directory, manifest) of the --config's data prepared beside its tokenizer (`prepare` keeps the
+  shards already written, so only the first bench run prepares)."""
+  workdir = workdirs.default(flags.FLAGS["config"].config_filename)
+  directory = os.path.join(workdir, "prepared")
+  os.makedirs(prepared.tokenizer_dir(directory), exist_ok=True)
+  tokenizer = _tokenizer(config)
+  cached = epath.Path(prepared.tokenizer_dir(directory)) / os.path.basename(tokenizer.path)
+  if not cached.exists():
+    epath.Path(tokenizer.path).copy(cached)  # the same tokenizer, not trained again
+  if not os.path.exists(os.path.join(directory, prepared.MANIFEST)):
+    prepared.prepare(config, directory, num_workers=os.cpu_count(), log=lambda _: None)
+  return directory, prepared.read_manifest(directory)
 
 
 def input_stall(results, config):
@@ -388,7 +400,8 @@ def input_stall(results, config):
   (steps fed by the real pipeline, read ahead in its thread) / (steps fed with batches built before) - 1.
   Both go through train.device_batches, as the train loop does, for packing cycles of steps (32 on the
   tiny config; each holds the pipeline's one burst of work per cycle), three each, alternated, since
-  a 2-core machine's speed drifts by tens of percent from one half minute to the next."""
+  a 2-core machine's speed drifts by tens of percent from one half minute to the next. The same for
+  the loop fed from the tiny data's prepared shards (`_prepared`)."""
   del results
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   rules = sharding.rules(config.sharding_rules)
@@ -396,16 +409,19 @@ def input_stall(results, config):
   optimizer, schedule = optim.make(config.optim, config.train.steps)
   data = config.data
   real = iter(pipeline.batches(data, pipeline.resolve_mixture(data), _tokenizer(config), render.Stats(), seed=0))
+  directory, manifest = _prepared(config)
+  from_shards = iter(pipeline.pack_batches(data, prepared.examples(directory, manifest, render.Stats()), seed=0))
   prebuilt = iter(grain.MapDataset.source([next(real) for _ in range(10)]).repeat().to_iter_dataset())
   with sharding.context(mesh, rules):
     _, shardings = train.state_shapes(model, optimizer, mesh, rules)
     state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
     step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
-    feeds = {"real": train.device_batches(real, mesh), "prebuilt": train.device_batches(prebuilt, mesh)}
+    feeds = {"real": train.device_batches(real, mesh), "prepared": train.device_batches(from_shards, mesh),
+             "prebuilt": train.device_batches(prebuilt, mesh)}
     state, _ = step(state, next(feeds["prebuilt"])[0])  # compile
-    seconds, steps = {"real": 0.0, "prebuilt": 0.0}, pipeline.packing_cycle(data)  # the pipeline's cost, whole
+    seconds, steps = dict.fromkeys(feeds, 0.0), pipeline.packing_cycle(data)  # the pipeline's cost, whole
     cycles = 3
-    for name in ("prebuilt", "real") * cycles:
+    for name in ("prebuilt", "real", "prepared") * cycles:
       batch, _ = next(feeds[name])
       jax.block_until_ready(state)
       start = time.perf_counter()
@@ -415,8 +431,11 @@ def input_stall(results, config):
       jax.block_until_ready(state)
       seconds[name] += time.perf_counter() - start
   real.close()
+  from_shards.close()
   return {"input_stall_fraction": seconds["real"] / seconds["prebuilt"] - 1,
+          "input_stall_fraction_prepared": seconds["prepared"] / seconds["prebuilt"] - 1,
           "input_stall_step_s_real": seconds["real"] / (cycles * steps),
+          "input_stall_step_s_prepared": seconds["prepared"] / (cycles * steps),
           "input_stall_step_s_prebuilt": seconds["prebuilt"] / (cycles * steps)}
 
 
