@@ -146,15 +146,22 @@ SCAN_KEYS = ("mixture", "weights", "max_examples_per_task", "example_cap", "temp
              "held_out_clusters", "skip_bad_records", "decontamination", "deduplication")
 
 
+def data_settings(data_cfg) -> dict:
+  """config.data as JSON values, local task and evaluation file specs as specs however given (a
+  JSON file, inline JSON or dicts): what checksums and manifests compare."""
+  data = json.loads(data_cfg.to_json_best_effort(sort_keys=True))
+  data["local_tasks"] = sources.local_files.specs(data_cfg.local_tasks)
+  data["decontamination"]["evaluation_files"] = sources.local_files.specs(
+      data_cfg.decontamination.evaluation_files)
+  return data
+
+
 def scan_checksum(data_cfg) -> str:
   """sha256 of what resolve_mixture is a function of: the data keys it reads (local task specs as
   specs, however given), the evaluation sets, and the training records it scans (each task's
   capped rows)."""
-  inputs = {key: json.loads(json.dumps(data_cfg[key].to_dict() if hasattr(data_cfg[key], "to_dict")
-                                       else data_cfg[key], default=list)) for key in SCAN_KEYS}
-  inputs["local_tasks"] = sources.local_files.specs(data_cfg.local_tasks)
-  inputs["decontamination"]["evaluation_files"] = sources.local_files.specs(
-      data_cfg.decontamination.evaluation_files)
+  settings = data_settings(data_cfg)
+  inputs = {key: settings[key] for key in (*SCAN_KEYS, "local_tasks")}
   inputs["evaluation"] = evaluation_checksums(data_cfg)
   limit = data_cfg.max_examples_per_task
   inputs["training"] = {t.name: _records_digest(t.source(t.splits[0]), mixture.capped(t, limit))

@@ -34,7 +34,7 @@ import numpy as np
 from array_record.python import array_record_module
 from etils import epath
 
-from flan_jax.data import packing, pipeline, sources, vocab
+from flan_jax.data import packing, pipeline, vocab
 from flan_jax.data import tokenizer as tokenizer_lib
 from flan_jax.data.render import Stats
 from flan_jax.data.tokenizer import Tokenizer
@@ -49,10 +49,7 @@ BATCHING_KEYS = ("batch_size", "rows_per_shard", "shards", "packer", "packing_bi
 def identity(config) -> dict:
   """What the prepared examples are a function of: config.data but its batching keys (local task
   specs as specs, however given), and the seed."""
-  data = json.loads(config.data.to_json_best_effort(sort_keys=True))
-  data["local_tasks"] = sources.local_files.specs(config.data.local_tasks)
-  data["decontamination"]["evaluation_files"] = sources.local_files.specs(
-      config.data.decontamination.evaluation_files)
+  data = pipeline.data_settings(config.data)
   return {"data": {k: v for k, v in data.items() if k not in BATCHING_KEYS}, "seed": config.seed}
 
 
