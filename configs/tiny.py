@@ -33,6 +33,7 @@ def get_config(arg: str | None = None):
   data.packer = "best_fit"
   data.packing_bins = 64
   data.prepared = ""  # a `python -m flan_jax.data prepare` directory: read its shards, no scan
+  data.num_workers = 0  # > 0: Grain worker processes building batches (the order depends on it)
 
   # Training examples that overlap evaluation instances (flan_jax/data/decontamination.py, Tülu 3's rule).
   data.decontamination = ml_collections.ConfigDict()

@@ -22,11 +22,11 @@ decode    greedy decoding of 64 tokens with the KV cache versus recomputing the 
 packing   best-fit / first-fit / one-example-per-row efficiency, lognormal lengths (median 200, length 2,048)
           and flan_mini's lengths.
 pipeline  tokens/s the tiny config's input pipeline produces, streaming and from prepared shards (prepared once into
-          the tiny run's workdir), over what its train step consumes, and the CPU milliseconds each spends per 1,000
-          tokens.
+          the tiny run's workdir), with 0, 1 and 2 workers (_workersN), over what its train step consumes, and
+          the CPU milliseconds each spends per 1,000 tokens in-process.
 stall     input_stall_fraction: the tiny config's train loop fed by its real pipeline over the same loop fed
           pre-built batches, minus 1 (the share of time the device waits for input); _prepared: fed from its
-          prepared shards.
+          prepared shards; _workersN: with N worker processes.
 decontamination  training examples/s streamed past an 8-gram index of evaluation instances (T0 files).
 data_scale  `python -m flan_jax.data prepare` of a generated SCALE_RECORDS-record mixture (data/scale_mixture.py)
           with 1 and 2 workers: seconds resolving it (decontamination and deduplication), prepared examples/s,
@@ -60,6 +60,7 @@ from grain import experimental as grain_experimental
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 from absl import app, flags
 from etils import epath
 
@@ -356,28 +357,39 @@ def _tokenizer(config):
 def input_pipeline(results, config):
   """Tokens/s the tiny config's input pipeline produces on one process, streaming (rendering and
   tokenizing as it goes) and from prepared shards (`python -m flan_jax.data prepare` first: reading
-  and packing only), over what its train step consumes; and each one's CPU milliseconds per 1,000
-  tokens, so that a host's need is its chips' tokens/s x that / 10^6 cores."""
-  data = config.data
+  and packing only), with 0, 1 and 2 worker processes (data.num_workers), over what its train step
+  consumes; and, in-process, its CPU milliseconds per 1,000 tokens, so that a host's need is its
+  chips' tokens/s x that / 10^6 cores."""
   tokenizer = _tokenizer(config)
   directory, manifest = _prepared(config)
-  streams = {"": pipeline.examples(data, pipeline.resolve_mixture(data), tokenizer, render.Stats(), seed=config.seed),
-             "_prepared": prepared.examples(directory, manifest, render.Stats())}
   consumed = results.get("train_tokens_per_s_tiny") or measure_train_step(config, repeats=3)["tokens_per_s"]
   figures = {}
-  for name, stream in streams.items():
-    batches = iter(pipeline.pack_batches(data, stream, seed=config.seed))
-    next(batches)  # opens the sources
-    start, cpu, count = time.perf_counter(), time.process_time(), 2 * pipeline.packing_cycle(data)
-    for _ in range(count):
-      next(batches)
-    tokens = count * data.batch_size * data.seq_len
-    produced = tokens / (time.perf_counter() - start)
-    cpu_ms = (time.process_time() - cpu) / tokens * 1e6
-    figures.update({f"pipeline{name}_tokens_per_s": produced, f"pipeline{name}_cpu_ms_per_1k_tokens": cpu_ms,
-                    f"pipeline{name}_to_train_ratio": produced / consumed})
-    batches.close()
+  for workers in (0, 1, 2):
+    data = _with_workers(config.data, workers)
+    for name in ("", "_prepared"):
+      stats = render.Stats()
+      stream = (prepared.examples(directory, manifest, stats) if name else
+                pipeline.examples(data, pipeline.resolve_mixture(data), tokenizer, stats, seed=config.seed))
+      batches = iter(pipeline.pack_batches(data, stream, stats, seed=config.seed))
+      next(batches)  # opens the sources (and starts the workers)
+      start, cpu, count = time.perf_counter(), time.process_time(), 2 * pipeline.packing_cycle(data)
+      for _ in range(count):
+        next(batches)
+      tokens = count * data.batch_size * data.seq_len
+      produced = tokens / (time.perf_counter() - start)
+      name += f"_workers{workers}" if workers else ""
+      figures.update({f"pipeline{name}_tokens_per_s": produced,
+                      f"pipeline{name}_to_train_ratio": produced / consumed})
+      if not workers:  # a worker's CPU time is not this process's
+        figures[f"pipeline{name}_cpu_ms_per_1k_tokens"] = (time.process_time() - cpu) / tokens * 1e6
+      batches.close()
   return figures
+
+
+def _with_workers(data_cfg, workers: int):
+  data_cfg = copy.deepcopy(data_cfg)
+  data_cfg.num_workers = workers
+  return data_cfg
 
 
 def _prepared(config) -> tuple[str, dict]:
@@ -397,31 +409,36 @@ def _prepared(config) -> tuple[str, dict]:
 
 def input_stall(results, config):
   """The share of the tiny config's train-loop time spent waiting for input, one process on one device:
-  (steps fed by the real pipeline, read ahead in its thread) / (steps fed with batches built before) - 1.
-  Both go through train.device_batches, as the train loop does, for packing cycles of steps (32 on the
-  tiny config; each holds the pipeline's one burst of work per cycle), three each, alternated, since
-  a 2-core machine's speed drifts by tens of percent from one half minute to the next. The same for
-  the loop fed from the tiny data's prepared shards (`_prepared`)."""
+  (steps fed by the real pipeline, read ahead in its thread or its workers) / (steps fed with batches
+  built before) - 1, streaming and from the tiny data's prepared shards (`_prepared`), with 0, 1 and 2
+  workers. All go through train.device_batches, as the train loop does, for packing cycles of steps
+  (32 on the tiny config; each holds the pipeline's one burst of work per cycle), three each,
+  alternated, since a 2-core machine's speed drifts by tens of percent from one half minute to the
+  next."""
   del results
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   rules = sharding.rules(config.sharding_rules)
   model = from_config(config.model)
   optimizer, schedule = optim.make(config.optim, config.train.steps)
-  data = config.data
-  real = iter(pipeline.batches(data, pipeline.resolve_mixture(data), _tokenizer(config), render.Stats(), seed=0))
+  mix, tokenizer = pipeline.resolve_mixture(config.data), _tokenizer(config)
   directory, manifest = _prepared(config)
-  from_shards = iter(pipeline.pack_batches(data, prepared.examples(directory, manifest, render.Stats()), seed=0))
-  prebuilt = iter(grain.MapDataset.source([next(real) for _ in range(10)]).repeat().to_iter_dataset())
+  pipelines = {}
+  for workers in (0, 1, 2):
+    data, stats = _with_workers(config.data, workers), render.Stats()
+    suffix = f"_workers{workers}" if workers else ""
+    pipelines["real" + suffix] = iter(pipeline.batches(data, mix, tokenizer, stats, seed=0))
+    pipelines["prepared" + suffix] = iter(
+        pipeline.pack_batches(data, prepared.examples(directory, manifest, stats), stats, seed=0))
+  prebuilt = iter(grain.MapDataset.source([next(pipelines["real"]) for _ in range(10)]).repeat().to_iter_dataset())
   with sharding.context(mesh, rules):
     _, shardings = train.state_shapes(model, optimizer, mesh, rules)
     state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
     step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
-    feeds = {"real": train.device_batches(real, mesh), "prepared": train.device_batches(from_shards, mesh),
-             "prebuilt": train.device_batches(prebuilt, mesh)}
+    feeds = {name: train.device_batches(it, mesh) for name, it in {"prebuilt": prebuilt, **pipelines}.items()}
     state, _ = step(state, next(feeds["prebuilt"])[0])  # compile
-    seconds, steps = dict.fromkeys(feeds, 0.0), pipeline.packing_cycle(data)  # the pipeline's cost, whole
+    seconds, steps = dict.fromkeys(feeds, 0.0), pipeline.packing_cycle(config.data)  # the pipeline's cost, whole
     cycles = 3
-    for name in ("prebuilt", "real", "prepared") * cycles:
+    for name in tuple(feeds) * cycles:
       batch, _ = next(feeds[name])
       jax.block_until_ready(state)
       start = time.perf_counter()
@@ -430,13 +447,13 @@ def input_stall(results, config):
         batch, _ = next(feeds[name])
       jax.block_until_ready(state)
       seconds[name] += time.perf_counter() - start
-  real.close()
-  from_shards.close()
-  return {"input_stall_fraction": seconds["real"] / seconds["prebuilt"] - 1,
-          "input_stall_fraction_prepared": seconds["prepared"] / seconds["prebuilt"] - 1,
-          "input_stall_step_s_real": seconds["real"] / (cycles * steps),
-          "input_stall_step_s_prepared": seconds["prepared"] / (cycles * steps),
-          "input_stall_step_s_prebuilt": seconds["prebuilt"] / (cycles * steps)}
+  for it in pipelines.values():
+    it.close()
+  figures = {f"input_stall_step_s_{name}": s / (cycles * steps) for name, s in seconds.items()}
+  for name in pipelines:  # real -> input_stall_fraction, prepared_workers1 -> ..._prepared_workers1
+    key = "input_stall_fraction" + ("_" + name).removeprefix("_real")
+    figures[key] = seconds[name] / seconds["prebuilt"] - 1
+  return figures
 
 
 T0_DIR = "../shared/real/t0_train"  # the T0 training files beside the checkout (configs/t0.py's data=)
@@ -494,7 +511,9 @@ def checkpoints(results, config):
         manager.wait_until_finished()
         out["checkpoint_save_s_per_gb"] = (time.perf_counter() - start) / gigabytes
         start = time.perf_counter()
-        jax.block_until_ready(checkpoint.restore_latest(manager, checkpoint.abstract(shapes, shardings), data, 1))
+        one_shard = ml_collections.ConfigDict(dict(shards=1, num_workers=0))
+        jax.block_until_ready(checkpoint.restore_latest(manager, checkpoint.abstract(shapes, shardings), data,
+                                                        one_shard))
         out["checkpoint_restore_s_per_gb"] = (time.perf_counter() - start) / gigabytes
         continue
       step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
@@ -629,8 +648,9 @@ def data_scale(results, config):
     for path in ("prepared", "streaming", "streaming_restart"):
       config.data.prepared = out if path == "prepared" else ""
       start = time.perf_counter()
-      stream = train.example_stream(config, directory, tokenizer, render.Stats())
-      batches = iter(pipeline.pack_batches(config.data, stream, seed=config.seed))
+      stats = render.Stats()
+      stream = train.example_stream(config, directory, tokenizer, stats)
+      batches = iter(pipeline.pack_batches(config.data, stream, stats, seed=config.seed))
       next(batches)
       figures[f"data_scale_start_up_s_{path}"] = time.perf_counter() - start
       batches.close()

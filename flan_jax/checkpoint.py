@@ -30,6 +30,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from flan_jax import lora, sharding
+from flan_jax.data import pipeline
 from flan_jax.model import from_config
 
 
@@ -40,20 +41,26 @@ def directory(workdir: str) -> epath.Path:
 
 
 class DataHandler:
-  """Orbax handler for the iterator of pipeline.batches: a zip of per-shard iterators, saved one
-  file per shard (`shard_<i>.json`), so that any process count can take the shards back."""
+  """Orbax handler for the iterator of pipeline.pack_batches, saved one file per data shard
+  (`shard_<i>.json`, pipeline.shard_states), so that any process count can take the shards back."""
 
   def save(self, directory: epath.Path, args: "DataSave"):
-    for offset, state in enumerate(args.state["parents"]):
+    for offset, state in enumerate(pipeline.shard_states(args.state)):
       (directory / f"shard_{args.first_shard + offset}.json").write_text(json.dumps(state))
 
   def restore(self, directory: epath.Path, args: "DataRestore"):
-    count = len(args.iterator.get_state()["parents"])
-    paths = [directory / f"shard_{args.first_shard + offset}.json" for offset in range(count)]
+    count = args.data_cfg.shards // jax.process_count()
+    first = first_shard(args.data_cfg.shards)
+    paths = [directory / f"shard_{first + offset}.json" for offset in range(count)]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
       raise FileNotFoundError(f"data checkpoint lacks {missing}; was data.shards changed?")
-    args.iterator.set_state({"parents": [json.loads(p.read_text()) for p in paths]})
+    try:
+      state = pipeline.join_shard_states([json.loads(p.read_text()) for p in paths],
+                                         args.data_cfg.num_workers)
+    except ValueError as error:
+      raise ConfigMismatchError(f"{directory}: {error}") from None
+    args.iterator.set_state(state)
     return args.iterator
 
   def metadata(self, directory):
@@ -84,7 +91,7 @@ class DataSave(ocp.args.CheckpointArgs):
 @dataclasses.dataclass
 class DataRestore(ocp.args.CheckpointArgs):
   iterator: Any
-  first_shard: int
+  data_cfg: Any  # config.data: its shards and num_workers
 
 
 def first_shard(data_shards: int) -> int:
@@ -154,7 +161,7 @@ def check_structure(checkpoints: ocp.CheckpointManager, step: int, target):
                               "the run's config, or in a new workdir")
 
 
-def restore_latest(checkpoints: ocp.CheckpointManager, target, data_iterator, data_shards: int):
+def restore_latest(checkpoints: ocp.CheckpointManager, target, data_iterator, data_cfg):
   """The newest checkpoint every process can read (state placed like `target`, `frozen` left
   empty), with `data_iterator` moved to its position; None if there is no checkpoint. Unreadable
   checkpoints are skipped with a warning and, once one restores, moved aside."""
@@ -165,7 +172,7 @@ def restore_latest(checkpoints: ocp.CheckpointManager, target, data_iterator, da
     try:
       check_structure(checkpoints, step, target)
       restored = checkpoints.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), data=DataRestore(data_iterator, first_shard(data_shards))))
+          state=ocp.args.StandardRestore(target), data=DataRestore(data_iterator, data_cfg)))
     except ConfigMismatchError:
       raise
     except Exception as restore_error:  # noqa: BLE001 -- any failure to read means: fall back

@@ -173,7 +173,7 @@ def train_and_evaluate(config, workdir: str):
                      f"{tokenizer.vocab_size}")
   stats = render.Stats()
   stream = example_stream(config, workdir, tokenizer, stats)
-  data_iterator = iter(pipeline.pack_batches(config.data, stream, seed=config.seed,
+  data_iterator = iter(pipeline.pack_batches(config.data, stream, stats, seed=config.seed,
                                              process_index=jax.process_index(),
                                              process_count=jax.process_count()))
 
@@ -184,7 +184,7 @@ def train_and_evaluate(config, workdir: str):
   with sharding.context(mesh, rules):
     shapes, shardings = state_shapes(model, optimizer, mesh, rules)
     state = checkpoint.restore_latest(checkpoints, checkpoint.abstract(shapes, shardings), data_iterator,
-                                      config.data.shards)
+                                      config.data)
     fresh = state is None
     if fresh:
       state = init_state(model, optimizer, mesh, shardings, jax.random.key(config.seed))

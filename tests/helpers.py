@@ -7,6 +7,7 @@ import http.client
 import importlib.util
 import json
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -251,7 +252,7 @@ def train_command(workdir, *overrides) -> list[str]:
 
 def kill_9_after(command, workdir, steps: int) -> int:
   """Starts a train command and kills it (SIGKILL) once `workdir` logs `steps` records; returns the
-  last step logged."""
+  last step logged. Fails if a process it started (a data worker) outlives it by 30 s."""
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 300
@@ -259,9 +260,31 @@ def kill_9_after(command, workdir, steps: int) -> int:
     if os.path.exists(metrics_path) and len(open(metrics_path).readlines()) >= steps:
       break
     time.sleep(0.05)
+  children = _children(process.pid)
   process.send_signal(signal.SIGKILL)
   process.wait()
+  deadline = time.time() + 30
+  while time.time() < deadline and any(map(_running, children)):
+    time.sleep(0.1)
+  assert not any(map(_running, children)), f"processes {children} of the killed run still run"
   return max(losses(workdir))
+
+
+def _children(pid: int) -> list[int]:
+  stats = (p / "stat" for p in pathlib.Path("/proc").iterdir() if p.name.isdigit())
+  return [int(s.parent.name) for s in stats if _stat_fields(s)[1:2] == [str(pid)]]
+
+
+def _running(pid: int) -> bool:
+  return _stat_fields(pathlib.Path(f"/proc/{pid}/stat"))[:1] not in ([], ["Z"])
+
+
+def _stat_fields(path) -> list[str]:
+  """/proc/<pid>/stat's state and parent pid, [] for a process gone."""
+  try:
+    return path.read_text().rsplit(")", 1)[1].split()[:2]
+  except OSError:
+    return []
 
 
 def free_port() -> int:

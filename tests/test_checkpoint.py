@@ -32,6 +32,7 @@ def shard_streams(shards=2):
 
 def test_restores_onto_a_different_mesh_with_the_data_position(tmp_path):
   config = small_step_config()
+  config.data.shards = 2
   state, _ = make_state(dict(data=8, fsdp=1, tensor=1), "dp", config)
   data = shard_streams()
   consumed = [next(data) for _ in range(3)]
@@ -42,7 +43,7 @@ def test_restores_onto_a_different_mesh_with_the_data_position(tmp_path):
 
   _, target = make_state(dict(data=1, fsdp=4, tensor=2), "fsdp_tp", config)
   fresh_data = shard_streams()
-  restored = checkpoint.restore_latest(checkpoint.manager(str(tmp_path), keep=2), target, fresh_data, data_shards=2)
+  restored = checkpoint.restore_latest(checkpoint.manager(str(tmp_path), keep=2), target, fresh_data, config.data)
   assert consumed == [(0, 100), (1, 101), (2, 102)] and next(fresh_data) == (3, 103)
   wq = restored.params["block_0"]["attention"]["wq"]
   assert wq.sharding == target.params["block_0"]["attention"]["wq"].sharding
@@ -53,13 +54,15 @@ def test_restores_onto_a_different_mesh_with_the_data_position(tmp_path):
 def test_no_checkpoint_gives_none_and_init_from_an_empty_directory_is_an_error(tmp_path):
   config = small_step_config()
   _, target = make_state(dict(data=-1, fsdp=1, tensor=1), "dp", config)
-  assert checkpoint.restore_latest(checkpoint.manager(str(tmp_path), keep=1), target, shard_streams(), 2) is None
+  assert checkpoint.restore_latest(checkpoint.manager(str(tmp_path), keep=1), target, shard_streams(),
+                                   config.data) is None
   with pytest.raises(FileNotFoundError, match="checkpoints.*no checkpoint steps"):
     checkpoint.restore_params(str(tmp_path / "checkpoints"), target.params)
 
 
 def test_a_checkpoint_of_another_model_size_is_a_config_error_not_unreadable(tmp_path):
   config = small_step_config()
+  config.data.shards = 2
   state, _ = make_state(dict(data=-1, fsdp=1, tensor=1), "dp", config)
   manager = checkpoint.manager(str(tmp_path), keep=2)
   checkpoint.save(manager, 2, state, shard_streams().get_state(), data_shards=2)
@@ -68,5 +71,12 @@ def test_a_checkpoint_of_another_model_size_is_a_config_error_not_unreadable(tmp
   _, target = make_state(dict(data=-1, fsdp=1, tensor=1), "dp", config)
   with pytest.raises(checkpoint.ConfigMismatchError, match=r"checkpoints/2 was written under another config.*"
                      r"params\.block_0\.mlp\.w_down: \(\d+, \d+\) in the checkpoint"):
-    checkpoint.restore_latest(checkpoint.manager(str(tmp_path), keep=2), target, shard_streams(), 2)
+    checkpoint.restore_latest(checkpoint.manager(str(tmp_path), keep=2), target, shard_streams(), config.data)
   assert os.listdir(tmp_path / "checkpoints") == ["2"]  # nothing moved aside
+
+  config.model.mlp_dim //= 2  # the same model, read with data.num_workers other than the saved 0
+  config.data.num_workers = 2
+  _, target = make_state(dict(data=-1, fsdp=1, tensor=1), "dp", config)
+  with pytest.raises(checkpoint.ConfigMismatchError, match=r"data\.num_workers=0, not 2"):
+    checkpoint.restore_latest(checkpoint.manager(str(tmp_path), keep=2), target, shard_streams(), config.data)
+  assert os.listdir(tmp_path / "checkpoints") == ["2"]

@@ -156,3 +156,18 @@ def test_two_processes_fall_back_together_from_a_corrupt_checkpoint(two_process_
   assert stderr.count("resuming from step 8") == 2, stderr[-3000:]  # both processes, the same step
   assert losses(workdir) == losses(two_process_run)  # steps 9-12 trained again, identically
   assert os.listdir(os.path.join(workdir, "checkpoints_unreadable"))[0].startswith("12-")
+
+
+@pytest.mark.slow
+def test_two_processes_with_a_worker_each_train_on_prepared_shards_as_on_the_stream(two_process_run, tmp_path):
+  directory = str(tmp_path / "prepared")
+  copy_tokenizer(two_process_run, directory)
+  result = subprocess.run([sys.executable, "-m", "flan_jax.data", "prepare", "--config=configs/tiny.py",
+                           f"--out={directory}", *SMALL], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  workdir = str(tmp_path / "run")
+  stderr = run_two_processes(workdir, f"--config.data.prepared={directory}", "--config.data.num_workers=1",
+                             "--config.evals.held_out.every_steps=-1", "--config.evals.seen.every_steps=-1",
+                             "--verbosity=0")
+  assert stderr.count("prepared examples") == 2 and "decontamination" not in stderr
+  assert losses(workdir) == losses(two_process_run)  # every step, bit for bit

@@ -54,6 +54,45 @@ def test_resume_from_saved_state_is_exact(tiny_config, tokenizer):
       np.testing.assert_array_equal(got[k], want[k])
 
 
+def _taken(config, mix, tokenizer, count, state=None):
+  """(count batches, the position after them, the Stats they reported), the iterator closed."""
+  stats = render.Stats()
+  it = iter(pipeline.batches(config.data, mix, tokenizer, stats, seed=config.seed))
+  if state is not None:
+    it.set_state(state)
+  out = [next(it) for _ in range(count)]
+  state = it.get_state()
+  it.close()
+  return out, state, stats
+
+
+def test_worker_processes_build_batches_resume_exactly_and_report_their_counts(tiny_config, tokenizer):
+  config = _small(tiny_config)
+  config.data.seq_len = 48  # some examples are truncated
+  mix = pipeline.resolve_mixture(config.data)
+  in_process, _, _ = _taken(config, mix, tokenizer, 4)
+  config.data.num_workers = 1  # one worker reads the whole stream: the same batches
+  one_worker, _, _ = _taken(config, mix, tokenizer, 4)
+  for want, got in zip(in_process, one_worker):
+    assert got.keys() == want.keys()
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+
+  config.data.num_workers = 2
+  expected, _, stats = _taken(config, mix, tokenizer, 6)
+  assert set(expected[0]) == set(in_process[0])
+  examples = sum(len(set(row[row > 0].tolist())) for b in expected for row in b["segment_ids"])
+  rendered = sum(n for key, n in stats.renderings.items() if key.startswith("format:"))
+  assert rendered >= examples and stats.truncated > 0  # the workers' counts reached this process
+  first, state, _ = _taken(config, mix, tokenizer, 3)
+  per_shard = pipeline.shard_states(state)  # as a checkpoint holds it
+  assert len(per_shard) == config.data.shards
+  resumed, _, _ = _taken(config, mix, tokenizer, 3, pipeline.join_shard_states(per_shard, 2))
+  for want, got in zip(expected, first + resumed):
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+
+
 def test_batches_are_deterministic_and_shaped(tiny_config, tokenizer):
   config = _small(tiny_config)
   mix = pipeline.resolve_mixture(config.data)

@@ -44,7 +44,8 @@ def small_mixture_config(rows_path, tokenizer_path):
       "name": "prep",
       "path": rows_path,
       "format": "alpaca",
-      "cluster_field": "cluster"
+      "cluster_field": "cluster",
+      "metrics": ("exact_match", "rouge")  # a tuple, read back from the manifest as a list
   }, )
   config.data.seq_len = 64
   config.data.batch_size = 4
@@ -74,7 +75,7 @@ def streaming_batches(config, tokenizer, stats, count):
 def prepared_batches(directory, config, stats, count, state=None):
   manifest = prepared.read_manifest(directory)
   it = iter(
-      pipeline.pack_batches(config.data, prepared.examples(directory, manifest, stats),
+      pipeline.pack_batches(config.data, prepared.examples(directory, manifest, stats), stats,
                             seed=config.seed))
   if state is not None:
     it.set_state(state)
@@ -134,7 +135,8 @@ def test_a_killed_preparation_resumes_and_another_config_is_refused(small):
 def test_a_run_that_does_not_match_the_preparation_is_refused_naming_the_difference(
     small, tmp_path):
   config, directory = small
-  manifest = prepared.prepare(config, directory, log=lambda _: None)
+  prepared.prepare(config, directory, log=lambda _: None)
+  manifest = prepared.read_manifest(directory)
   tokenizer = vocab.get_tokenizer(config.data, prepared.tokenizer_dir(directory))
   config.data.batch_size = 8  # batching is the run's choice
   prepared.check(manifest, directory, config, tokenizer)
@@ -173,8 +175,8 @@ def test_a_missing_or_cut_shard_and_an_unfinished_preparation_are_errors_naming_
 
 @pytest.mark.slow
 def test_prepare_then_train_equals_streaming_and_resumes_after_kill_9(tmp_path):
-  """The command line: prepare the small tiny run, train on it (killed, then rerun), and the losses
-  are the streaming run's, every step, bit for bit."""
+  """The command line: prepare the small tiny run, train on it with a worker process (killed, then
+  rerun), and the losses are the streaming run's, every step, bit for bit."""
   streaming = str(tmp_path / "streaming")
   train.train_and_evaluate(small_run_config(), streaming)
   directory = str(tmp_path / "prepared")
@@ -186,7 +188,7 @@ def test_prepare_then_train_equals_streaming_and_resumes_after_kill_9(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"train with --config.data.prepared={directory}" in result.stdout
   workdir = str(tmp_path / "on_prepared")
-  command = train_command(workdir, f"--config.data.prepared={directory}")
+  command = train_command(workdir, f"--config.data.prepared={directory}", "--config.data.num_workers=1")
   assert 6 <= kill_9_after(command, workdir, 6) < 12
   result = subprocess.run([*command, "--verbosity=0"], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)

@@ -10,14 +10,18 @@ truncated, packed and batched. The iterator's `get_state()` is a small dict;
 `set_state()` on a fresh iterator resumes exactly where it was taken.
 """
 
+import ctypes
 import dataclasses
 import functools
 import hashlib
 import json
+import signal
+import sys
 import zlib
 
 import grain
 import numpy as np
+from absl import flags
 from etils import epath
 from grain import experimental as grain_experimental
 
@@ -27,6 +31,7 @@ from flan_jax.data.tokenizer import Tokenizer
 
 MIX_SHUFFLE_WINDOW = 10_000
 PREFETCH_BATCHES = 2
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,9 +155,11 @@ def data_settings(data_cfg) -> dict:
   """config.data as JSON values, local task and evaluation file specs as specs however given (a
   JSON file, inline JSON or dicts): what checksums and manifests compare."""
   data = json.loads(data_cfg.to_json_best_effort(sort_keys=True))
-  data["local_tasks"] = sources.local_files.specs(data_cfg.local_tasks)
-  data["decontamination"]["evaluation_files"] = sources.local_files.specs(
-      data_cfg.decontamination.evaluation_files)
+  specs = {"local_tasks": sources.local_files.specs(data_cfg.local_tasks),
+           "evaluation_files": sources.local_files.specs(data_cfg.decontamination.evaluation_files)}
+  specs = json.loads(json.dumps(specs))  # tuples (a config's own dicts) as the lists JSON reads back
+  data["local_tasks"] = specs["local_tasks"]
+  data["decontamination"]["evaluation_files"] = specs["evaluation_files"]
   return data
 
 
@@ -237,18 +244,25 @@ def check_seq_len(data_cfg, mix: Mixture, tokenizer: Tokenizer, *, seed: int, sa
 def batches(data_cfg, mix: Mixture, tokenizer: Tokenizer, stats: Stats, *, seed: int,
             process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   """pack_batches of the mixture's example stream (examples)."""
-  return pack_batches(data_cfg, examples(data_cfg, mix, tokenizer, stats, seed=seed), seed=seed,
-                      process_index=process_index, process_count=process_count)
+  stream = examples(data_cfg, mix, tokenizer, stats, seed=seed)
+  return pack_batches(data_cfg, stream, stats, seed=seed, process_index=process_index,
+                      process_count=process_count)
 
 
-def pack_batches(data_cfg, stream: grain.MapDataset, *, seed: int, process_index: int = 0,
-                 process_count: int = 1) -> grain.IterDataset:
+def pack_batches(data_cfg, stream: grain.MapDataset, stats: Stats, *, seed: int,
+                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   """Packed batches of `data.batch_size / process_count` rows for this process, from an example
-  stream (examples, or prepared.examples: features or None).
+  stream (examples, or prepared.examples: features or None) that counts into `stats`.
 
   The stream is cut into `data.shards` shards (element i to shard i % shards), each packed on its
   own into `batch_size / shards` rows of every batch; a process builds a contiguous block of
   shards. So the global batch is the same however many processes build it.
+
+  With data.num_workers = 0 the batches are built in a thread, PREFETCH_BATCHES ahead; with N > 0,
+  in N Grain worker processes taking turns batch by batch, each reading every N-th element of each
+  shard, so which examples share a batch depends on N: a run resumes only with the N it was
+  checkpointed with. Either way get_state() is the position after the batches taken, and the
+  workers' counts reach `stats` with their batches. Close the iterator when done with it.
   """
   shards, batch_size = data_cfg.shards, data_cfg.batch_size
   if shards % process_count or batch_size % shards:
@@ -263,9 +277,69 @@ def pack_batches(data_cfg, stream: grain.MapDataset, *, seed: int, process_index
     streams.append(rows.batch(batch_size // shards, drop_remainder=True))
   zipped = grain_experimental.ZipIterDataset(streams).map(
       lambda parts: {key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
-  # Built in a thread, PREFETCH_BATCHES ahead of the train step; its get_state() is the position
-  # after the batches taken, not the ones built. Close the iterator when done with it.
-  return grain_experimental.ThreadPrefetchIterDataset(zipped, prefetch_buffer_size=PREFETCH_BATCHES)
+  if not data_cfg.num_workers:
+    return grain_experimental.ThreadPrefetchIterDataset(zipped,
+                                                        prefetch_buffer_size=PREFETCH_BATCHES)
+  if not flags.FLAGS.is_parsed():  # Grain reads its absl flags; a caller without absl.app has none
+    flags.FLAGS.mark_as_parsed()
+  counts = WorkerCounts(stats)
+  options = grain.MultiprocessingOptions(num_workers=data_cfg.num_workers,
+                                         per_worker_buffer_size=PREFETCH_BATCHES)
+  built = zipped.map(counts.attach).mp_prefetch(options, worker_init_fn=_die_with_parent)
+  return built.map(counts.collect)
+
+
+def _die_with_parent(worker_index: int, worker_count: int):
+  """A worker's start: on Linux, it is killed when the process that started it dies, even by
+  SIGKILL (a preempted or killed run leaves no workers behind)."""
+  del worker_index, worker_count
+  if sys.platform == "linux":
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class WorkerCounts:
+  """Carries what a worker process's copy of a Stats counted to the caller's Stats: in the worker,
+  `attach` adds to each batch what was counted since its previous batch; in the calling process,
+  `collect` takes it off the batch and adds it to `stats`."""
+  KEY = "worker_counts"
+
+  def __init__(self, stats: Stats):
+    self.stats, self.sent = stats, Stats()
+
+  def attach(self, batch: dict) -> dict:
+    new = self.stats.since(self.sent)
+    self.sent.add(new)
+    return batch | {self.KEY: new}
+
+  def collect(self, batch: dict) -> dict:
+    self.stats.add(batch.pop(self.KEY))
+    return batch
+
+
+def shard_states(state: dict) -> list[dict]:
+  """The position of a pack_batches iterator (its get_state()) as one dict per data shard it reads,
+  which join_shard_states puts back together: a checkpoint holds it per shard, so that another
+  process count can take the shards back."""
+  if "parents" in state:  # data.num_workers = 0: the zip of the shards
+    return state["parents"]
+  workers = [worker["parents"] for worker in state["iterators_in_use_states"]]
+  turn = {k: v for k, v in state.items() if k != "iterators_in_use_states"}  # whose batch is next
+  return [{"workers": [shards[j] for shards in workers], **turn} for j in range(len(workers[0]))]
+
+
+def join_shard_states(states: list[dict], num_workers: int) -> dict:
+  """The inverse of shard_states for `num_workers` (data.num_workers); ValueError if the states
+  were saved with another number."""
+  saved = len(states[0].get("workers", ()))
+  if saved != num_workers:
+    raise ValueError(f"the data position was saved with data.num_workers={saved}, not "
+                     f"{num_workers}: which examples share a batch depends on it, so a run resumes "
+                     "with the number it started with")
+  if not num_workers:
+    return {"parents": states}
+  turn = {k: v for k, v in states[0].items() if k != "workers"}
+  return {**turn, "iterators_in_use_states": [{"parents": [s["workers"][w] for s in states]}
+                                              for w in range(num_workers)]}
 
 
 def packing_cycle(data_cfg) -> int:

@@ -43,7 +43,8 @@ EXAMPLES_PER_SHARD = 10_000
 TRUNCATED, SKIPPED = 1, 2
 PLAN, MANIFEST = "plan.json", "manifest.json"
 # data.* keys that decide how prepared examples are batched, not what they are.
-BATCHING_KEYS = ("batch_size", "rows_per_shard", "shards", "packer", "packing_bins", "prepared")
+BATCHING_KEYS = ("batch_size", "rows_per_shard", "shards", "packer", "packing_bins", "prepared",
+                 "num_workers")
 
 
 def identity(config) -> dict:
@@ -182,8 +183,7 @@ def prepare(config, out_dir: str, num_workers: int = 0, log=print) -> dict:
     multihost_utils.sync_global_devices("prepared shards written")
   if process_index:
     return {}
-  peak = max(
-      resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+  peak = max(_own_peak_rss_kb(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
   manifest = {
       **plan,
       **_counts(out, shards), "scan_seconds": scan_seconds,
@@ -200,6 +200,19 @@ def prepare(config, out_dir: str, num_workers: int = 0, log=print) -> dict:
   }
   _write_json(out / MANIFEST, manifest)
   return manifest
+
+
+def _own_peak_rss_kb() -> int:
+  """This process's peak resident set in KiB since its last exec (Linux's VmHWM).
+
+  `getrusage(RUSAGE_SELF)` would also count the process that forked and exec'd this one (a
+  bench generating two million records, say), which Linux carries across exec.
+  """
+  try:
+    with open("/proc/self/status") as status:
+      return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+  except (FileNotFoundError, StopIteration):  # not Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _counts(out: epath.Path, shards: int) -> dict:

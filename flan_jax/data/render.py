@@ -39,6 +39,21 @@ class Stats:
     if len(self.skip_messages) < 100:
       self.skip_messages.append(message)
 
+  def since(self, earlier: "Stats") -> "Stats":
+    """What was counted after `earlier`, a copy of these counts taken before (mixture_skipped, set
+    once, is not counted)."""
+    return Stats(skipped=self.skipped - earlier.skipped,
+                 skip_messages=self.skip_messages[len(earlier.skip_messages):],
+                 truncated=self.truncated - earlier.truncated,
+                 renderings=self.renderings - earlier.renderings)
+
+  def add(self, counts: "Stats"):
+    """Adds `counts` (Stats.since in another process) to these."""
+    self.skipped.update(counts.skipped)
+    self.skip_messages.extend(counts.skip_messages[:100 - len(self.skip_messages)])
+    self.truncated += counts.truncated
+    self.renderings.update(counts.renderings)
+
 
 PROMPT_SETTINGS = ("zero_shot", "few_shot", "chain_of_thought")
 
