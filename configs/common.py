@@ -6,6 +6,7 @@ import ml_collections
 
 from flan_jax.evaluators import ifeval as ifeval_lib
 from flan_jax.evaluators import pairwise as pairwise_lib
+from flan_jax.evaluators import preference as preference_lib
 from flan_jax.evaluators import zero_shot as zero_shot_lib
 
 
@@ -31,6 +32,14 @@ def ifeval(prompts: str, *, every_steps: int = 0, at_start: bool = True, **setti
   ifeval.Settings."""
   keys = dataclasses.asdict(ifeval_lib.Settings(prompts=prompts, **settings))
   return ml_collections.ConfigDict(dict(type="ifeval", every_steps=every_steps, at_start=at_start, **keys))
+
+
+def preference(*, every_steps: int = 0, at_start: bool = True, **settings):
+  """A config.evals entry scoring the run's held-out preference pairs (flan_jax/evaluators/
+  preference.py), by default on the starting model and after the last step. Its cadence and every
+  key of preference.Settings."""
+  keys = dataclasses.asdict(preference_lib.Settings(**settings))
+  return ml_collections.ConfigDict(dict(type="preference", every_steps=every_steps, at_start=at_start, **keys))
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:

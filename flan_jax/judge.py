@@ -2,6 +2,7 @@ r"""Which of two models answers the same prompts better: a model as judge, peopl
 
   python -m flan_jax.judge --judge CKPT --answers_a A.jsonl --answers_b B.jsonl --out DIR
   python -m flan_jax.judge --answers_a A.jsonl --answers_b B.jsonl --out DIR --serve [--port 8765]
+  ... --export_pairs pairs.jsonl   # the decided pairs, for DPO (configs/dpo.py:pairs=pairs.jsonl)
 
 Answers are JSONL rows {"prompt", "answer"} with an optional "category", as `flan_jax.generate
 --prompts ... --out` and `flan_jax.evaluate` (eval/<step>/answers/) write them; a directory stands
@@ -14,9 +15,13 @@ and reused when the same judge meets the same pair again. People vote with `--se
 127.0.0.1 (flan_jax/evaluators/voting.py); votes go to DIR/votes.sqlite, so a restarted server
 carries on where it stopped; stopping it (Ctrl-C or SIGTERM) writes the report: DIR/judge.json (the
 model judge's win rate of A over B at the top when there is one, else the people's; both under
-"model" and "people", and their agreement on pairs both judged), judge.md and judge.png.
+"model" and "people", and their agreement on pairs both judged), judge.md and judge.png. With
+`--export_pairs FILE`, every report also writes the decided pairs as preference rows (prompt,
+chosen, rejected, category, source): the people's vote where there is one, else the judge's; ties
+left out.
 """
 
+import json
 import signal
 
 import jax
@@ -59,6 +64,11 @@ def main(argv):
                              names=names)
     pairwise.write_report(result, out)
     print((out / "judge.md").read_text())
+    if flag.export_pairs:
+      rows = pairwise.preference_rows(pairs, model, store.votes())
+      epath.Path(flag.export_pairs).write_text("".join(json.dumps(r) + "\n" for r in rows))
+      print(f"{len(rows)} decided pairs of {len(pairs)} written to {flag.export_pairs} "
+            f"({sum(r['source'] == 'people' for r in rows)} from people's votes)")
 
   if not flag.serve and model is None and not store.votes():
     raise app.UsageError(
@@ -93,6 +103,8 @@ if __name__ == "__main__":
   flags.DEFINE_integer("port", 8765, "The voting page's port (0: any free one).")
   flags.DEFINE_integer("batch_size", 8, "Judge prompts scored together.")
   flags.DEFINE_integer("resamples", 2000, "Bootstrap resamples.")
+  flags.DEFINE_string("export_pairs", None,
+                      "Also write the decided pairs here as preference rows (JSONL) for DPO.")
   flags.DEFINE_integer("seed", 0,
                        "Seed of the bootstrap, the page's order and its left/right placement.")
   app.run(main)

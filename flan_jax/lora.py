@@ -7,12 +7,13 @@ base weights, which get no optimiser state and are not checkpointed (they come
 back from `train.init_from`).
 """
 
+import dataclasses
 import math
 
 import numpy as np
 from flax import traverse_util
 
-from flan_jax.model import ModelConfig
+from flan_jax.model import Decoder, ModelConfig
 
 _SUFFIXES = ("_lora_a", "_lora_b")
 
@@ -32,6 +33,12 @@ def split(params) -> tuple[dict, dict]:
 def combine(adapters, base) -> dict:
   """The inverse of split (either may be empty)."""
   return traverse_util.unflatten_dict({**traverse_util.flatten_dict(base), **traverse_util.flatten_dict(adapters)})
+
+
+def without_adapters(model: Decoder) -> Decoder:
+  """The model with its adapters switched off: it runs on the base parameters alone (split's
+  second half), computing what the adapted model computes with zero adapters (DPO's reference)."""
+  return Decoder(dataclasses.replace(model.cfg, lora_rank=0))
 
 
 def merge(params, cfg: ModelConfig) -> dict:

@@ -173,6 +173,32 @@ def token_nll(hidden, unembedding, targets, *, chunk_len: int, dtype: str):
   return _from_chunks(nll, hidden.shape[1]), _from_chunks(greedy, hidden.shape[1])
 
 
+def fused_token_nll(hidden, unembedding, targets, *, chunk_len: int, dtype: str):
+  """Per-token negative log-likelihood [b, l] of `targets`, differentiable with the fused loss's
+  memory: its gradient for cotangent g is fused_cross_entropy's with weights g, logits rebuilt one
+  chunk at a time (for losses of per-sequence log-probabilities, such as DPO's)."""
+  return _fused_nll(chunk_len, dtype, hidden, unembedding, targets)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fused_nll(chunk_len, dtype, hidden, unembedding, targets):
+  return token_nll(hidden, unembedding, targets, chunk_len=chunk_len, dtype=dtype)[0]
+
+
+def _fused_nll_fwd(chunk_len, dtype, hidden, unembedding, targets):
+  return _fused_nll(chunk_len, dtype, hidden, unembedding, targets), (hidden, unembedding, targets)
+
+
+def _fused_nll_bwd(chunk_len, dtype, residuals, g):
+  hidden, unembedding, targets = residuals
+  _, (d_hidden, d_unembedding) = _chunked_pass(chunk_len, dtype, 0.0, 0.0, hidden, unembedding, targets, g,
+                                               True)
+  return d_hidden.astype(hidden.dtype), d_unembedding.astype(unembedding.dtype), None
+
+
+_fused_nll.defvjp(_fused_nll_fwd, _fused_nll_bwd)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
 def _fused(chunk_len, dtype, z_loss, label_smoothing, hidden, unembedding, targets, weights):
   return _chunked_pass(chunk_len, dtype, z_loss, label_smoothing, hidden, unembedding, targets, weights, False)[0]

@@ -61,7 +61,10 @@ class Writer:
     elapsed = time.time() - self.start_time
     done = step - self.start_step
     eta = elapsed / done * (self.total_steps - step) if done else 0.0
-    print(f"step {step}/{self.total_steps}  loss {metrics['loss']:.4f}  lr {metrics['learning_rate']:.2e}  "
+    preference = (f"reward accuracy {metrics['rewards/accuracy']:.3f}  margin {metrics['rewards/margin']:.3f}  "
+                  if "rewards/accuracy" in metrics else "")
+    print(f"step {step}/{self.total_steps}  loss {metrics['loss']:.4f}  {preference}"
+          f"lr {metrics['learning_rate']:.2e}  "
           f"grad norm {metrics['grad_norm']:.3f}  {metrics['tokens_per_s']:,.0f} tokens/s  {_mfu(metrics)}  "
           f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
 

@@ -43,7 +43,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from flan_jax import checkpoint, commands, decode, hardware, hlo_cost, optim, scoring, sharding
 from flan_jax import train
-from flan_jax.data import packing
 from flan_jax.model import attention_implementation, from_config, train_flops_per_token
 
 LIBTPU = "libtpu==0.0.42.1"  # the version jax[tpu]==0.10.2 pins
@@ -140,7 +139,7 @@ def programs(config, model, mesh, rules):
   shapes, shardings = train.state_shapes(model, optimizer, mesh, rules)
   b, per_token = config.data.batch_size, train_flops_per_token(cfg, seq_len)
   batch = {k: rows_of(b, seq_len, jnp.float32 if k == "loss_weights" else jnp.int32)
-           for k in packing.BATCH_KEYS}
+           for k in train.batch_keys(config)}
   attention = attention_implementation(cfg, seq_len)
   # Splash's FLOPs are invisible to XLA: the model's causal attention count stands for them.
   kernel_flops = b * seq_len * (per_token - train_flops_per_token(cfg, 0))

@@ -24,7 +24,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from flan_jax import checkpoint, commands, distributed, hardware, lora, metric_writer, optim, sharding, workdirs
+from flan_jax import (checkpoint, commands, distributed, dpo, hardware, lora, metric_writer, optim, sharding,
+                      workdirs)
 from flan_jax import loss as losses
 from flan_jax.data import packing, pipeline, prepared, render, vocab
 from flan_jax.evaluators import common
@@ -73,15 +74,34 @@ def with_pretrained(state: TrainState, shapes: TrainState, path: str) -> TrainSt
   return state.replace(params=checkpoint.restore_params(path, shapes.params)[1])
 
 
-def loss_fn(params, frozen, model: Decoder, batch, weights, loss_config, dropout_rng):
-  """(weighted loss, weighted nll) of a batch; `weights` from losses.token_weights."""
-  variables = {"params": lora.combine(params, frozen)}
-  rngs = {"dropout": dropout_rng} if model.cfg.lora_dropout else {}
+LOSS_KINDS = ("cross_entropy", "dpo")
+
+
+def forward(model: Decoder, params, batch, rngs):
+  """(final hidden states [b, l, d], the unembedding) of a batch."""
+  variables = {"params": params}
   hidden = model.apply(variables, batch["inputs"], batch["positions"], batch["segment_ids"], rngs=rngs)
-  unembedding = model.apply(variables, method=Decoder.unembedding)
-  return losses.fused_cross_entropy(hidden, unembedding, batch["targets"], weights, chunk_len=loss_config.chunk_len,
-                                    dtype=model.cfg.dtype, z_loss=loss_config.z_loss,
-                                    label_smoothing=loss_config.label_smoothing)
+  return hidden, model.apply(variables, method=Decoder.unembedding)
+
+
+def loss_fn(params, frozen, model: Decoder, batch, normalizer, loss_config, dropout_rng):
+  """(loss, metric sums) of a batch or microbatch. Cross-entropy: `normalizer` is the per-token
+  weights (losses.token_weights) and the sums hold the weighted nll; DPO: `normalizer` is the
+  whole batch's dpo.totals and the sums are dpo.loss's."""
+  rngs = {"dropout": dropout_rng} if model.cfg.lora_dropout else {}
+  hidden, unembedding = forward(model, lora.combine(params, frozen), batch, rngs)
+  settings = dict(chunk_len=loss_config.chunk_len, dtype=model.cfg.dtype)
+  if loss_config.kind == "dpo":
+    policy = -losses.fused_token_nll(hidden, unembedding, batch["targets"], **settings)
+    # The reference: the frozen base alone (LoRA's adapters off), no second copy of the model.
+    reference = -losses.token_nll(*forward(lora.without_adapters(model), frozen, batch, {}), batch["targets"],
+                                  **settings)[0]
+    return dpo.loss(policy, reference, batch, normalizer, beta=loss_config.dpo_beta,
+                    variant=loss_config.dpo_variant, length_normalize=loss_config.dpo_length_normalize,
+                    sft_weight=loss_config.dpo_sft_weight)
+  loss, nll = losses.fused_cross_entropy(hidden, unembedding, batch["targets"], normalizer, **settings,
+                                         z_loss=loss_config.z_loss, label_smoothing=loss_config.label_smoothing)
+  return loss, {"nll": nll}
 
 
 def train_step(state: TrainState, batch, *, model, optimizer, schedule, loss_config, microbatches, mesh,
@@ -93,35 +113,43 @@ def train_step(state: TrainState, batch, *, model, optimizer, schedule, loss_con
   """
   b, length = batch["targets"].shape
   # Normalise over the whole batch first, so that k microbatches sum to exactly the big batch's loss.
-  weights = losses.token_weights(batch["loss_weights"], batch["segment_ids"], loss_config.normalization,
-                                 constant=b * length)
+  dpo_loss = loss_config.kind == "dpo"
+  if dpo_loss:
+    normalizer = dpo.totals(batch)  # scalars: every microbatch takes them whole
+  else:
+    normalizer = losses.token_weights(batch["loss_weights"], batch["segment_ids"], loss_config.normalization,
+                                      constant=b * length)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
   if microbatches == 1:
-    (loss, nll), grads = grad_fn(state.params, state.frozen, model, batch, weights, loss_config, dropout_rng)
+    (loss, sums), grads = grad_fn(state.params, state.frozen, model, batch, normalizer, loss_config, dropout_rng)
   else:
     def split(x):  # [b, ...] -> [k, b/k, ...]; microbatch j holds rows j, j+k, ..., so rows stay on their device.
       x = jnp.swapaxes(x.reshape(b // microbatches, microbatches, *x.shape[1:]), 0, 1)
       return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(None, sharding.BATCH_AXES)))
 
     def accumulate(totals, micro):
-      micro_batch, micro_weights, index = micro
-      (loss, nll), grads = grad_fn(state.params, state.frozen, model, micro_batch, micro_weights, loss_config,
-                                   jax.random.fold_in(dropout_rng, index))
-      return jax.tree.map(jnp.add, totals, (loss, nll, grads)), None
+      micro_batch, micro_weights, index = micro  # micro_weights: None for DPO
+      (loss, sums), grads = grad_fn(state.params, state.frozen, model, micro_batch,
+                                    normalizer if micro_weights is None else micro_weights, loss_config,
+                                    jax.random.fold_in(dropout_rng, index))
+      return jax.tree.map(jnp.add, totals, (loss, sums, grads)), None
 
-    zeros = (jnp.float32(0.0), jnp.float32(0.0), jax.tree.map(jnp.zeros_like, state.params))
-    micro = (*jax.tree.map(split, (batch, weights)), jnp.arange(microbatches))
-    (loss, nll, grads), _ = jax.lax.scan(accumulate, zeros, micro)
+    sum_keys = (*dpo.METRICS, "nll") if dpo_loss else ("nll",)
+    zeros = (jnp.float32(0.0), {k: jnp.float32(0.0) for k in sum_keys}, jax.tree.map(jnp.zeros_like, state.params))
+    micro = (jax.tree.map(split, batch), None if dpo_loss else split(normalizer), jnp.arange(microbatches))
+    (loss, sums, grads), _ = jax.lax.scan(accumulate, zeros, micro)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.global_norm(grads)
   skip = jnp.logical_not(jnp.isfinite(loss) & jnp.isfinite(grad_norm)) & skip_nonfinite
   keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(skip, o, n), new, old)
-  examples = jnp.sum(jnp.max(batch["segment_ids"], axis=1))  # segment ids run 1..n in each row
+  # Segment ids run 1..n in each row; a preference pair is two of them.
+  examples = normalizer["pairs"] if dpo_loss else jnp.sum(jnp.max(batch["segment_ids"], axis=1))
   metrics = {
       "loss": loss,
-      "nll": nll,
+      "nll": sums["nll"] / jnp.maximum(normalizer["chosen_tokens"], 1) if dpo_loss else sums["nll"],
+      **({k: sums[k] / jnp.maximum(normalizer["pairs"], 1) for k in dpo.METRICS} if dpo_loss else {}),
       "grad_norm": grad_norm,
       "learning_rate": schedule(optim.applied_updates(state.opt_state, state.step)),  # the rate this update used
       "target_tokens": jnp.sum(batch["loss_weights"]),
@@ -132,13 +160,18 @@ def train_step(state: TrainState, batch, *, model, optimizer, schedule, loss_con
                     examples_seen=state.examples_seen + jnp.where(skip, 0, examples)), metrics
 
 
+def batch_keys(config) -> tuple[str, ...]:
+  """What the train step's batches hold: packed examples', or with loss.kind="dpo" packed pairs'."""
+  return packing.PAIR_BATCH_KEYS if config.loss.kind == "dpo" else packing.BATCH_KEYS
+
+
 def jit_train_step(model, optimizer, schedule, config, mesh, state_shardings):
   """train_step jitted with explicit shardings; the old state's buffers are donated to the new one."""
   sharding.check_batch(config.data.batch_size, config.train.microbatches, mesh)
   step = functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule, loss_config=config.loss,
                            microbatches=config.train.microbatches, mesh=mesh,
                            skip_nonfinite=config.train.skip_nonfinite, seed=config.seed)
-  batch_shardings = {key: sharding.batch_sharding(mesh) for key in packing.BATCH_KEYS}
+  batch_shardings = {key: sharding.batch_sharding(mesh) for key in batch_keys(config)}
   return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
@@ -159,6 +192,11 @@ def train_and_evaluate(config, workdir: str):
   if config.model.lora_rank and not config.train.init_from:
     raise ValueError("model.lora_rank > 0 trains adapters over a pretrained base: set train.init_from to its "
                      "checkpoint (python -m flan_jax.convert import ...)")
+  if config.loss.kind not in LOSS_KINDS:
+    raise ValueError(f"loss.kind={config.loss.kind!r}: choose from {', '.join(LOSS_KINDS)}")
+  if config.loss.kind == "dpo" and not config.model.lora_rank:
+    raise ValueError("loss.kind='dpo' takes its reference model from LoRA's base (the adapters off): set "
+                     "model.lora_rank > 0 (full fine-tuning with DPO is not supported yet)")
 
   # Data: this process's rows of every batch.
   tokenizer_cache = (prepared.tokenizer_dir(config.data.prepared) if config.data.prepared
@@ -175,7 +213,8 @@ def train_and_evaluate(config, workdir: str):
   stream = example_stream(config, workdir, tokenizer, stats)
   data_iterator = iter(pipeline.pack_batches(config.data, stream, stats, seed=config.seed,
                                              process_index=jax.process_index(),
-                                             process_count=jax.process_count()))
+                                             process_count=jax.process_count(),
+                                             pairs=config.loss.kind == "dpo"))
 
   # Model and state: the newest readable checkpoint, else fresh (optionally with init_from's parameters).
   model = from_config(config.model)
@@ -217,6 +256,9 @@ def example_stream(config, workdir: str, tokenizer, stats: render.Stats):
   deduplication's scan) by process 0 into `<workdir>/data_scan/<checksum of its inputs>.npz`,
   where a restart finds it, and rendered as it streams."""
   if config.data.prepared:
+    if config.loss.kind == "dpo":
+      raise ValueError("data.prepared holds single examples; loss.kind='dpo' reads preference pairs as they "
+                       "stream (prepared pairs are not supported yet)")
     manifest = prepared.read_manifest(config.data.prepared)
     prepared.check(manifest, config.data.prepared, config, tokenizer)
     stats.mixture_skipped = manifest["mixture"]["skipped_row_count"]
@@ -228,6 +270,7 @@ def example_stream(config, workdir: str, tokenizer, stats: render.Stats):
     pipeline.write_mixture(pipeline.resolve_mixture(config.data), str(path))
   multihost_utils.sync_global_devices("data scan written")
   mix = pipeline.read_mixture(config.data, str(path))
+  pipeline.check_preference_tasks(mix, pairs=config.loss.kind == "dpo")
   for name, found in (mix.contamination or {}).get("training_tasks", {}).items():
     logging.info("decontamination (%s): %d of %d training examples of %s overlap evaluation instances",
                  config.data.decontamination.mode, found["flagged"], found["of"], name)
@@ -283,7 +326,7 @@ def device_batches(data_iterator, mesh):
   process-local batches; the position is what a checkpoint of that step records."""
   batch_sharding = sharding.batch_sharding(mesh)
   for local in data_iterator:
-    yield ({k: jax.make_array_from_process_local_data(batch_sharding, local[k]) for k in packing.BATCH_KEYS},
+    yield ({k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()},
            data_iterator.get_state())
 
 

@@ -110,6 +110,20 @@ def test_t0_and_self_instruct_take_an_ifeval_file(tmp_path):
     assert (entry.type, entry.prompts, entry.at_start, entry.every_steps) == ("ifeval", "/ifeval.jsonl", True, 0)
 
 
+def test_dpo_config_trains_lora_on_a_pairs_file_and_scores_its_held_out_rows(tmp_path):
+  _fake_import(tmp_path)
+  config = load_config("dpo", f"checkpoint={tmp_path},pairs=/p.jsonl,held_out=50,beta=0.2")
+  (spec,) = config.data.local_tasks
+  assert (spec["format"], spec["path"], spec["validation_rows"]) == ("preference", "/p.jsonl", 50)
+  assert config.loss.kind == "dpo" and config.loss.dpo_beta == 0.2 and config.model.lora_rank == 16
+  assert list(config.evals) == ["preference"] and config.evals.preference.at_start
+  assert config.data.mixture == () and config.data.held_out_clusters == ()
+  with pytest.raises(ValueError, match="needs :pairs=FILE"):
+    load_config("dpo", f"checkpoint={tmp_path}")
+  with pytest.raises(ValueError, match="lora=RANK > 0"):
+    load_config("dpo", f"checkpoint={tmp_path},pairs=/p.jsonl,lora=0")
+
+
 def test_every_config_docstring_carries_the_command_that_runs_it():
   import importlib.util
   import pathlib

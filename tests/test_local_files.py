@@ -162,7 +162,7 @@ def test_bad_rows_name_file_and_line(tmp_path, bad_row, message):
 def test_bad_messages(tmp_path):
   with pytest.raises(tasks.BadRecordError, match="lf_msg.jsonl:1: the last message must be the assistant's"):
     _register(tmp_path, [{"messages": [{"role": "user", "content": "hi"}]}], "lf_msg", format="messages")
-  with pytest.raises(tasks.BadRecordError, match="lf_msg2.jsonl:1: message 0 needs a role"):
+  with pytest.raises(tasks.BadRecordError, match="lf_msg2.jsonl:1: 'messages' message 0 needs a role"):
     _register(tmp_path, [{"messages": [{"role": "robot", "content": "hi"}]}], "lf_msg2", format="messages")
 
 
@@ -250,3 +250,40 @@ def test_hugging_face_datasets_saved_to_disk_read_like_files(tmp_path, monkeypat
   with pytest.raises(Exception, match=r"bad\[train\] row 0: missing field 'response'"):
     local_files.register({**spec, "name": "lf_hf_bad", "hf_dataset": str(tmp_path / "bad"), "validation_split": ""},
                          False)
+
+
+def test_preference_pairs_in_trls_forms(tmp_path):
+  said = lambda role, text: {"role": role, "content": text}
+  rows = [
+      {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "No."},  # strings
+      {"prompt": [said("system", "Be kind."), said("user", "Hi")],  # a conversation, one answer each
+       "chosen": [said("assistant", "Hello!")], "rejected": [said("assistant", "What?")]},
+      {"chosen": [said("user", "Hi"), said("assistant", "Hi"), said("user", "Joke?"), said("assistant", "A pun.")],
+       "rejected": [said("user", "Hi"), said("assistant", "Hi"), said("user", "Joke?"), said("assistant", "No.")]},
+  ]
+  (task,), _ = _register(tmp_path, rows, "lf_pref", format="preference")
+  assert task.preference and task.conversational
+  first, second, third = task.source("train")
+  assert first["messages"] == [("user", "Name a colour."), ("assistant", "Blue.")] and first["rejected"] == "No."
+  assert second["messages"] == [("system", "Be kind."), ("user", "Hi"), ("assistant", "Hello!")]
+  assert second["rejected"] == "What?"
+  assert third["messages"] == [("user", "Hi"), ("assistant", "Hi"), ("user", "Joke?"), ("assistant", "A pun.")]
+  assert third["rejected"] == "No." and third["answer"] == "A pun."
+
+
+@pytest.mark.parametrize("bad_row, message", [
+    ({"prompt": "Q", "chosen": "same", "rejected": " same "}, "the chosen and rejected answers are the same"),
+    ({"prompt": "Q", "chosen": "A", "rejected": ""}, "empty response"),
+    ({"prompt": "", "chosen": "A", "rejected": "B"}, "the prompt must be non-empty turns ending with the user's"),
+    ({"prompt": "Q", "chosen": "A"}, "missing or empty field 'rejected'"),
+    ({"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+      "rejected": [{"role": "user", "content": "P"}, {"role": "assistant", "content": "B"}]},
+     "without 'prompt', 'chosen' and 'rejected' must differ only in their last turn"),
+])
+def test_bad_preference_pairs_name_file_and_line(tmp_path, bad_row, message):
+  good = {"prompt": "Q", "chosen": "A", "rejected": "B"}
+  name = f"lf_{tmp_path.name}"  # one task name per case
+  with pytest.raises(tasks.BadRecordError, match=f"{name}.jsonl:2: {message}"):
+    _register(tmp_path, [good, bad_row], name, format="preference")
+  (task,), skipped = _register(tmp_path, [good, bad_row], name, skip=True, format="preference")
+  assert len(task.source("train")) == 1 and len(skipped) == 1

@@ -87,3 +87,40 @@ def test_a_row_holds_at_most_max_segments_runs_padding_included():
   for row in rows:
     runs = 1 + np.count_nonzero(np.diff(row["segment_ids"]))
     assert runs <= packing.MAX_SEGMENTS and row["segment_ids"].max() <= packing.MAX_SEGMENTS - 1
+
+
+def _answer(prompt, answer):
+  """(tokens, weights) of BOS, the prompt tokens and the answer tokens (weighted)."""
+  return (np.asarray([2, *prompt, *answer], np.int32),
+          np.asarray([0] * (1 + len(prompt)) + [1] * len(answer), np.int32))
+
+
+def test_preference_pairs_pack_as_two_segments_of_one_row():
+  pairs = [packing.pair_features(_answer([10 + i, 11], [20 + i, 1]), _answer([10 + i, 11], [30 + i, 31, 1]), 16)
+           for i in range(3)]
+  assert all(truncated is False for _, truncated in pairs)
+  ds = grain.MapDataset.source([f for f, _ in pairs]).to_iter_dataset()
+  rows = list(packing.pack(ds, 24, packer="best_fit", num_bins=1, seed=0, pairs=True))
+  assert len(rows) == 2 and set(rows[0]) == set(packing.PAIR_BATCH_KEYS)  # 2 pairs of 9 inputs, then 1
+  row = max(rows, key=lambda r: r["segment_ids"].max())
+  # Pair k: its chosen sequence (4 inputs) is segment 2k - 1, its rejected one (5 inputs) segment 2k.
+  expected_segments = np.concatenate([[2 * k + 1] * 4 + [2 * k + 2] * 5 for k in range(2)])
+  np.testing.assert_array_equal(row["segment_ids"][:18], expected_segments)
+  np.testing.assert_array_equal(row["preference"][:18], np.tile([1] * 4 + [2] * 5, 2))
+  np.testing.assert_array_equal(row["positions"][:9], [0, 1, 2, 3, 0, 1, 2, 3, 4])
+  assert row["segment_ids"][18:].tolist() == [0] * 6 and row["preference"][18:].tolist() == [0] * 6
+  first = row["inputs"][:9].tolist()
+  assert first[:4] == [2, first[1], 11, first[3]] and first[4:7] == [2, first[1], 11]  # the same prompt
+  assert row["loss_weights"][:9].tolist() == [0, 0, 1, 1, 0, 0, 1, 1, 1]  # targets: answers and EOS
+
+
+def test_a_pair_too_long_cuts_the_same_prompt_tokens_from_both_answers_or_is_refused():
+  chosen, rejected = _answer(range(10, 20), [20, 1]), _answer(range(10, 20), [30, 31, 1])
+  features, truncated = packing.pair_features(chosen, rejected, 20)  # 12 + 13 inputs: 5 too many
+  assert truncated and len(features["inputs"]) == 19  # 3 prompt tokens dropped from each
+  starts = np.flatnonzero(features["pair_positions"] == 0)
+  chosen_inputs, rejected_inputs = np.split(features["inputs"], starts[1:])
+  assert chosen_inputs.tolist() == [2, 13, 14, 15, 16, 17, 18, 19, 20]
+  assert rejected_inputs.tolist() == [2, 13, 14, 15, 16, 17, 18, 19, 30, 31]
+  assert packing.pair_features(chosen, rejected, 5)[0]["inputs"].tolist() == [2, 20, 2, 30, 31]
+  assert packing.pair_features(chosen, rejected, 4) is None  # BOS and the answers alone do not fit

@@ -208,6 +208,19 @@ def test_report_merges_people_and_model_and_writes_files(tmp_path, monkeypatch):
     pairwise.report(pairs, None, {}, resamples=200, seed=0, names={})
 
 
+def test_decided_pairs_become_preference_rows_people_first_ties_left_out():
+  pairs = pairs_of(["good", "same", "meh", "bad", "x"], ["bad", "same", "fine", "good", "y"], ["c"] * 5)
+  model = {p.id: {"verdict": v} for p, v in zip(pairs, ["a", "tie", "b", "a", "tie"])}
+  votes = {pairs[3].id: "b", pairs[4].id: "tie"}  # people overrule the judge on pair 3
+  rows = pairwise.preference_rows(pairs, model, votes)
+  assert rows == [
+      {"prompt": "Question 0?", "chosen": "good", "rejected": "bad", "category": "c", "source": "model"},
+      {"prompt": "Question 2?", "chosen": "fine", "rejected": "meh", "category": "c", "source": "model"},
+      {"prompt": "Question 3?", "chosen": "good", "rejected": "bad", "category": "c", "source": "people"},
+  ]
+  assert pairwise.preference_rows(pairs, None, votes) == rows[2:]
+
+
 def test_a_pairwise_entry_names_its_missing_keys_and_a_bad_prompts_file_by_line(tmp_path):
   from configs import common as config_common
   from flan_jax.evaluators import common

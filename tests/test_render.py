@@ -75,3 +75,25 @@ def test_few_shot_needs_shots(tiny_config):
   tiny_config.data.template.num_shots = 0
   with pytest.raises(ValueError, match="prompt_mix.few_shot > 0 needs data.template.num_shots >= 1"):
     render.Renderer(tiny_config.data, None, [], render.Stats())
+
+
+def test_a_preference_pair_renders_with_its_final_answers_alone_weighted(tiny_config, tokenizer, tmp_path):
+  said = lambda role, text: {"role": role, "content": text}
+  history = [said("user", "Hi there"), said("assistant", "Hello, how can I help"), said("user", "Tell a joke")]
+  rows = [{"chosen": [*history, said("assistant", "A pun about cats")],
+           "rejected": [*history, said("assistant", "No")]}]
+  (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  data = tiny_config.data
+  data.mixture, data.held_out_clusters = (), ()
+  data.local_tasks = ({"name": "render_pairs", "path": str(tmp_path / "pairs.jsonl"), "format": "preference",
+                       "cluster": "c"},)
+  mix = pipeline.resolve_mixture(data)
+  stats = render.Stats()
+  features = render.Renderer(data, tokenizer, mix.train, stats)(pipeline.mixed_records(mix, seed=0)[0],
+                                                                   np.random.default_rng(0))
+  chosen, rejected = (features["preference"] == 1), (features["preference"] == 2)
+  weighted = lambda part: tokenizer.decode(features["targets"][part & (features["loss_weights"] > 0)].tolist())
+  assert "A pun about cats" in weighted(chosen) and "Hello" not in weighted(chosen)
+  assert weighted(rejected).strip().startswith("No") and "Hello" not in weighted(rejected)
+  np.testing.assert_array_equal(features["inputs"][chosen][:10], features["inputs"][rejected][:10])
+  assert "Hello, how can I help" in tokenizer.decode(features["inputs"][rejected].tolist())

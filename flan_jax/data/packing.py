@@ -9,6 +9,11 @@ A packed row holds:
   positions        int32 [seq_len]  0, 1, ... restarting at every example
 A row holds at most MAX_SEGMENTS runs of equal segment ids, its padding counted as one (the bound of
 cuDNN's packed attention layout, which takes a row's runs as offsets and lengths; MaxText's too).
+
+Preference pairs (DPO) pack as one unit, so that both answers of a pair share a row (and a batch):
+the chosen sequence is segment 2k - 1 and the rejected one segment 2k of the row's k-th pair, each
+with positions from 0, and the row also holds
+  preference       int32 [seq_len]  1 on the chosen sequence, 2 on the rejected one, 0 on padding
 """
 
 import grain
@@ -20,7 +25,10 @@ PACKERS = {"best_fit": grain_experimental.BestFitPackIterDataset,
            "first_fit": grain_experimental.FirstFitPackIterDataset}
 FEATURES = ("inputs", "targets", "loss_weights")
 BATCH_KEYS = FEATURES + ("segment_ids", "positions")  # what a packed batch holds
+PAIR_FEATURES = FEATURES + ("preference", "pair_positions")
+PAIR_BATCH_KEYS = BATCH_KEYS + ("preference", )  # what a packed batch of pairs holds
 MAX_SEGMENTS = 32
+MAX_PAIRS = (MAX_SEGMENTS - 1) // 2  # pairs a row holds at most
 
 
 def truncate(tokens: np.ndarray, weights: np.ndarray, max_tokens: int, policy: str):
@@ -47,20 +55,52 @@ def example_features(tokens: np.ndarray, weights: np.ndarray) -> dict[str, np.nd
   return {"inputs": tokens[:-1], "targets": tokens[1:], "loss_weights": weights[1:]}
 
 
-def pack(examples: grain.IterDataset, seq_len: int, *, packer: str, num_bins: int, seed: int) -> grain.IterDataset:
-  """Packs example features (see `example_features`) into rows of `seq_len`."""
+def pair_features(chosen: tuple[np.ndarray, np.ndarray], rejected: tuple[np.ndarray, np.ndarray],
+                  max_inputs: int) -> tuple[dict[str, np.ndarray], bool] | None:
+  """(the features of a preference pair as one unit to pack, whether its prompt was cut), each
+  answer given as (tokens, weights) of its whole conversation (the same prompt tokens, then the
+  answer's). Where the two do not fit in `max_inputs` input positions, the same prompt tokens after
+  the first are dropped from both, the answers kept whole; None if even that does not fit."""
+  excess = len(chosen[0]) + len(rejected[0]) - 2 - max_inputs
+  prompt = min(int(np.argmax(w > 0)) for _, w in (chosen, rejected))
+  if excess > 2 * (prompt - 1):
+    return None
+  drop = max(-(-excess // 2), 0)
+  parts = [example_features(np.concatenate([t[:1], t[1 + drop:]]), np.concatenate([w[:1], w[1 + drop:]]))
+           for t, w in (chosen, rejected)]
+  features = {k: np.concatenate([p[k] for p in parts]) for k in FEATURES}
+  features["preference"] = np.concatenate([np.full(len(p["inputs"]), i + 1, np.int32)
+                                           for i, p in enumerate(parts)])
+  features["pair_positions"] = np.concatenate([np.arange(len(p["inputs"]), dtype=np.int32) for p in parts])
+  return features, drop > 0
+
+
+def pack(examples: grain.IterDataset, seq_len: int, *, packer: str, num_bins: int, seed: int,
+         pairs: bool = False) -> grain.IterDataset:
+  """Packs example features (see `example_features`), or with `pairs` preference pairs (see
+  `pair_features`), into rows of `seq_len`."""
   if packer not in PACKERS:
     raise ValueError(f"unknown packer {packer!r}; packers are {sorted(PACKERS)}")
-  packed = PACKERS[packer](examples, length_struct={k: seq_len for k in FEATURES},
+  features = PAIR_FEATURES if pairs else FEATURES
+  packed = PACKERS[packer](examples, length_struct={k: seq_len for k in features},
                            num_packing_bins=num_bins, seed=seed, shuffle_bins=True,
-                           max_sequences_per_bin=MAX_SEGMENTS - 1)
-  return packed.map(_row)
+                           max_sequences_per_bin=MAX_PAIRS if pairs else MAX_SEGMENTS - 1)
+  return packed.map(_pair_row if pairs else _row)
 
 
 def _row(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   row = {k: packed[k] for k in FEATURES}
   row["segment_ids"] = packed["inputs_segment_ids"]
   row["positions"] = packed["inputs_positions"]
+  return row
+
+
+def _pair_row(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  row = {k: packed[k] for k in FEATURES}
+  pair, preference = packed["inputs_segment_ids"], packed["preference"]
+  row["segment_ids"] = np.where(pair > 0, 2 * pair - 2 + preference, 0).astype(pair.dtype)
+  row["positions"] = packed["pair_positions"]
+  row["preference"] = preference
   return row
 
 

@@ -93,6 +93,16 @@ def resolve_mixture(data_cfg) -> Mixture:
                  contamination=contamination, duplicates=duplicate_report)
 
 
+def check_preference_tasks(mix: Mixture, *, pairs: bool):
+  """Raises unless every training task is a preference task (format "preference") with `pairs`
+  (DPO), and none without."""
+  wrong = [t.name for t in mix.train if t.preference != pairs]
+  if wrong:
+    raise ValueError(f"training task(s) {wrong} " + (
+        "are not preference pairs (format 'preference'), which loss.kind='dpo' trains on" if pairs else
+        "hold preference pairs (format 'preference'): train them with loss.kind='dpo'"))
+
+
 DECONTAMINATION_MODES = ("off", "report", "drop")
 
 
@@ -250,9 +260,11 @@ def batches(data_cfg, mix: Mixture, tokenizer: Tokenizer, stats: Stats, *, seed:
 
 
 def pack_batches(data_cfg, stream: grain.MapDataset, stats: Stats, *, seed: int,
-                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+                 process_index: int = 0, process_count: int = 1,
+                 pairs: bool = False) -> grain.IterDataset:
   """Packed batches of `data.batch_size / process_count` rows for this process, from an example
-  stream (examples, or prepared.examples: features or None) that counts into `stats`.
+  stream (examples, or prepared.examples: features or None) that counts into `stats`; with `pairs`,
+  a stream of preference pairs (packing.pair_features).
 
   The stream is cut into `data.shards` shards (element i to shard i % shards), each packed on its
   own into `batch_size / shards` rows of every batch; a process builds a contiguous block of
@@ -273,7 +285,8 @@ def pack_batches(data_cfg, stream: grain.MapDataset, stats: Stats, *, seed: int,
   for shard in range(process_index * per_process, (process_index + 1) * per_process):
     # Read in the calling thread: rendering holds the GIL, so reader threads only add contention.
     ds = stream[shard::shards].to_iter_dataset(grain.ReadOptions(num_threads=0))
-    rows = packing.pack(ds, data_cfg.seq_len, packer=data_cfg.packer, num_bins=data_cfg.packing_bins, seed=seed)
+    rows = packing.pack(ds, data_cfg.seq_len, packer=data_cfg.packer, num_bins=data_cfg.packing_bins,
+                        seed=seed, pairs=pairs)
     streams.append(rows.batch(batch_size // shards, drop_remainder=True))
   zipped = grain_experimental.ZipIterDataset(streams).map(
       lambda parts: {key: np.concatenate([p[key] for p in parts]) for key in parts[0]})

@@ -202,8 +202,40 @@ class Renderer:
     rendered = self.render(element, rng)
     if rendered is None:
       return None
+    task_name, _, record = element
+    if self.tasks[task_name].preference:
+      return self._pair(task_name, *rendered, record["rejected"])
     tokens, weights = self.tokenizer.encode_conversation(*rendered)
     tokens, weights, truncated = packing.truncate(tokens, weights, self.cfg.seq_len + 1,
                                                   self.cfg.truncation)
     self.stats.truncated += truncated
     return packing.example_features(tokens, weights)
+
+  def _pair(self, task_name: str, turns, fmt: str, rejected: str) -> dict | None:
+    """A preference pair's features (packing.pair_features): the conversation with its chosen
+    answer and with `rejected`, only each final answer weighted; None (counted as skipped) if
+    the pair does not fit in a row even with its prompt cut."""
+    answers = []
+    for answer in (turns[-1][1], rejected):
+      conversation = [*turns[:-1], ("assistant", answer)]
+      tokens, weights = self.tokenizer.encode_conversation(conversation, fmt)
+      answers.append((tokens, final_answer_weights(weights, conversation)))
+    pair = packing.pair_features(*answers, self.cfg.seq_len)
+    if pair is None:
+      self.stats.skip(task_name, f"task {task_name}: a preference pair of {len(answers[0][0])} and "
+                      f"{len(answers[1][0])} tokens does not fit in data.seq_len={self.cfg.seq_len} "
+                      "with its prompt cut to its first token")
+      return None
+    features, truncated = pair
+    self.stats.truncated += truncated
+    return features
+
+
+def final_answer_weights(weights: np.ndarray, conversation) -> np.ndarray:
+  """Loss weights of the conversation's last assistant turn only: an encoded conversation weights
+  every assistant turn, each as one run of weighted tokens (then perhaps EOS)."""
+  starts = np.flatnonzero((weights > 0) & (np.concatenate([[0], weights[:-1]]) == 0))
+  earlier = sum(role == "assistant" for role, _ in conversation) - 1
+  out = weights.copy()
+  out[:starts[earlier]] = 0
+  return out

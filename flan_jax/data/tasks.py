@@ -58,6 +58,7 @@ class Task:
   per_example_options: bool = False  # options come from fields["options"]
   splits: tuple[str, str] = ("train", "validation")  # (train, evaluation) split names
   conversational: bool = False  # fields["messages"] is the conversation itself; no templates
+  preference: bool = False  # conversational, and fields["rejected"] the answer not preferred (DPO)
 
   def __post_init__(self):
     if not isinstance(self.cluster, str) or not self.cluster:

@@ -13,11 +13,12 @@ knows nothing else about it.
 import dataclasses
 from typing import Any
 
-from flan_jax.evaluators import ifeval, pairwise, zero_shot
+from flan_jax.evaluators import ifeval, pairwise, preference, zero_shot
 
 # type -> evaluator class. zero_shot: FLAN's held-out evaluation; pairwise: a judge's win rate over a
-# baseline; ifeval: verifiable instruction following.
-REGISTRY = {"zero_shot": zero_shot.ZeroShot, "pairwise": pairwise.Pairwise, "ifeval": ifeval.IFEval}
+# baseline; ifeval: verifiable instruction following; preference: held-out preference pairs (DPO).
+REGISTRY = {"zero_shot": zero_shot.ZeroShot, "pairwise": pairwise.Pairwise, "ifeval": ifeval.IFEval,
+            "preference": preference.Preference}
 CADENCE = ("type", "every_steps", "at_start")
 
 

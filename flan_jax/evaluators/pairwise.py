@@ -244,6 +244,25 @@ def win_rates(verdicts: list[str], pairs: list[Pair], *, resamples: int, seed: i
   return result
 
 
+# ---- Preference pairs ---------------------------------------------------------------------------
+
+
+def preference_rows(pairs: list[Pair], model: dict[str, dict] | None, votes: dict[str, str]) -> list[dict]:
+  """The decided pairs as preference rows (the `preference` format DPO trains on): {"prompt",
+  "chosen", "rejected", "category", "source"}, the people's vote where there is one, else the model
+  judge's verdict; ties and undecided pairs left out."""
+  rows = []
+  for p in pairs:
+    verdict, source = votes.get(p.id), "people"
+    if verdict is None and model is not None and p.id in model:
+      verdict, source = model[p.id]["verdict"], "model"
+    if verdict in ("a", "b"):
+      chosen, rejected = (p.a, p.b) if verdict == "a" else (p.b, p.a)
+      rows.append({"prompt": p.prompt, "chosen": chosen, "rejected": rejected, "category": p.category,
+                   "source": source})
+  return rows
+
+
 # ---- The report -------------------------------------------------------------------------------
 
 

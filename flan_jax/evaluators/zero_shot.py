@@ -95,7 +95,7 @@ def rank_classification(params, model, tokenizer, items, config, settings, mesh)
       options.append(task.example_options(f))
       encoded = [tokenizer.encode_conversation([*context, ("assistant", option)], config.data.template.format)
                  for option in options[-1]]
-      split = _shared_prompt_length(encoded)
+      split = shared_prompt_length(encoded)
       requests.append((encoded[0][0][:split], [(tokens[split:], weights[split:]) for tokens, weights in encoded]))
       counts.append(np.asarray([weights.sum() for _, weights in encoded]))
   scores, _ = scoring.score_continuations(params, model, requests, batch_size=settings.batch_size,
@@ -107,7 +107,7 @@ def rank_classification(params, model, tokenizer, items, config, settings, mesh)
   return [([next(predictions) for _ in fields], [f["answer"] for f in fields]) for _, fields, _ in items]
 
 
-def _shared_prompt_length(encoded) -> int:
+def shared_prompt_length(encoded) -> int:
   """How many leading tokens the (tokens, weights) encodings of one prompt's options share, up to the first
   weighted (scored) one, and at least one: the prompt they are scored after."""
   first_scored = min(int(np.argmax(weights > 0)) if weights.any() else len(weights) for _, weights in encoded)

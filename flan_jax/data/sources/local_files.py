@@ -13,6 +13,10 @@ Formats (the columns each reads; `field_map` renames them, e.g. {"output": "answ
   instances          instruction, instances: [{input, output}] (Self-Instruct, Super-NaturalInstructions);
                      one example per instance
   messages           messages: [{role, content}] (OpenAI style; every assistant turn is trained on)
+  preference         prompt, chosen, rejected (TRL's form; for DPO, loss.kind="dpo"): strings, or
+                     message lists: prompt the conversation so far, chosen and rejected its two
+                     final assistant turns; or, without a prompt, chosen and rejected as whole
+                     conversations that differ only in their last (assistant) turn
 A response may be a list of strings: several references, the first trained on, the best one
 scored. `response_suffix` is a marker every response of the file may end with (T0's
 "<|endoftext|>"), removed where present.
@@ -66,6 +70,7 @@ FORMATS = {
     "prompt_completion": {"instruction": "prompt", "output": "completion"},
     "instances": {"instruction": "instruction", "instances": "instances", "input": "input", "output": "output"},
     "messages": {"messages": "messages"},
+    "preference": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
 }
 OPTIONAL_FIELDS = ("input",)
 SPEC_KEYS = ("name", "path", "hf_dataset", "split", "validation_split", "format", "cluster", "validation_path", "validation_rows", "field_map", "cluster_field",
@@ -240,23 +245,67 @@ def _references(row: dict, column: str, suffix: str, where: str) -> list[str]:
   return values
 
 
+def _turns(messages, column: str, where: str) -> list[tuple[str, str]]:
+  """A non-empty message list [{role, content}] as [(role, text)]."""
+  if not isinstance(messages, list) or not messages:
+    raise tasks.BadRecordError(f"{where}: missing or empty field {column!r}")
+  turns = []
+  for i, m in enumerate(messages):
+    if not isinstance(m, dict) or m.get("role") not in MESSAGE_ROLES or not isinstance(m.get("content"), str):
+      raise tasks.BadRecordError(f"{where}: {column!r} message {i} needs a role in {MESSAGE_ROLES} "
+                                 "and a string content")
+    turns.append((m["role"], m["content"]))
+  return turns
+
+
+def _preference(row: dict, columns: dict, where: str) -> dict:
+  """A preference row as {"messages": the prompt's turns and the chosen answer, "rejected": the
+  rejected answer, "answer", "references"}; see the module docstring for its forms."""
+  answers = {}
+  for key in ("chosen", "rejected"):
+    value = row.get(columns[key])
+    if isinstance(value, str):
+      answers[key] = [("assistant", value)]
+    else:
+      answers[key] = _turns(value, columns[key], where)
+    if answers[key][-1][0] != "assistant":
+      raise tasks.BadRecordError(f"{where}: the last message of {columns[key]!r} must be the assistant's")
+  chosen, rejected = answers["chosen"], answers["rejected"]
+  prompt = row.get(columns["prompt"])
+  if prompt is None and columns["prompt"] not in row:  # implicit: the conversations' shared turns
+    if chosen[:-1] != rejected[:-1]:
+      raise tasks.BadRecordError(f"{where}: without {columns['prompt']!r}, {columns['chosen']!r} and "
+                                 f"{columns['rejected']!r} must differ only in their last turn")
+    turns = chosen[:-1]
+  else:
+    turns = [("user", prompt)] if isinstance(prompt, str) else _turns(prompt, columns["prompt"], where)
+    if len(chosen) != 1 or len(rejected) != 1:
+      raise tasks.BadRecordError(f"{where}: with {columns['prompt']!r}, {columns['chosen']!r} and "
+                                 f"{columns['rejected']!r} are one assistant turn each")
+  if not turns or turns[-1][0] == "assistant" or not all(text.strip() for _, text in turns):
+    raise tasks.BadRecordError(f"{where}: the prompt must be non-empty turns ending with the user's")
+  good, bad = chosen[-1][1], rejected[-1][1]
+  if not good.strip() or not bad.strip():
+    raise tasks.BadRecordError(f"{where}: empty response")
+  if good.strip() == bad.strip():
+    raise tasks.BadRecordError(f"{where}: the chosen and rejected answers are the same")
+  return {"messages": [*turns, ("assistant", good)], "rejected": bad, "answer": good,
+          "references": [good]}
+
+
 def to_examples(row, fmt: str, field_map: dict[str, str], where: str, suffix: str = "") -> list[dict]:
   """One parsed row -> examples: {"messages": [(role, text)], "answer", "references", "instruction",
-  "input"} (the last three for templates); raises BadRecordError naming `where`."""
+  "input"} (the last three for templates; a preference row has "rejected" instead); raises
+  BadRecordError naming `where`."""
   if isinstance(row, tasks.BadRecordError):
     raise row
   if not isinstance(row, dict):
     raise tasks.BadRecordError(f"{where}: expected a JSON object, got {type(row).__name__}")
   columns = {**FORMATS[fmt], **field_map}
+  if fmt == "preference":
+    return [_preference(row, columns, where)]
   if fmt == "messages":
-    messages = row.get(columns["messages"])
-    if not isinstance(messages, list) or not messages:
-      raise tasks.BadRecordError(f"{where}: missing or empty field {columns['messages']!r}")
-    turns = []
-    for i, m in enumerate(messages):
-      if not isinstance(m, dict) or m.get("role") not in MESSAGE_ROLES or not isinstance(m.get("content"), str):
-        raise tasks.BadRecordError(f"{where}: message {i} needs a role in {MESSAGE_ROLES} and a string content")
-      turns.append((m["role"], m["content"]))
+    turns = _turns(row.get(columns["messages"]), columns["messages"], where)
     if turns[-1][0] != "assistant":
       raise tasks.BadRecordError(f"{where}: the last message must be the assistant's")
     if any(role == "assistant" and not text.strip() for role, text in turns):
@@ -394,8 +443,11 @@ def _check_spec(spec: dict):
     raise ValueError(f"local task {name!r}: 'cluster' must be a string, not {spec['cluster']!r}")
   if spec.get("options") and spec.get("options_field"):
     raise KeyError(f"local task {name!r}: set one of 'options' and 'options_field'")
-  if spec.get("templates") and spec["format"] == "messages":
-    raise ValueError(f"local task {name!r}: 'templates' need a format with columns, not 'messages'")
+  if spec.get("templates") and spec["format"] in ("messages", "preference"):
+    raise ValueError(f"local task {name!r}: 'templates' need a format with columns, not {spec['format']!r}")
+  extras = [k for k in ("options", "options_field", "refuse_field") if spec.get(k)]
+  if extras and spec["format"] == "preference":
+    raise ValueError(f"local task {name!r}: {extras} do not go with preference pairs")
   metrics_lib.check(spec.get("metrics") or (), where=f"local task {name!r}")
 
 
@@ -441,7 +493,7 @@ def _register(spec_json: str, skip_bad_records: bool) -> tuple[tuple[tasks.Task,
     splits = {"train": train.get(cluster, []), "validation": validation.get(cluster, [])}
     task = tasks.Task(name=name, cluster=cluster, source=splits.__getitem__, preprocess=dict,
                       templates=task_templates, metrics=metrics, per_example_options=classification,
-                      conversational=not task_templates)
+                      conversational=not task_templates, preference=spec["format"] == "preference")
     _check_templates(task, splits, spec)
     registered.append(tasks.register(task))
   return tuple(registered), tuple(skipped)

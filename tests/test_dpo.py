@@ -1,0 +1,345 @@
+"""DPO: the loss and its gradient equal the paper's formula computed sequence by sequence with full
+logits, on unpacked and packed batches; LoRA's reference (adapters off) is the frozen base loaded on
+its own; a fresh LoRA run's first loss is log 2 with a zero margin; microbatches add up to the
+batch."""
+
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from etils import epath
+
+from flan_jax import dpo, lora, optim, plan, sharding, train
+from flan_jax import loss as loss_lib
+from flan_jax.data import packing
+from flan_jax.evaluators import pairwise, voting
+from flan_jax.model import Decoder, from_config
+from tests.helpers import (ROOT, VOCABULARY, kill_9_after, losses, one_device_mesh,
+                           small_step_config, write_jsonl)
+
+SEQ_LEN = 48
+
+
+def _config(**loss):
+  config = small_step_config()
+  config.model.update(dict(lora_rank=4, lora_targets=("wq", "wv", "w_down")))
+  config.loss.update(dict(kind="dpo", dpo_beta=0.5, **loss))
+  return config
+
+
+def _answer(prompt, answer):
+  """(tokens, weights): BOS, the prompt, the answer and EOS, the answer and EOS weighted."""
+  tokens = np.asarray([2, *prompt, *answer, 1], np.int32)
+  return tokens, np.asarray([0] * (1 + len(prompt)) + [1] * (len(answer) + 1), np.int32)
+
+
+def _pairs(count, seed=0):
+  rng = np.random.default_rng(seed)
+  pairs = []
+  for _ in range(count):
+    prompt = rng.integers(3, 64, rng.integers(3, 9))
+    pairs.append([_answer(prompt, rng.integers(3, 64, rng.integers(2, 7))) for _ in range(2)])
+  return pairs
+
+
+def _unpacked(pairs):
+  """A batch of one pair per row."""
+  rows = []
+  for chosen, rejected in pairs:
+    features, _ = packing.pair_features(chosen, rejected, SEQ_LEN)
+    pad = lambda x: np.pad(x, (0, SEQ_LEN - len(x)))
+    rows.append({
+        "inputs": pad(features["inputs"]),
+        "targets": pad(features["targets"]),
+        "loss_weights": pad(features["loss_weights"]),
+        "segment_ids": pad(features["preference"]),
+        "positions": pad(features["pair_positions"]),
+        "preference": pad(features["preference"])
+    })
+  return {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+
+
+def _packed(pairs, rows=None):
+  """A batch packed by the pipeline's packer: several pairs per row."""
+  features = [packing.pair_features(c, r, SEQ_LEN)[0] for c, r in pairs]
+  ds = grain.MapDataset.source(features).to_iter_dataset()
+  packed = list(packing.pack(ds, SEQ_LEN, packer="best_fit", num_bins=4, seed=0, pairs=True))[:rows]
+  return {k: jnp.asarray(np.stack([r[k] for r in packed])) for k in packed[0]}
+
+
+@pytest.fixture(scope="module")
+def models():
+  """(LoRA model, adapters with random B, base params, the model without LoRA)."""
+  config = _config()
+  model = from_config(config.model)
+  zeros = jnp.zeros((1, 8), jnp.int32)
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), zeros, zeros, zeros)["params"])
+  adapters, base = lora.split(params)
+  keys = iter(jax.random.split(jax.random.key(1), 100))
+  adapters = jax.tree_util.tree_map_with_path(
+      lambda path, x: 0.3 * jax.random.normal(next(keys), x.shape)
+      if "lora_b" in jax.tree_util.keystr(path) else x, adapters)
+  plain = config.model.copy_and_resolve_references()
+  plain.lora_rank = 0
+  return model, adapters, base, from_config(plain)
+
+
+def _log_prob(model, params, tokens, weights):
+  """One sequence alone, full log-softmax: its weighted targets' summed log-probability."""
+  f = packing.example_features(tokens, weights)
+  return _sequence_log_prob(model, params, f["inputs"], f["targets"], f["loss_weights"])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sequence_log_prob(model, params, inputs, targets, weights):
+  inputs = inputs[None]
+  hidden = model.apply({"params": params}, inputs,
+                       jnp.arange(inputs.shape[1])[None], jnp.ones_like(inputs))
+  log_probs = jax.nn.log_softmax(
+      hidden[0] @ model.apply({"params": params}, method=Decoder.unembedding))
+  return jnp.sum(log_probs[jnp.arange(len(targets)), targets] * weights)
+
+
+def _direct_loss(adapters, base, model, plain, pairs, beta):
+  """-log sigmoid(beta ((pi_c - ref_c) - (pi_r - ref_r))), averaged over pairs, the reference being
+  the base model without LoRA."""
+  policy = lora.combine(adapters, base)
+  terms = []
+  for chosen, rejected in pairs:
+    ratio = lambda answer: _log_prob(model, policy, *answer) - _log_prob(plain, base, *answer)
+    terms.append(-jax.nn.log_sigmoid(beta * (ratio(chosen) - ratio(rejected))))
+  return jnp.mean(jnp.stack(terms))
+
+
+@pytest.mark.parametrize("layout", ["unpacked", "packed"])
+def test_loss_and_gradient_equal_the_papers_formula(models, layout):
+  model, adapters, base, plain = models
+  config, pairs = _config(), _pairs(6)
+  batch = _unpacked(pairs) if layout == "unpacked" else _packed(pairs)
+  if layout == "packed":
+    assert batch["segment_ids"].max() >= 4  # rows hold several pairs
+  assert int(dpo.totals(batch)["pairs"]) == len(pairs)
+
+  def ours(a):
+    return train.loss_fn(a, base, model, batch, dpo.totals(batch), config.loss, jax.random.key(0))
+
+  (value, sums), grads = jax.value_and_grad(ours, has_aux=True)(adapters)
+  expected, expected_grads = jax.value_and_grad(_direct_loss)(adapters, base, model, plain, pairs,
+                                                              0.5)
+  assert float(value) == pytest.approx(float(expected), rel=1e-5)
+  assert float(expected) != pytest.approx(math.log(2), abs=1e-3)  # the adapters moved the policy
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), grads,
+               expected_grads)
+  accuracy = sums["rewards/accuracy"] / len(pairs)
+  assert 0 < accuracy < 1 and float(sums["rewards/margin"]) == pytest.approx(
+      float(sums["rewards/chosen"] - sums["rewards/rejected"]), rel=1e-5)
+
+
+def test_the_lora_reference_is_the_frozen_base_loaded_on_its_own(models):
+  model, adapters, base, plain = models
+  batch = _packed(_pairs(6))
+  settings = dict(chunk_len=8, dtype="float32")
+  reference, _ = loss_lib.token_nll(*train.forward(lora.without_adapters(model), base, batch, {}),
+                                    batch["targets"], **settings)
+  frozen_base, _ = loss_lib.token_nll(*train.forward(plain, base, batch, {}), batch["targets"],
+                                      **settings)
+  np.testing.assert_array_equal(reference, frozen_base)
+  off = jax.tree.map(jnp.zeros_like, adapters)  # the adapted model with its adapters off
+  adapters_off, _ = loss_lib.token_nll(*train.forward(model, lora.combine(off, base), batch, {}),
+                                       batch["targets"], **settings)
+  np.testing.assert_array_equal(reference, adapters_off)
+  policy, _ = loss_lib.token_nll(*train.forward(model, lora.combine(adapters, base), batch, {}),
+                                 batch["targets"], **settings)
+  assert not np.allclose(policy, reference)
+
+
+def _steps(config, mesh, batch, count: int) -> dict:
+  """The metrics of the count-th train step on `batch` from a fresh state on `mesh`."""
+  rules = sharding.rules(config.sharding_rules)
+  model = from_config(config.model)
+  optimizer, schedule = optim.make(config.optim, total_steps=10)
+  with sharding.context(mesh, rules):
+    _, shardings = train.state_shapes(model, optimizer, mesh, rules)
+    state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
+    step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
+    for _ in range(count):
+      state, metrics = step(state, batch)
+  return jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("variant, length_normalize, sft_weight", [("sigmoid", False, 0.0),
+                                                                   ("ipo", True, 0.5)])
+def test_a_fresh_lora_run_starts_at_log_2_and_microbatches_add_up(variant, length_normalize,
+                                                                  sft_weight):
+  config = _config(dpo_variant=variant,
+                   dpo_length_normalize=length_normalize,
+                   dpo_sft_weight=sft_weight)
+  batch = _packed(_pairs(40), rows=config.data.batch_size)
+  results = []
+  for microbatches in (1, 2):
+    config.train.microbatches = microbatches
+    results.append(_steps(config, one_device_mesh(), batch, 1))
+  first, halves = results
+  beta = config.loss.dpo_beta
+  zero_margin_loss = math.log(2) if variant == "sigmoid" else (1 / (2 * beta))**2
+  # The adapters' B starts at zero, so the policy is the reference: margins 0 but for float32
+  # rounding (the policy's pass, kept for its backward, is compiled apart from the reference's).
+  for key in ("rewards/margin", "rewards/chosen", "rewards/rejected", "kl"):
+    assert abs(first[key]) < 1e-6, key
+  assert first["loss"] == pytest.approx(zero_margin_loss + sft_weight * first["nll"], rel=1e-6)
+  for key in ("loss", "nll", "grad_norm", "rewards/margin"):
+    assert halves[key] == pytest.approx(first[key], rel=1e-5, abs=1e-6)
+  assert first["grad_norm"] > 0
+
+
+def _pairs_file(path, count):
+  """Preference pairs with a pattern to learn: the chosen answer names the prompt's thing, the
+  rejected one refuses; prompts as strings and as messages."""
+  rng = np.random.default_rng(0)
+  rows = []
+  for i in range(count):
+    thing = " ".join(rng.choice(VOCABULARY, 2))
+    prompt = f"Tell me about the {thing}."
+    rows.append({
+        "prompt":
+        prompt if i % 2 else [{
+            "role": "user",
+            "content": prompt
+        }],
+        "chosen":
+        f"The {thing} is fine." if i % 2 else [{
+            "role": "assistant",
+            "content": f"The {thing} is fine."
+        }],
+        "rejected":
+        "I would rather not." if i % 2 else [{
+            "role": "assistant",
+            "content": "I would rather not."
+        }]
+    })
+  return write_jsonl(path, rows)
+
+
+@pytest.mark.slow
+def test_configs_dpo_trains_scores_held_out_pairs_and_resumes_after_kill_9(
+    tmp_path, chat_checkpoint):
+  pairs = _pairs_file(tmp_path / "pairs.jsonl", 80)
+  command = lambda workdir: [
+      sys.executable, "-m", "flan_jax.train",
+      f"--config=configs/dpo.py:checkpoint={chat_checkpoint[0]},pairs={pairs},"
+      "held_out=16,lora=4", f"--workdir={workdir}", "--config.train.steps=10",
+      "--config.train.log_every=1", "--config.train.checkpoint_every=3",
+      "--config.data.seq_len=256", "--config.data.rows_per_shard=4", "--config.data.shards=2",
+      "--config.loss.chunk_len=32", "--config.optim.learning_rate=1e-2",
+      "--config.optim.warmup_steps=1", "--config.evals.preference.batch_size=8"
+  ]
+  whole = str(tmp_path / "whole")
+  result = subprocess.run(command(whole), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = [json.loads(line) for line in open(os.path.join(whole, "metrics.jsonl"))]
+  trained = [r for r in records if "loss" in r]
+  assert [r["step"] for r in trained] == list(range(1, 11))
+  assert all(set(dpo.METRICS) <= set(r) for r in trained)
+  assert trained[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)
+  assert trained[-1][
+      "rewards/accuracy"] == 1.0 and trained[-1]["loss"] < 0.3  # the pattern was learnt
+  results = {
+      step: json.load(open(os.path.join(whole, "eval", str(step), "preference", "results.json")))
+      for step in (0, 10)
+  }
+  assert results[0][
+      "pairs"] == 16 and results[0]["reward"]["accuracy"] == 50.0  # adapters at zero: all ties
+  assert results[10]["reward"]["accuracy"] == 100.0 and results[10]["reward"]["ci_low"] > 50
+
+  resumed = str(tmp_path / "resumed")
+  assert 3 <= kill_9_after(command(resumed), resumed, 5) < 10
+  result = subprocess.run(command(resumed), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert losses(resumed) == losses(whole)
+
+
+@pytest.mark.slow
+def test_the_judges_exported_pairs_train_with_configs_dpo(tmp_path, chat_checkpoint):
+  """`judge --export_pairs`, then `train --config configs/dpo.py` on that file: one command each."""
+  rng = np.random.default_rng(1)
+  prompts = [f"Tell me about the {' '.join(rng.choice(VOCABULARY, 2))}." for _ in range(40)]
+  answers = lambda words: [{
+      "prompt": p,
+      "answer": " ".join(rng.choice(VOCABULARY, words))
+  } for p in prompts]
+  a, b = write_jsonl(tmp_path / "a.jsonl", answers(3)), write_jsonl(tmp_path / "b.jsonl",
+                                                                    answers(6))
+  exported = tmp_path / "pairs.jsonl"
+  # People voted on the first 20 pairs (as the voting page stores votes); the judge reads all 40.
+  (tmp_path / "judged").mkdir()
+  store = voting.VoteStore(epath.Path(tmp_path / "judged" / "votes.sqlite"))
+  pairs = pairwise.make_pairs(pairwise.read_answers(a), pairwise.read_answers(b))
+  for i, p in enumerate(pairs[:20]):
+    store.add(p.id, "a" if i % 3 else "b", "a")
+  store.close()
+  result = subprocess.run([
+      sys.executable, "-m", "flan_jax.judge", f"--judge={chat_checkpoint[0]}", f"--answers_a={a}",
+      f"--answers_b={b}", f"--out={tmp_path / 'judged'}", "--resamples=100",
+      f"--export_pairs={exported}"
+  ],
+                          cwd=ROOT,
+                          capture_output=True,
+                          text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [json.loads(line) for line in exported.read_text().splitlines()]
+  people = [r for r in rows if r["source"] == "people"]
+  assert [r["chosen"] for r in people] == [p.a if i % 3 else p.b for i, p in enumerate(pairs[:20])]
+  judgments = {
+      j["pair"]: j["verdict"]
+      for j in map(json.loads, open(tmp_path / "judged" / "judgments.jsonl"))
+  }
+  decided = [p for p in pairs[20:] if judgments[p.id] != "tie"]
+  assert [r["prompt"] for r in rows if r["source"] == "model"] == [p.prompt for p in decided]
+  assert f"{len(rows)} decided pairs of 40 written to {exported}" in result.stdout
+  workdir = tmp_path / "dpo"
+  result = subprocess.run([
+      sys.executable, "-m", "flan_jax.train",
+      f"--config=configs/dpo.py:checkpoint={chat_checkpoint[0]},"
+      f"pairs={exported},held_out=2,lora=4", f"--workdir={workdir}", "--config.train.steps=2",
+      "--config.data.seq_len=256", "--config.data.rows_per_shard=2", "--config.data.shards=2",
+      "--config.loss.chunk_len=32"
+  ],
+                          cwd=ROOT,
+                          capture_output=True,
+                          text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (workdir / "eval" / "2" / "preference" / "results.json").exists()
+  assert "reward accuracy" in result.stdout
+
+
+def test_the_dpo_step_partitions_over_a_mesh_and_lowers_for_tpu():
+  """On 8 devices (data 2 x fsdp 4) the step gives the one-device figures; lowered for TPU (Splash
+  attention inside shard_map), it exports."""
+  config = _config()
+  config.optim.update(dict(learning_rate=1e-2, warmup_steps=0))  # margins clear of rounding
+  batch = _packed(_pairs(40), rows=config.data.batch_size)
+  # The second step's figures: the first moved the policy off the reference.
+  figures = [_steps(config, mesh, batch, 2)
+             for mesh in (one_device_mesh(), sharding.make_mesh(dict(data=2, fsdp=4, tensor=1)))]
+  for key in ("loss", "grad_norm", "rewards/margin", "rewards/accuracy"):
+    assert figures[1][key] == pytest.approx(figures[0][key], rel=1e-4, abs=1e-6), key
+
+  config.model.platform, config.model.dtype = "tpu", "bfloat16"
+  mesh = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1))
+  rules = sharding.rules(config.sharding_rules)
+  with sharding.context(mesh, rules):
+    jitted, args, static, facts = plan.programs(config, from_config(config.model), mesh,
+                                                rules)["train"]
+    exported = jax.export.export(jitted, platforms=["tpu"])(*args, **static)
+  assert facts["attention"] == "splash" and "tpu_custom_call" in exported.mlir_module()
