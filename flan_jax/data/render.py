@@ -215,20 +215,29 @@ class Renderer:
     """A preference pair's features (packing.pair_features): the conversation with its chosen
     answer and with `rejected`, only each final answer weighted; None (counted as skipped) if
     the pair does not fit in a row even with its prompt cut."""
-    answers = []
-    for answer in (turns[-1][1], rejected):
-      conversation = [*turns[:-1], ("assistant", answer)]
-      tokens, weights = self.tokenizer.encode_conversation(conversation, fmt)
-      answers.append((tokens, final_answer_weights(weights, conversation)))
+    answers = encode_pair(self.tokenizer, turns, rejected, fmt)
     pair = packing.pair_features(*answers, self.cfg.seq_len)
     if pair is None:
       self.stats.skip(task_name, f"task {task_name}: a preference pair of {len(answers[0][0])} and "
-                      f"{len(answers[1][0])} tokens does not fit in data.seq_len={self.cfg.seq_len} "
+                      f"{len(answers[1][0])} tokens does not fit in "
+                      f"data.seq_len={self.cfg.seq_len} "
                       "with its prompt cut to its first token")
       return None
     features, truncated = pair
     self.stats.truncated += truncated
     return features
+
+
+def encode_pair(tokenizer: Tokenizer, turns, rejected: str,
+                fmt: str) -> list[tuple[np.ndarray, np.ndarray]]:
+  """[(tokens, weights)] of a preference pair's conversation (`turns`, ending with the chosen
+  answer) and of the same with `rejected` as its answer, each weighting its final answer only."""
+  encoded = []
+  for answer in (turns[-1][1], rejected):
+    conversation = [*turns[:-1], ("assistant", answer)]
+    tokens, weights = tokenizer.encode_conversation(conversation, fmt)
+    encoded.append((tokens, final_answer_weights(weights, conversation)))
+  return encoded
 
 
 def final_answer_weights(weights: np.ndarray, conversation) -> np.ndarray:

@@ -16,6 +16,7 @@ eval/<name>/likelihood_accuracy and eval/<name>/reward_margin.
 """
 
 import dataclasses
+import itertools
 import json
 
 import jax
@@ -43,19 +44,14 @@ class Settings:
 def requests(tasks, tokenizer, fmt: str, max_pairs: int) -> list:
   """scoring.score_continuations requests of the tasks' validation pairs: (prompt ids, [(chosen ids,
   weights), (rejected ids, weights)]), each answer's weights on its final turn only."""
+  records = (record for task in tasks for record in task.source(task.splits[1]))
   out = []
-  for task in tasks:
-    for record in task.source(task.splits[1]):
-      turns = record["messages"]
-      encoded = []
-      for answer in (turns[-1][1], record["rejected"]):
-        conversation = [*turns[:-1], ("assistant", answer)]
-        tokens, weights = tokenizer.encode_conversation(conversation, fmt)
-        encoded.append((tokens, render.final_answer_weights(weights, conversation)))
-      split = zero_shot.shared_prompt_length(encoded)
-      out.append((encoded[0][0][:split], [(tokens[split:], weights[split:])
-                                          for tokens, weights in encoded]))
-  return out[:max_pairs or None]
+  for record in itertools.islice(records, max_pairs or None):  # only the pairs scored are encoded
+    encoded = render.encode_pair(tokenizer, record["messages"], record["rejected"], fmt)
+    split = zero_shot.shared_prompt_length(encoded)
+    out.append((encoded[0][0][:split], [(tokens[split:], weights[split:])
+                                        for tokens, weights in encoded]))
+  return out
 
 
 def _accuracy(outcomes: np.ndarray, settings: Settings) -> dict:
