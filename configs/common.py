@@ -26,6 +26,16 @@ def pairwise(prompts: str, judge: str, *, every_steps: int = 0, at_start: bool =
   return ml_collections.ConfigDict(dict(type="pairwise", every_steps=every_steps, at_start=at_start, **keys))
 
 
+def add_judged(config, arg: dict, config_name: str, **settings):
+  """With judge=CKPT and prompts=FILE in `arg` (parse_arg's; both or neither), config.evals.judged:
+  a pairwise entry answering the prompts at the start and the end, the judge comparing the two."""
+  if bool(arg["judge"]) != bool(arg["prompts"]):
+    raise ValueError(f"configs/{config_name}.py: judge=CKPT and prompts=FILE go together")
+  if arg["judge"]:
+    with config.unlocked():
+      config.evals.judged = pairwise(arg["prompts"], arg["judge"], at_start=True, **settings)
+
+
 def ifeval(prompts: str, *, every_steps: int = 0, at_start: bool = True, **settings):
   """A config.evals entry of IFEval (flan_jax/evaluators/ifeval.py) on an IFEval-form JSONL file,
   by default on the starting model and after the last step. Its cadence and every key of

@@ -49,11 +49,7 @@ def get_config(arg: str | None = None):
   config.evals.held_out = common.zero_shot("held_out", at_start=True, max_examples=40,  # 40 seed tasks
                                            batch_size=8, max_new_tokens=96)
   config.evals.seen.every_steps = -1
-  if bool(arg["judge"]) != bool(arg["prompts"]):
-    raise ValueError("configs/self_instruct.py: judge=CKPT and prompts=FILE go together")
-  if arg["judge"]:
-    with config.unlocked():
-      config.evals.judged = common.pairwise(arg["prompts"], arg["judge"], at_start=True, max_new_tokens=96)
+  common.add_judged(config, arg, "self_instruct", max_new_tokens=96)
   if arg["ifeval"]:
     with config.unlocked():
       config.evals.ifeval = common.ifeval(arg["ifeval"])

@@ -93,11 +93,15 @@ def get_config(arg: str | None = None):
   config.loss.z_loss = 0.0
   config.loss.label_smoothing = 0.0
   config.loss.chunk_len = 128  # positions per chunk of the fused vocabulary projection
-  config.loss.kind = "cross_entropy"  # or "dpo": preference pairs (flan_jax/dpo.py; needs LoRA)
+  config.loss.kind = "cross_entropy"  # or "dpo": preference pairs (flan_jax/dpo.py)
   config.loss.dpo_beta = 0.1
   config.loss.dpo_variant = "sigmoid"  # sigmoid (DPO) | ipo
   config.loss.dpo_length_normalize = False  # mean, not summed, answer-token log-probabilities
   config.loss.dpo_sft_weight = 0.0  # plus this times the chosen answers' token nll
+  # DPO's reference model: adapters_off (LoRA's base, free) | precomputed (a pass before training,
+  # stored in the workdir: flan_jax/dpo_reference.py) | auto (adapters_off with LoRA, else
+  # precomputed)
+  config.loss.dpo_reference = "auto"
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = "adamw"  # adamw | adafactor

@@ -586,3 +586,12 @@ class Decoder(nn.Module):
     if not self.cfg.tie_embeddings:
       return self.unembed
     return self.embedding.T * self.cfg.d_model ** -0.5 if self.cfg.normalize_tied_logits else self.embedding.T
+
+
+def forward(model: Decoder, params, batch, rngs=None):
+  """(final hidden states [b, l, d], the [d, vocab] unembedding) of a packed batch (inputs,
+  positions, segment_ids)."""
+  variables = {"params": params}
+  hidden = model.apply(variables, batch["inputs"], batch["positions"], batch["segment_ids"],
+                       rngs=rngs or {})
+  return hidden, model.apply(variables, method=Decoder.unembedding)

@@ -138,7 +138,9 @@ def programs(config, model, mesh, rules):
   optimizer, schedule = optim.make(config.optim, config.train.steps)
   shapes, shardings = train.state_shapes(model, optimizer, mesh, rules)
   b, per_token = config.data.batch_size, train_flops_per_token(cfg, seq_len)
-  batch = {k: rows_of(b, seq_len, jnp.float32 if k == "loss_weights" else jnp.int32)
+  step_factor = train.flops_per_token(config) / per_token  # DPO's reference forward, if it has one
+  floats = ("loss_weights", "reference_log_probs")
+  batch = {k: rows_of(b, seq_len, jnp.float32 if k in floats else jnp.int32)
            for k in train.batch_keys(config)}
   attention = attention_implementation(cfg, seq_len)
   # Splash's FLOPs are invisible to XLA: the model's causal attention count stands for them.
@@ -146,8 +148,8 @@ def programs(config, model, mesh, rules):
   out = {"train": (train.jit_train_step(model, optimizer, schedule, config, mesh, shardings),
                    (checkpoint.abstract(shapes, shardings), batch), {},
                    dict(attention=attention, tokens=b * seq_len,
-                        model_flops=b * seq_len * per_token,
-                        kernel_flops=kernel_flops if attention == "splash" else 0.0))}
+                        model_flops=step_factor * b * seq_len * per_token,
+                        kernel_flops=step_factor * kernel_flops if attention == "splash" else 0.0))}
 
   params = sharding.param_shapes(model, mesh, rules)
   b = eval_batch_size(config)

@@ -24,12 +24,12 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from flan_jax import (checkpoint, commands, distributed, dpo, hardware, lora, metric_writer, optim, sharding,
-                      workdirs)
+from flan_jax import (checkpoint, commands, distributed, dpo, dpo_reference, hardware, lora,
+                      metric_writer, optim, sharding, workdirs)
 from flan_jax import loss as losses
 from flan_jax.data import packing, pipeline, prepared, render, vocab
 from flan_jax.evaluators import common
-from flan_jax.model import Decoder, ModelConfig, from_config, train_flops_per_token
+from flan_jax.model import Decoder, ModelConfig, forward, from_config, train_flops_per_token
 
 @flax.struct.dataclass
 class TrainState:
@@ -77,25 +77,21 @@ def with_pretrained(state: TrainState, shapes: TrainState, path: str) -> TrainSt
 LOSS_KINDS = ("cross_entropy", "dpo")
 
 
-def forward(model: Decoder, params, batch, rngs):
-  """(final hidden states [b, l, d], the unembedding) of a batch."""
-  variables = {"params": params}
-  hidden = model.apply(variables, batch["inputs"], batch["positions"], batch["segment_ids"], rngs=rngs)
-  return hidden, model.apply(variables, method=Decoder.unembedding)
-
-
 def loss_fn(params, frozen, model: Decoder, batch, normalizer, loss_config, dropout_rng):
   """(loss, metric sums) of a batch or microbatch. Cross-entropy: `normalizer` is the per-token
   weights (losses.token_weights) and the sums hold the weighted nll; DPO: `normalizer` is the
-  whole batch's dpo.totals and the sums are dpo.loss's."""
+  whole batch's dpo.totals and the sums are dpo.loss's, the reference's log-probabilities those of
+  the frozen base (loss.dpo_reference="adapters_off") or the batch's precomputed ones."""
   rngs = {"dropout": dropout_rng} if model.cfg.lora_dropout else {}
   hidden, unembedding = forward(model, lora.combine(params, frozen), batch, rngs)
   settings = dict(chunk_len=loss_config.chunk_len, dtype=model.cfg.dtype)
   if loss_config.kind == "dpo":
     policy = -losses.fused_token_nll(hidden, unembedding, batch["targets"], **settings)
-    # The reference: the frozen base alone (LoRA's adapters off), no second copy of the model.
-    reference = -losses.token_nll(*forward(lora.without_adapters(model), frozen, batch, {}), batch["targets"],
-                                  **settings)[0]
+    if loss_config.dpo_reference == "precomputed":
+      reference = batch["reference_log_probs"]
+    else:  # the frozen base alone (LoRA's adapters off): no second copy of the model
+      reference = dpo_reference.token_log_probs(lora.without_adapters(model), frozen, batch,
+                                                chunk_len=loss_config.chunk_len)
     return dpo.loss(policy, reference, batch, normalizer, beta=loss_config.dpo_beta,
                     variant=loss_config.dpo_variant, length_normalize=loss_config.dpo_length_normalize,
                     sft_weight=loss_config.dpo_sft_weight)
@@ -165,10 +161,28 @@ def batch_keys(config) -> tuple[str, ...]:
   return packing.PAIR_BATCH_KEYS if config.loss.kind == "dpo" else packing.BATCH_KEYS
 
 
+def loss_settings(config):
+  """config.loss with loss.dpo_reference resolved (dpo_reference.resolve) for a DPO run."""
+  if config.loss.kind != "dpo":
+    return config.loss
+  loss_config = copy.deepcopy(config.loss)
+  loss_config.dpo_reference = dpo_reference.resolve(loss_config.dpo_reference,
+                                                    config.model.lora_rank)
+  return loss_config
+
+
+def flops_per_token(config) -> float:
+  """Model FLOPs a train step spends per token (train_flops_per_token), and with DPO's adapters-off
+  reference its forward pass too (a third of training's)."""
+  per_token = train_flops_per_token(ModelConfig(**config.model), config.data.seq_len)
+  return per_token * (4 / 3 if loss_settings(config).get("dpo_reference") == "adapters_off" else 1)
+
+
 def jit_train_step(model, optimizer, schedule, config, mesh, state_shardings):
   """train_step jitted with explicit shardings; the old state's buffers are donated to the new one."""
   sharding.check_batch(config.data.batch_size, config.train.microbatches, mesh)
-  step = functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule, loss_config=config.loss,
+  step = functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
+                           loss_config=loss_settings(config),
                            microbatches=config.train.microbatches, mesh=mesh,
                            skip_nonfinite=config.train.skip_nonfinite, seed=config.seed)
   batch_shardings = {key: sharding.batch_sharding(mesh) for key in batch_keys(config)}
@@ -182,6 +196,7 @@ def train_and_evaluate(config, workdir: str):
   loop. Joining the multi-process runtime, if any, is the caller's (main's) and comes first."""
   config = copy.deepcopy(config)
   requested_dtype, config.model.dtype = config.model.dtype, hardware.compute_dtype(config.model.dtype)  # as config.json records
+  config.loss = loss_settings(config)  # loss.dpo_reference resolved, as config.json records
 
   # Mesh, and the batch sizes it divides (before anything trains).
   mesh = sharding.make_mesh(config.mesh)
@@ -194,9 +209,6 @@ def train_and_evaluate(config, workdir: str):
                      "checkpoint (python -m flan_jax.convert import ...)")
   if config.loss.kind not in LOSS_KINDS:
     raise ValueError(f"loss.kind={config.loss.kind!r}: choose from {', '.join(LOSS_KINDS)}")
-  if config.loss.kind == "dpo" and not config.model.lora_rank:
-    raise ValueError("loss.kind='dpo' takes its reference model from LoRA's base (the adapters off): set "
-                     "model.lora_rank > 0 (full fine-tuning with DPO is not supported yet)")
 
   # Data: this process's rows of every batch.
   tokenizer_cache = (prepared.tokenizer_dir(config.data.prepared) if config.data.prepared
@@ -210,7 +222,7 @@ def train_and_evaluate(config, workdir: str):
     raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
                      f"{tokenizer.vocab_size}")
   stats = render.Stats()
-  stream = example_stream(config, workdir, tokenizer, stats)
+  stream = example_stream(config, workdir, tokenizer, stats, mesh)
   data_iterator = iter(pipeline.pack_batches(config.data, stream, stats, seed=config.seed,
                                              process_index=jax.process_index(),
                                              process_count=jax.process_count(),
@@ -250,11 +262,12 @@ def train_and_evaluate(config, workdir: str):
   data_iterator.close()
 
 
-def example_stream(config, workdir: str, tokenizer, stats: render.Stats):
+def example_stream(config, workdir: str, tokenizer, stats: render.Stats, mesh=None):
   """The run's example stream: data.prepared's shards (checked against the run's data config,
   tokenizer and evaluation sets; no scan), else the mixture resolved (decontamination and
   deduplication's scan) by process 0 into `<workdir>/data_scan/<checksum of its inputs>.npz`,
-  where a restart finds it, and rendered as it streams."""
+  where a restart finds it, and rendered as it streams; for DPO with a precomputed reference, its
+  pairs carry the starting model's log-probabilities (dpo_reference.py), scored on `mesh`."""
   if config.data.prepared:
     if config.loss.kind == "dpo":
       raise ValueError("data.prepared holds single examples; loss.kind='dpo' reads preference pairs as they "
@@ -278,7 +291,14 @@ def example_stream(config, workdir: str, tokenizer, stats: render.Stats):
     logging.info("deduplication: dropped %d of %d training examples of %s", found["dropped"], found["of"], name)
   pipeline.check_seq_len(config.data, mix, tokenizer, seed=config.seed)
   stats.mixture_skipped = len(mix.skipped_rows)
-  return pipeline.examples(config.data, mix, tokenizer, stats, seed=config.seed)
+  reference = None
+  if config.loss.kind == "dpo" and config.loss.dpo_reference == "precomputed":
+    model, rules = from_config(config.model), sharding.rules(config.sharding_rules)
+    with sharding.context(mesh, rules):
+      reference = dpo_reference.load_or_compute(config, workdir, mix, tokenizer, model,
+                                                sharding.param_shapes(model, mesh, rules), mesh)
+  return pipeline.examples(config.data, mix, tokenizer, stats, seed=config.seed,
+                           reference=reference)
 
 
 def run_evaluators(evaluators, state: TrainState, step: int, writer):
@@ -349,7 +369,7 @@ def train_loop(config, state, step_fn, data_iterator, checkpoints, writer, mesh,
   """
   with Preemption(checkpoints) as preempted:
     tokens_per_step = config.data.batch_size * config.data.seq_len
-    flops_per_step = tokens_per_step * train_flops_per_token(ModelConfig(**config.model), config.data.seq_len)
+    flops_per_step = tokens_per_step * flops_per_token(config)
     hardware.measured_peak_flops(config.model.dtype)  # the MFU denominator on CPUs, measured before the clock starts
 
     fresh_tally = jax.jit(lambda: {"first_nonfinite": jnp.int32(0), "skipped": jnp.int32(0)},

@@ -110,7 +110,7 @@ def test_t0_and_self_instruct_take_an_ifeval_file(tmp_path):
     assert (entry.type, entry.prompts, entry.at_start, entry.every_steps) == ("ifeval", "/ifeval.jsonl", True, 0)
 
 
-def test_dpo_config_trains_lora_on_a_pairs_file_and_scores_its_held_out_rows(tmp_path):
+def test_dpo_config_trains_on_a_pairs_file_and_scores_its_held_out_rows(tmp_path):
   _fake_import(tmp_path)
   config = load_config("dpo", f"checkpoint={tmp_path},pairs=/p.jsonl,held_out=50,beta=0.2")
   (spec,) = config.data.local_tasks
@@ -120,8 +120,14 @@ def test_dpo_config_trains_lora_on_a_pairs_file_and_scores_its_held_out_rows(tmp
   assert config.data.mixture == () and config.data.held_out_clusters == ()
   with pytest.raises(ValueError, match="needs :pairs=FILE"):
     load_config("dpo", f"checkpoint={tmp_path}")
-  with pytest.raises(ValueError, match="lora=RANK > 0"):
-    load_config("dpo", f"checkpoint={tmp_path},pairs=/p.jsonl,lora=0")
+  full = load_config("dpo", f"checkpoint={tmp_path},pairs=/p.jsonl,lora=0")
+  assert full.model.lora_rank == 0 and full.loss.dpo_reference == "auto"  # precomputed, then
+  assert full.optim.learning_rate < config.optim.learning_rate
+  judged = load_config("dpo", f"checkpoint={tmp_path},pairs=/p.jsonl,judge=/j,prompts=/q.jsonl")
+  assert (judged.evals.judged.type, judged.evals.judged.prompts) == ("pairwise", "/q.jsonl")
+  assert "judged" not in config.evals and judged.evals.judged.at_start
+  with pytest.raises(ValueError, match="configs/dpo.py: judge=CKPT and prompts=FILE go together"):
+    load_config("dpo", f"checkpoint={tmp_path},pairs=/p.jsonl,prompts=/q.jsonl")
 
 
 def test_every_config_docstring_carries_the_command_that_runs_it():

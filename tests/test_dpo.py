@@ -22,7 +22,7 @@ from flan_jax import dpo, lora, optim, plan, sharding, train
 from flan_jax import loss as loss_lib
 from flan_jax.data import packing
 from flan_jax.evaluators import pairwise, voting
-from flan_jax.model import Decoder, from_config
+from flan_jax.model import Decoder, forward, from_config
 from tests.helpers import (ROOT, VOCABULARY, kill_9_after, losses, one_device_mesh,
                            small_step_config, write_jsonl)
 
@@ -68,9 +68,10 @@ def _unpacked(pairs):
   return {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
 
 
-def _packed(pairs, rows=None):
-  """A batch packed by the pipeline's packer: several pairs per row."""
-  features = [packing.pair_features(c, r, SEQ_LEN)[0] for c, r in pairs]
+def _packed(pairs, rows=None, features=None):
+  """A batch packed by the pipeline's packer: several pairs per row (their pair_features, or
+  `features` given)."""
+  features = features or [packing.pair_features(c, r, SEQ_LEN)[0] for c, r in pairs]
   ds = grain.MapDataset.source(features).to_iter_dataset()
   packed = list(packing.pack(ds, SEQ_LEN, packer="best_fit", num_bins=4, seed=0, pairs=True))[:rows]
   return {k: jnp.asarray(np.stack([r[k] for r in packed])) for k in packed[0]}
@@ -109,15 +110,20 @@ def _sequence_log_prob(model, params, inputs, targets, weights):
   return jnp.sum(log_probs[jnp.arange(len(targets)), targets] * weights)
 
 
-def _direct_loss(adapters, base, model, plain, pairs, beta):
-  """-log sigmoid(beta ((pi_c - ref_c) - (pi_r - ref_r))), averaged over pairs, the reference being
-  the base model without LoRA."""
-  policy = lora.combine(adapters, base)
+def _dpo_formula(policy, reference, pairs, beta):
+  """-log sigmoid(beta ((pi_c - ref_c) - (pi_r - ref_r))), averaged over pairs; `policy` and
+  `reference` map an answer to its log-probability."""
   terms = []
   for chosen, rejected in pairs:
-    ratio = lambda answer: _log_prob(model, policy, *answer) - _log_prob(plain, base, *answer)
+    ratio = lambda answer: policy(answer) - reference(answer)
     terms.append(-jax.nn.log_sigmoid(beta * (ratio(chosen) - ratio(rejected))))
   return jnp.mean(jnp.stack(terms))
+
+
+def _direct_loss(adapters, base, model, plain, pairs, beta):
+  """The formula with LoRA: the reference is the base model without LoRA."""
+  return _dpo_formula(lambda answer: _log_prob(model, lora.combine(adapters, base), *answer),
+                      lambda answer: _log_prob(plain, base, *answer), pairs, beta)
 
 
 @pytest.mark.parametrize("layout", ["unpacked", "packed"])
@@ -144,20 +150,48 @@ def test_loss_and_gradient_equal_the_papers_formula(models, layout):
       float(sums["rewards/chosen"] - sums["rewards/rejected"]), rel=1e-5)
 
 
+def test_full_fine_tuning_with_precomputed_reference_sums_gives_the_papers_formula(models):
+  """Without LoRA, the batch carries the reference's sums (packing.with_reference) and the loss and
+  its gradient are the formula's with those sums."""
+  _, _, base, plain = models
+  keys = iter(jax.random.split(jax.random.key(2), 100))
+  policy = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(next(keys), x.shape), base)
+  pairs, beta = _pairs(6), 0.5
+  reference = [[float(_log_prob(plain, base, *answer)) for answer in pair] for pair in pairs]
+  batch = _packed(pairs, features=[
+      packing.with_reference(packing.pair_features(c, r, SEQ_LEN)[0], *sums)
+      for (c, r), sums in zip(pairs, reference)])
+  assert batch["segment_ids"].max() >= 4
+  loss_config = _config(dpo_reference="precomputed").loss
+
+  def ours(p):
+    return train.loss_fn(p, {}, plain, batch, dpo.totals(batch), loss_config, jax.random.key(0))
+
+  (value, _), grads = jax.value_and_grad(ours, has_aux=True)(policy)
+  sums = {id(a): r for pair, refs in zip(pairs, reference) for a, r in zip(pair, refs)}
+  expected, expected_grads = jax.value_and_grad(lambda p: _dpo_formula(
+      lambda answer: _log_prob(plain, p, *answer), lambda answer: sums[id(answer)], pairs,
+      beta))(policy)
+  assert float(value) == pytest.approx(float(expected), rel=1e-5)
+  assert float(expected) != pytest.approx(math.log(2), abs=1e-3)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), grads,
+               expected_grads)
+
+
 def test_the_lora_reference_is_the_frozen_base_loaded_on_its_own(models):
   model, adapters, base, plain = models
   batch = _packed(_pairs(6))
   settings = dict(chunk_len=8, dtype="float32")
-  reference, _ = loss_lib.token_nll(*train.forward(lora.without_adapters(model), base, batch, {}),
+  reference, _ = loss_lib.token_nll(*forward(lora.without_adapters(model), base, batch, {}),
                                     batch["targets"], **settings)
-  frozen_base, _ = loss_lib.token_nll(*train.forward(plain, base, batch, {}), batch["targets"],
+  frozen_base, _ = loss_lib.token_nll(*forward(plain, base, batch, {}), batch["targets"],
                                       **settings)
   np.testing.assert_array_equal(reference, frozen_base)
   off = jax.tree.map(jnp.zeros_like, adapters)  # the adapted model with its adapters off
-  adapters_off, _ = loss_lib.token_nll(*train.forward(model, lora.combine(off, base), batch, {}),
+  adapters_off, _ = loss_lib.token_nll(*forward(model, lora.combine(off, base), batch, {}),
                                        batch["targets"], **settings)
   np.testing.assert_array_equal(reference, adapters_off)
-  policy, _ = loss_lib.token_nll(*train.forward(model, lora.combine(adapters, base), batch, {}),
+  policy, _ = loss_lib.token_nll(*forward(model, lora.combine(adapters, base), batch, {}),
                                  batch["targets"], **settings)
   assert not np.allclose(policy, reference)
 
@@ -230,13 +264,15 @@ def _pairs_file(path, count):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("lora", [4, 0])
 def test_configs_dpo_trains_scores_held_out_pairs_and_resumes_after_kill_9(
-    tmp_path, chat_checkpoint):
+    tmp_path, chat_checkpoint, lora):
+  """LoRA (the reference: adapters off), and full fine-tuning (the reference precomputed)."""
   pairs = _pairs_file(tmp_path / "pairs.jsonl", 80)
   command = lambda workdir: [
       sys.executable, "-m", "flan_jax.train",
       f"--config=configs/dpo.py:checkpoint={chat_checkpoint[0]},pairs={pairs},"
-      "held_out=16,lora=4", f"--workdir={workdir}", "--config.train.steps=10",
+      f"held_out=16,lora={lora}", f"--workdir={workdir}", "--config.train.steps=10",
       "--config.train.log_every=1", "--config.train.checkpoint_every=3",
       "--config.data.seq_len=256", "--config.data.rows_per_shard=4", "--config.data.shards=2",
       "--config.loss.chunk_len=32", "--config.optim.learning_rate=1e-2",
@@ -262,9 +298,13 @@ def test_configs_dpo_trains_scores_held_out_pairs_and_resumes_after_kill_9(
 
   resumed = str(tmp_path / "resumed")
   assert 3 <= kill_9_after(command(resumed), resumed, 5) < 10
+  stored = sorted(epath.Path(resumed).glob("dpo_reference/*.npz"))
+  assert len(stored) == (0 if lora else 1)
+  written = [path.stat().mtime for path in stored]
   result = subprocess.run(command(resumed), cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert losses(resumed) == losses(whole)
+  assert [path.stat().mtime for path in stored] == written  # read back, not recomputed
 
 
 @pytest.mark.slow
@@ -343,3 +383,13 @@ def test_the_dpo_step_partitions_over_a_mesh_and_lowers_for_tpu():
                                                 rules)["train"]
     exported = jax.export.export(jitted, platforms=["tpu"])(*args, **static)
   assert facts["attention"] == "splash" and "tpu_custom_call" in exported.mlir_module()
+
+
+def test_the_step_s_model_flops_count_the_lora_reference_s_forward_pass():
+  config = _config()
+  dpo_flops = train.flops_per_token(config)
+  config.loss.dpo_reference = "precomputed"  # its pass runs once, before training
+  precomputed = train.flops_per_token(config)
+  config.loss.kind = "cross_entropy"
+  assert precomputed == train.flops_per_token(config)
+  assert dpo_flops == pytest.approx(4 / 3 * precomputed)

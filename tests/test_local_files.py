@@ -271,6 +271,31 @@ def test_preference_pairs_in_trls_forms(tmp_path):
   assert third["rejected"] == "No." and third["answer"] == "A pun."
 
 
+def test_preference_pairs_from_a_saved_hugging_face_dataset(tmp_path):
+  """TRL's preference datasets (prompt, chosen and rejected as messages) saved with save_to_disk:
+  the same pairs as from a file, a bad row named by its split and row."""
+  import datasets
+  said = lambda role, text: [{"role": role, "content": text}]
+  rows = [{"prompt": said("user", f"Add {i} and 1."), "chosen": said("assistant", str(i + 1)),
+           "rejected": said("assistant", str(i + 2))} for i in range(4)]
+  splits = datasets.DatasetDict(train=datasets.Dataset.from_list(rows),
+                                test=datasets.Dataset.from_list(rows[:1]))
+  splits.save_to_disk(str(tmp_path / "pairs"))
+  spec = {"name": "lf_hf_pref", "hf_dataset": str(tmp_path / "pairs"), "validation_split": "test",
+          "format": "preference", "cluster": "preference"}
+  (task,), _ = local_files.register(spec, False)
+  assert task.preference and len(task.source("train")) == 4 and len(task.source("validation")) == 1
+  third = task.source("train")[2]
+  assert third["messages"] == [("user", "Add 2 and 1."), ("assistant", "3")]
+  assert third["rejected"] == "4"
+  rows[1]["rejected"] = rows[1]["chosen"]
+  datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "bad"))
+  with pytest.raises(tasks.BadRecordError,
+                     match=r"bad\[train\] row 1: the chosen and rejected answers are the same"):
+    local_files.register({**spec, "name": "lf_hf_pref_bad", "hf_dataset": str(tmp_path / "bad"),
+                          "validation_split": ""}, False)
+
+
 @pytest.mark.parametrize("bad_row, message", [
     ({"prompt": "Q", "chosen": "same", "rejected": " same "}, "the chosen and rejected answers are the same"),
     ({"prompt": "Q", "chosen": "A", "rejected": ""}, "empty response"),

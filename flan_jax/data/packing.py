@@ -14,6 +14,8 @@ Preference pairs (DPO) pack as one unit, so that both answers of a pair share a 
 the chosen sequence is segment 2k - 1 and the rejected one segment 2k of the row's k-th pair, each
 with positions from 0, and the row also holds
   preference       int32 [seq_len]  1 on the chosen sequence, 2 on the rejected one, 0 on padding
+  reference_log_probs  float32 [seq_len]  with precomputed DPO reference log-probabilities
+                   (dpo_reference.py), each answer's sum on its last weighted token; else 0
 """
 
 import grain
@@ -25,8 +27,8 @@ PACKERS = {"best_fit": grain_experimental.BestFitPackIterDataset,
            "first_fit": grain_experimental.FirstFitPackIterDataset}
 FEATURES = ("inputs", "targets", "loss_weights")
 BATCH_KEYS = FEATURES + ("segment_ids", "positions")  # what a packed batch holds
-PAIR_FEATURES = FEATURES + ("preference", "pair_positions")
-PAIR_BATCH_KEYS = BATCH_KEYS + ("preference", )  # what a packed batch of pairs holds
+PAIR_FEATURES = FEATURES + ("preference", "pair_positions", "reference_log_probs")
+PAIR_BATCH_KEYS = BATCH_KEYS + ("preference", "reference_log_probs")  # a packed batch of pairs
 MAX_SEGMENTS = 32
 MAX_PAIRS = (MAX_SEGMENTS - 1) // 2  # pairs a row holds at most
 
@@ -72,7 +74,47 @@ def pair_features(chosen: tuple[np.ndarray, np.ndarray], rejected: tuple[np.ndar
   features["preference"] = np.concatenate([np.full(len(p["inputs"]), i + 1, np.int32)
                                            for i, p in enumerate(parts)])
   features["pair_positions"] = np.concatenate([np.arange(len(p["inputs"]), dtype=np.int32) for p in parts])
+  features["reference_log_probs"] = np.zeros(len(features["inputs"]), np.float32)
   return features, drop > 0
+
+
+def with_reference(features: dict[str, np.ndarray], chosen: float, rejected: float):
+  """A pair's features (pair_features) carrying its answers' reference log-probability sums, each
+  on its answer's last weighted token."""
+  out = np.zeros(len(features["inputs"]), np.float32)
+  for side, value in ((1, chosen), (2, rejected)):
+    answer = (features["preference"] == side) & (features["loss_weights"] > 0)
+    out[np.flatnonzero(answer)[-1]] = value
+  return features | {"reference_log_probs": out}
+
+
+def pack_in_order(pairs: list[dict[str, np.ndarray]], seq_len: int) -> list[tuple[dict, list[int]]]:
+  """Rows of pairs (pair_features) in the order given, for one pass over them: a row is closed when
+  the next pair does not fit or it holds MAX_PAIRS. [(row of PAIR_BATCH_KEYS, [indices of its pairs
+  in `pairs`, by slot])]."""
+  rows, members, used = [], [], 0
+
+  def close():
+    row = {k: np.zeros(seq_len, pairs[members[0]][k].dtype) for k in PAIR_FEATURES}
+    row["inputs_segment_ids"] = np.zeros(seq_len, np.int32)
+    at = 0
+    for slot, i in enumerate(members):
+      n = len(pairs[i]["inputs"])
+      for k in PAIR_FEATURES:
+        row[k][at:at + n] = pairs[i][k]
+      row["inputs_segment_ids"][at:at + n] = slot + 1
+      at += n
+    rows.append((_pair_row(row), members))
+
+  for i, pair in enumerate(pairs):
+    n = len(pair["inputs"])
+    if members and (used + n > seq_len or len(members) == MAX_PAIRS):
+      close()
+      members, used = [], 0
+    members, used = members + [i], used + n
+  if members:
+    close()
+  return rows
 
 
 def pack(examples: grain.IterDataset, seq_len: int, *, packer: str, num_bins: int, seed: int,
@@ -101,6 +143,7 @@ def _pair_row(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   row["segment_ids"] = np.where(pair > 0, 2 * pair - 2 + preference, 0).astype(pair.dtype)
   row["positions"] = packed["pair_positions"]
   row["preference"] = preference
+  row["reference_log_probs"] = packed["reference_log_probs"]
   return row
 
 

@@ -231,11 +231,13 @@ def _tag(name, records, index):
 
 
 def examples(data_cfg, mix: Mixture, tokenizer: Tokenizer, stats: Stats, *, seed: int,
-             shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+             shard_index: int = 0, shard_count: int = 1,
+             reference: dict[str, np.ndarray] | None = None) -> grain.MapDataset:
   """Example features of one shard of the stream (None where a bad record was skipped). Rendering's
   RNG is seeded by the element's place in the whole stream, so an element renders the same in any
-  shard, and shards do not repeat one another's template choices."""
-  renderer = Renderer(data_cfg, tokenizer, mix.train, stats, kept=mix.kept)
+  shard, and shards do not repeat one another's template choices. Preference pairs carry their
+  precomputed DPO reference sums from `reference` (dpo_reference.py) where given."""
+  renderer = Renderer(data_cfg, tokenizer, mix.train, stats, kept=mix.kept, reference=reference)
   rendered = mixed_records(mix, seed).random_map(renderer, seed=seed)
   return rendered[shard_index::shard_count]
 

@@ -125,13 +125,16 @@ class Renderer:
   the instruction; and its output format. `stats.renderings` counts what was drawn. Few-shot
   exemplars are drawn from `kept` (per task, the training indices the mixture keeps; default all),
   so that an example decontamination or deduplication dropped never returns inside a prompt.
+  A preference pair carries its precomputed DPO reference sums from `reference` (per task,
+  [records, 2], see dpo_reference.py) where given.
   """
 
   def __init__(self, data_cfg, tokenizer: Tokenizer | None, train_tasks: Sequence[tasks.Task],
-               stats: Stats, kept: dict[str, np.ndarray] | None = None):
+               stats: Stats, kept: dict[str, np.ndarray] | None = None,
+               reference: dict[str, np.ndarray] | None = None):
     check_template_config(data_cfg.template)
     self.cfg, self.tokenizer, self.stats = data_cfg, tokenizer, stats
-    self.kept = kept
+    self.kept, self.reference = kept, reference
     self.tasks = {t.name: t for t in train_tasks}
     template_cfg = data_cfg.template
     self.templates = {
@@ -202,9 +205,16 @@ class Renderer:
     rendered = self.render(element, rng)
     if rendered is None:
       return None
-    task_name, _, record = element
+    task_name, index, record = element
     if self.tasks[task_name].preference:
-      return self._pair(task_name, *rendered, record["rejected"])
+      pair = self._pair(task_name, *rendered, record["rejected"])
+      if pair is None or self.reference is None:
+        return pair
+      chosen, rejected = self.reference[task_name][index]
+      if np.isnan(chosen):
+        raise ValueError(f"task {task_name}: row {index} has no precomputed DPO reference "
+                         "log-probabilities (dpo_reference.py)")
+      return packing.with_reference(pair, chosen, rejected)
     tokens, weights = self.tokenizer.encode_conversation(*rendered)
     tokens, weights, truncated = packing.truncate(tokens, weights, self.cfg.seq_len + 1,
                                                   self.cfg.truncation)

@@ -3,8 +3,9 @@
 The `preference` evaluator (config.evals entry `type="preference"`; configs/common.py's
 `preference`) scores every held-out pair of the run's preference tasks (their validation rows, e.g.
 a pairs file's `validation_rows`) in the run's format: the summed log-probability of each answer's
-tokens after the shared prompt, under the model and under its reference (the model without its LoRA
-adapters: the base it started from). Per pair:
+tokens after the shared prompt, under the model and under its reference, the model it started
+from: the base without the LoRA adapters, or in full fine-tuning train.init_from's parameters
+(scored once). Per pair:
   reward accuracy      the DPO implicit reward prefers the chosen answer:
                        (pi_c - ref_c) > (pi_r - ref_r); a tie (within TIE nats, as when the
                        adapters are still zero) counts half
@@ -23,7 +24,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from flan_jax import lora, scoring
+from flan_jax import checkpoint, lora, scoring
 from flan_jax.data import pipeline, render
 from flan_jax.evaluators import pairwise, zero_shot
 from flan_jax.evaluators.settings import read as read_settings
@@ -79,6 +80,7 @@ class Preference:
     self.requests = requests(tasks, context.tokenizer, data.template.format,
                              self.settings.max_pairs)
     self.counts = np.asarray([[w.sum() for _, w in answers] for _, answers in self.requests])
+    self._starting_scores = None  # full fine-tuning's reference scores, once computed
 
   def _directory(self, step: int) -> epath.Path:
     return epath.Path(self.context.workdir) / "eval" / str(step) / self.name
@@ -97,10 +99,21 @@ class Preference:
                                             mesh=self.context.mesh)
     return np.asarray(scores)  # [pairs, 2]: chosen, rejected
 
+  def _reference_scores(self, params) -> np.ndarray:
+    model = self.context.model
+    if model.cfg.lora_rank:
+      return self._scores(lora.split(params)[1], lora.without_adapters(model))
+    if self._starting_scores is None:
+      shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            params)
+      starting = checkpoint.restore_params(self.context.config.train.init_from, shapes)[1]
+      self._starting_scores = self._scores(starting, model)
+    return self._starting_scores
+
   def run(self, params, step: int) -> dict:
     context, settings = self.context, self.settings
     policy = self._scores(params, context.model)
-    reference = self._scores(lora.split(params)[1], lora.without_adapters(context.model))
+    reference = self._reference_scores(params)
     margin = (policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1])
     rewards = np.where(np.abs(margin) < TIE, 0.5, (margin > 0).astype(float))
     means = policy / np.maximum(self.counts, 1)
