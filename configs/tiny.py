@@ -99,8 +99,8 @@ def get_config(arg: str | None = None):
   config.loss.dpo_length_normalize = False  # mean, not summed, answer-token log-probabilities
   config.loss.dpo_sft_weight = 0.0  # plus this times the chosen answers' token nll
   # DPO's reference model: adapters_off (LoRA's base, free) | precomputed (a pass before training,
-  # stored in the workdir: flan_jax/dpo_reference.py) | auto (adapters_off with LoRA, else
-  # precomputed)
+  # stored in the workdir: flan_jax/dpo_reference.py) | frozen_copy (full fine-tuning: a second,
+  # frozen copy of the weights) | auto (adapters_off with LoRA, else precomputed)
   config.loss.dpo_reference = "auto"
 
   config.optim = ml_collections.ConfigDict()

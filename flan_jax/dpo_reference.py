@@ -1,5 +1,10 @@
 """DPO's reference log-probabilities for full fine-tuning, computed once before training.
 
+loss.dpo_reference says where the reference model's log-probabilities come from: "adapters_off"
+(LoRA's frozen base, run in the step without the adapters), "precomputed" (here), "frozen_copy"
+(full fine-tuning with a second, frozen copy of the starting parameters in the train state's
+`frozen`, run in the step: twice the parameter memory, no pass before training), or "auto".
+
 With loss.dpo_reference="precomputed" (what "auto" means without LoRA), the run's starting model
 (train.init_from's parameters) scores every training pair as the pipeline renders and cuts it,
 before the first step, and the run stores the sums in `<workdir>/dpo_reference/<checksum>.npz`, the
@@ -30,7 +35,7 @@ from flan_jax import loss as losses
 from flan_jax.data import packing, pipeline, render, tokenizer as tokenizer_lib
 from flan_jax.model import Decoder, forward
 
-KINDS = ("auto", "adapters_off", "precomputed")
+KINDS = ("auto", "adapters_off", "precomputed", "frozen_copy")
 
 
 def resolve(kind: str, lora_rank: int) -> str:
@@ -42,7 +47,10 @@ def resolve(kind: str, lora_rank: int) -> str:
     return "adapters_off" if lora_rank else "precomputed"
   if kind == "adapters_off" and not lora_rank:
     raise ValueError("loss.dpo_reference='adapters_off' needs LoRA (model.lora_rank > 0); full "
-                     "fine-tuning takes 'precomputed'")
+                     "fine-tuning takes 'precomputed' or 'frozen_copy'")
+  if kind == "frozen_copy" and lora_rank:
+    raise ValueError("loss.dpo_reference='frozen_copy' is for full fine-tuning: under LoRA the "
+                     "frozen base is the reference ('adapters_off'), with no copy")
   return kind
 
 
@@ -80,9 +88,6 @@ def load_or_compute(config, workdir: str, mix: pipeline.Mixture, tokenizer, mode
   train.init_from's parameters (placed like `param_shapes`) by every process and written by process
   0. Call under sharding.context(mesh, rules)."""
   check_rendering(config.data)
-  if not config.train.init_from:
-    raise ValueError("loss.dpo_reference='precomputed' scores the pairs with the model DPO starts "
-                     "from: set train.init_from")
   path = epath.Path(workdir) / "dpo_reference" / f"{checksum(config, tokenizer)}.npz"
   if not path.exists():
     params = checkpoint.restore_params(config.train.init_from, param_shapes)[1]

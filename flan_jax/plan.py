@@ -136,7 +136,8 @@ def programs(config, model, mesh, rules):
     return jax.ShapeDtypeStruct((rows, length), dtype, sharding=sharding.batch_sharding(mesh))
 
   optimizer, schedule = optim.make(config.optim, config.train.steps)
-  shapes, shardings = train.state_shapes(model, optimizer, mesh, rules)
+  shapes, shardings = train.state_shapes(model, optimizer, mesh, rules,
+                                         frozen_copy=train.frozen_copy(config))
   b, per_token = config.data.batch_size, train_flops_per_token(cfg, seq_len)
   step_factor = train.flops_per_token(config) / per_token  # DPO's reference forward, if it has one
   floats = ("loss_weights", "reference_log_probs")

@@ -35,18 +35,22 @@ from flan_jax.model import Decoder, ModelConfig, forward, from_config, train_flo
 class TrainState:
   step: jax.Array
   params: Any  # what the optimiser trains: all parameters, or only the adapters with LoRA
-  frozen: Any  # with LoRA, the base weights (not trained, not checkpointed); else {}
+  frozen: Any  # not trained, not checkpointed: LoRA's base weights, DPO's frozen reference copy, or {}
   opt_state: Any
   examples_seen: jax.Array  # packed examples trained on, for the logs
 
 
-def _trained_and_frozen(params, model: Decoder):
-  return lora.split(params) if model.cfg.lora_rank else (params, {})
+def _trained_and_frozen(params, model: Decoder, frozen_copy: bool):
+  if model.cfg.lora_rank:
+    return lora.split(params)
+  return params, params if frozen_copy else {}
 
 
-def state_shapes(model: Decoder, optimizer, mesh, logical_rules):
-  """(TrainState of ShapeDtypeStructs, TrainState of NamedShardings), computed without initialising."""
-  params, frozen = _trained_and_frozen(sharding.param_shapes(model, mesh, logical_rules), model)
+def state_shapes(model: Decoder, optimizer, mesh, logical_rules, frozen_copy: bool = False):
+  """(TrainState of ShapeDtypeStructs, TrainState of NamedShardings), computed without initialising;
+  with `frozen_copy` (full fine-tuning only), `frozen` holds a second copy of the parameters."""
+  params, frozen = _trained_and_frozen(sharding.param_shapes(model, mesh, logical_rules), model,
+                                       frozen_copy)
   shardings_of = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
   opt_state = jax.eval_shape(optimizer.init, params)
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
@@ -58,20 +62,28 @@ def state_shapes(model: Decoder, optimizer, mesh, logical_rules):
 
 
 def init_state(model: Decoder, optimizer, mesh, shardings, rng) -> TrainState:
-  """A fresh state, parameters initialised directly into their shards."""
+  """A fresh state, parameters initialised directly into their shards (and copied into `frozen`
+  where `shardings` has a frozen copy)."""
+  frozen_copy = not model.cfg.lora_rank and bool(jax.tree.leaves(shardings.frozen))
+
   def create(key):
-    params, frozen = _trained_and_frozen(nn.unbox(sharding.init_params(model, mesh, key)), model)
+    params, frozen = _trained_and_frozen(nn.unbox(sharding.init_params(model, mesh, key)), model,
+                                         frozen_copy)
     zero = jnp.int32(0)
     return TrainState(step=zero, params=params, frozen=frozen, opt_state=optimizer.init(params), examples_seen=zero)
   return jax.jit(create, out_shardings=shardings)(rng)
 
 
-def with_pretrained(state: TrainState, shapes: TrainState, path: str) -> TrainState:
-  """The state with a pretrained checkpoint's parameters (e.g. from flan_jax.convert): all of them,
-  or with LoRA the frozen base (the adapters stay as initialised or restored)."""
+def with_pretrained(state: TrainState, shapes: TrainState, path: str, fresh: bool) -> TrainState:
+  """The state with a pretrained checkpoint's parameters (e.g. from flan_jax.convert) where it
+  starts from them: the trained ones if `fresh` (with LoRA the adapters stay as initialised), and
+  the frozen ones, never checkpointed, at every start."""
+  restore = lambda target: checkpoint.restore_params(path, target)[1]
   if jax.tree.leaves(shapes.frozen):
-    return state.replace(frozen=checkpoint.restore_params(path, shapes.frozen)[1])
-  return state.replace(params=checkpoint.restore_params(path, shapes.params)[1])
+    state = state.replace(frozen=restore(shapes.frozen))
+  if fresh and not jax.tree.leaves(lora.split(shapes.params)[0]):  # full fine-tuning
+    state = state.replace(params=restore(shapes.params))
+  return state
 
 
 LOSS_KINDS = ("cross_entropy", "dpo")
@@ -89,7 +101,7 @@ def loss_fn(params, frozen, model: Decoder, batch, normalizer, loss_config, drop
     policy = -losses.fused_token_nll(hidden, unembedding, batch["targets"], **settings)
     if loss_config.dpo_reference == "precomputed":
       reference = batch["reference_log_probs"]
-    else:  # the frozen base alone (LoRA's adapters off): no second copy of the model
+    else:  # `frozen`: LoRA's base alone (its adapters off), or the frozen copy
       reference = dpo_reference.token_log_probs(lora.without_adapters(model), frozen, batch,
                                                 chunk_len=loss_config.chunk_len)
     return dpo.loss(policy, reference, batch, normalizer, beta=loss_config.dpo_beta,
@@ -171,11 +183,17 @@ def loss_settings(config):
   return loss_config
 
 
+def frozen_copy(config) -> bool:
+  """Whether the train state holds DPO's frozen copy of the parameters (state_shapes)."""
+  return loss_settings(config).get("dpo_reference") == "frozen_copy"
+
+
 def flops_per_token(config) -> float:
-  """Model FLOPs a train step spends per token (train_flops_per_token), and with DPO's adapters-off
-  reference its forward pass too (a third of training's)."""
+  """Model FLOPs a train step spends per token (train_flops_per_token), and with a DPO reference
+  that runs in the step (adapters_off, frozen_copy) its forward pass too (a third of training's)."""
   per_token = train_flops_per_token(ModelConfig(**config.model), config.data.seq_len)
-  return per_token * (4 / 3 if loss_settings(config).get("dpo_reference") == "adapters_off" else 1)
+  in_step = loss_settings(config).get("dpo_reference") in ("adapters_off", "frozen_copy")
+  return per_token * (4 / 3 if in_step else 1)
 
 
 def jit_train_step(model, optimizer, schedule, config, mesh, state_shardings):
@@ -209,6 +227,9 @@ def train_and_evaluate(config, workdir: str):
                      "checkpoint (python -m flan_jax.convert import ...)")
   if config.loss.kind not in LOSS_KINDS:
     raise ValueError(f"loss.kind={config.loss.kind!r}: choose from {', '.join(LOSS_KINDS)}")
+  if config.loss.kind == "dpo" and not config.train.init_from:
+    raise ValueError("loss.kind='dpo' tunes a trained model, which is also its reference: set "
+                     "train.init_from to its checkpoint")
 
   # Data: this process's rows of every batch.
   tokenizer_cache = (prepared.tokenizer_dir(config.data.prepared) if config.data.prepared
@@ -233,14 +254,14 @@ def train_and_evaluate(config, workdir: str):
   optimizer, schedule = optim.make(config.optim, config.train.steps)
   checkpoints = checkpoint.manager(workdir, config.train.keep_checkpoints)
   with sharding.context(mesh, rules):
-    shapes, shardings = state_shapes(model, optimizer, mesh, rules)
+    shapes, shardings = state_shapes(model, optimizer, mesh, rules, frozen_copy=frozen_copy(config))
     state = checkpoint.restore_latest(checkpoints, checkpoint.abstract(shapes, shardings), data_iterator,
                                       config.data)
     fresh = state is None
     if fresh:
       state = init_state(model, optimizer, mesh, shardings, jax.random.key(config.seed))
-    if config.train.init_from and (fresh or config.model.lora_rank):  # LoRA's base is never checkpointed
-      state = with_pretrained(state, shapes, config.train.init_from)
+    if config.train.init_from:
+      state = with_pretrained(state, shapes, config.train.init_from, fresh)
     step_fn = jit_train_step(model, optimizer, schedule, config, mesh, shardings)
 
     first_step = int(state.step)

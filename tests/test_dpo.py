@@ -202,7 +202,8 @@ def _steps(config, mesh, batch, count: int) -> dict:
   model = from_config(config.model)
   optimizer, schedule = optim.make(config.optim, total_steps=10)
   with sharding.context(mesh, rules):
-    _, shardings = train.state_shapes(model, optimizer, mesh, rules)
+    _, shardings = train.state_shapes(model, optimizer, mesh, rules,
+                                      frozen_copy=config.loss.dpo_reference == "frozen_copy")
     state = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0))
     step = train.jit_train_step(model, optimizer, schedule, config, mesh, shardings)
     for _ in range(count):
@@ -235,6 +236,35 @@ def test_a_fresh_lora_run_starts_at_log_2_and_microbatches_add_up(variant, lengt
   assert first["grad_norm"] > 0
 
 
+def test_full_fine_tuning_with_a_frozen_copy_trains_as_with_precomputed_sums():
+  """The two full fine-tuning references agree step by step: a frozen copy of the starting
+  parameters run in the step, and their sums computed beforehand and carried by the batch."""
+  config = _config()
+  config.model.lora_rank = 0
+  config.optim.update(dict(learning_rate=1e-2, warmup_steps=0))
+  model, mesh = from_config(config.model), one_device_mesh()
+  optimizer, _ = optim.make(config.optim, total_steps=10)
+  rules = sharding.rules(config.sharding_rules)
+  with sharding.context(mesh, rules):
+    _, shardings = train.state_shapes(model, optimizer, mesh, rules)
+    start = train.init_state(model, optimizer, mesh, shardings, jax.random.key(0)).params
+  pairs = _pairs(40)
+  batch = _packed(pairs, rows=config.data.batch_size, features=[
+      packing.with_reference(packing.pair_features(c, r, SEQ_LEN)[0],
+                             *(float(_log_prob(model, start, *answer)) for answer in (c, r)))
+      for c, r in pairs])
+  figures = {}
+  for reference in ("precomputed", "frozen_copy"):
+    config.loss.dpo_reference = reference
+    figures[reference] = [_steps(config, mesh, batch, count) for count in (1, 2)]
+  for count in range(2):
+    pre, copy = figures["precomputed"][count], figures["frozen_copy"][count]
+    for key in ("loss", "grad_norm", "rewards/margin", "kl"):
+      assert copy[key] == pytest.approx(pre[key], rel=1e-4, abs=1e-5), (count, key)
+  assert figures["frozen_copy"][0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+  assert figures["frozen_copy"][1]["rewards/margin"] > 1e-3  # the second step sees a moved policy
+
+
 def _pairs_file(path, count):
   """Preference pairs with a pattern to learn: the chosen answer names the prompt's thing, the
   rejected one refuses; prompts as strings and as messages."""
@@ -264,10 +294,11 @@ def _pairs_file(path, count):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lora", [4, 0])
+@pytest.mark.parametrize("lora, reference", [(4, "auto"), (0, "auto"), (0, "frozen_copy")])
 def test_configs_dpo_trains_scores_held_out_pairs_and_resumes_after_kill_9(
-    tmp_path, chat_checkpoint, lora):
-  """LoRA (the reference: adapters off), and full fine-tuning (the reference precomputed)."""
+    tmp_path, chat_checkpoint, lora, reference):
+  """LoRA (the reference: adapters off), and full fine-tuning (the reference precomputed, or a
+  frozen copy read from the checkpoint at every start)."""
   pairs = _pairs_file(tmp_path / "pairs.jsonl", 80)
   command = lambda workdir: [
       sys.executable, "-m", "flan_jax.train",
@@ -276,7 +307,8 @@ def test_configs_dpo_trains_scores_held_out_pairs_and_resumes_after_kill_9(
       "--config.train.log_every=1", "--config.train.checkpoint_every=3",
       "--config.data.seq_len=256", "--config.data.rows_per_shard=4", "--config.data.shards=2",
       "--config.loss.chunk_len=32", "--config.optim.learning_rate=1e-2",
-      "--config.optim.warmup_steps=1", "--config.evals.preference.batch_size=8"
+      "--config.optim.warmup_steps=1", "--config.evals.preference.batch_size=8",
+      f"--config.loss.dpo_reference={reference}"
   ]
   whole = str(tmp_path / "whole")
   result = subprocess.run(command(whole), cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -299,7 +331,7 @@ def test_configs_dpo_trains_scores_held_out_pairs_and_resumes_after_kill_9(
   resumed = str(tmp_path / "resumed")
   assert 3 <= kill_9_after(command(resumed), resumed, 5) < 10
   stored = sorted(epath.Path(resumed).glob("dpo_reference/*.npz"))
-  assert len(stored) == (0 if lora else 1)
+  assert len(stored) == (0 if lora or reference == "frozen_copy" else 1)
   written = [path.stat().mtime for path in stored]
   result = subprocess.run(command(resumed), cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -385,11 +417,14 @@ def test_the_dpo_step_partitions_over_a_mesh_and_lowers_for_tpu():
   assert facts["attention"] == "splash" and "tpu_custom_call" in exported.mlir_module()
 
 
-def test_the_step_s_model_flops_count_the_lora_reference_s_forward_pass():
+def test_the_step_s_model_flops_count_a_reference_forward_pass_run_in_the_step():
   config = _config()
   dpo_flops = train.flops_per_token(config)
   config.loss.dpo_reference = "precomputed"  # its pass runs once, before training
   precomputed = train.flops_per_token(config)
+  config.model.lora_rank, config.loss.dpo_reference = 0, "frozen_copy"
+  assert train.flops_per_token(config) == pytest.approx(dpo_flops)
+  config.loss.dpo_reference = "precomputed"
   config.loss.kind = "cross_entropy"
   assert precomputed == train.flops_per_token(config)
   assert dpo_flops == pytest.approx(4 / 3 * precomputed)

@@ -5,7 +5,7 @@ cannot be precomputed is an error naming its key."""
 import numpy as np
 import pytest
 
-from flan_jax import checkpoint, dpo_reference, sharding
+from flan_jax import checkpoint, dpo_reference, sharding, train
 from flan_jax.data import pipeline, render, vocab
 from flan_jax.model import from_config
 from tests.helpers import (VOCABULARY, brute_force_log_likelihood, load_config, one_device_mesh,
@@ -18,6 +18,9 @@ def test_auto_is_lora_s_base_with_lora_else_precomputed():
   assert dpo_reference.resolve("precomputed", 8) == "precomputed"
   with pytest.raises(ValueError, match="'adapters_off' needs LoRA"):
     dpo_reference.resolve("adapters_off", 0)
+  assert dpo_reference.resolve("frozen_copy", 0) == "frozen_copy"
+  with pytest.raises(ValueError, match="'frozen_copy' is for full fine-tuning"):
+    dpo_reference.resolve("frozen_copy", 8)
   with pytest.raises(ValueError, match="loss.dpo_reference='copy'"):
     dpo_reference.resolve("copy", 0)
 
@@ -79,12 +82,11 @@ def test_stored_sums_are_each_pair_scored_alone_and_a_restart_reads_them(
   assert len(list((tmp_path / "dpo_reference").iterdir())) == 2  # other inputs: their own sums
 
 
-def test_pairs_must_render_one_way_and_the_starting_model_be_given():
+def test_pairs_must_render_one_way_and_dpo_starts_from_a_checkpoint(tmp_path):
   config = load_config("tiny")
   config.data.template.preamble_rate = 0.5
-  load = lambda: dpo_reference.load_or_compute(config, "/w", None, None, None, None, None)
   with pytest.raises(ValueError, match="data.template.preamble_rate=0"):
-    load()
-  config.data.template.preamble_rate = 0.0
+    dpo_reference.load_or_compute(config, "/w", None, None, None, None, None)
+  config.loss.kind = "dpo"
   with pytest.raises(ValueError, match="set train.init_from"):
-    load()
+    train.train_and_evaluate(config, str(tmp_path))
