@@ -1,19 +1,21 @@
 """Preference tuning with DPO (flan_jax/dpo.py) of a model imported with `python -m flan_jax.convert
-import`: LoRA adapters over its frozen base, which is also DPO's reference model; or with lora=0
-all its weights, the reference log-probabilities computed once before training
-(flan_jax/dpo_reference.py).
+import` or instruction-tuned by an earlier run: LoRA adapters over its frozen base, which is also
+DPO's reference model; or with lora=0 all its weights, the reference log-probabilities computed
+once before training (flan_jax/dpo_reference.py).
 
   python -m flan_jax.train --config configs/dpo.py:checkpoint=CKPT,pairs=pairs.jsonl
 
 `pairs`: a file of preference pairs (the `preference` format of
 flan_jax/data/sources/local_files.py: TRL's prompt/chosen/rejected, as strings or messages; JSONL,
-JSON or Parquet), rendered in the model's own chat format. Its last `held_out` rows (per file) are not trained on: the `preference`
-evaluator scores them before training and after (reward and likelihood accuracy, with intervals).
+JSON or Parquet), rendered in the model's own chat format. Its last `held_out` rows (per file) are
+not trained on: the `preference` evaluator scores them before training and after (reward and
+likelihood accuracy, with intervals).
 With judge=CKPT and prompts=FILE (JSONL {"prompt"[, "category"]}) a pairwise evaluator, `judged`,
 also answers those prompts at the start and the end, and the judge compares the two: the DPO
 model's win rate over its starting point, with its interval (eval/<last>/judged/judge.json).
-Arguments: checkpoint=DIR and pairs=FILE (required), lora=RANK (default 16; 0: full fine-tuning),
-held_out=ROWS (default 200), beta (default 0.1), judge=CKPT and prompts=FILE (both or neither).
+Arguments: checkpoint=DIR (an imported model, or an SFT run's workdir: configs/finetune.py) and
+pairs=FILE (required), lora=RANK (default 16; 0: full fine-tuning), held_out=ROWS (default 200),
+beta (default 0.1), judge=CKPT and prompts=FILE (both or neither).
 """
 
 import ml_collections

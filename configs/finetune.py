@@ -5,13 +5,14 @@
 flan_mini (one cluster held out) in the model's own chat format and tokenizer;
 full fine-tuning, or LoRA adapters of rank `lora` on the attention projections
 with the base frozen. Arguments: checkpoint=DIR (required), lora=RANK (0: full),
-held_out=CLUSTER.
+held_out=CLUSTER. DIR may also be a training run's workdir (e.g. an SFT run, then DPO): its newest
+weights, a LoRA run's adapters folded in (checkpoint.restore_pretrained), with its tokenizer and
+format.
 
 `small_model_recipe` is the LoRA and optimiser block that configs/t0.py and
 configs/self_instruct.py share: a small model tuned on real data for a few hundred steps.
 """
 
-import os
 
 import ml_collections
 
@@ -24,12 +25,12 @@ def get_config(arg: str | None = None):
   arg = common.parse_arg(arg, checkpoint="", lora=0, held_out="nli")
   if not arg["checkpoint"]:
     raise ValueError("configs/finetune.py needs :checkpoint=DIR, a directory written by "
-                     "python -m flan_jax.convert import")
+                     "python -m flan_jax.convert import (or a run's workdir to go on from)")
   info = checkpoint.read_info(arg["checkpoint"])
   config = tiny.get_config()
   config.data.held_out_clusters = (arg["held_out"],)
   config.data.template.format = info["chat_format"]
-  config.data.tokenizer.model = os.path.join(arg["checkpoint"], "hf")
+  config.data.tokenizer.model = info["tokenizer"]
 
   with config.unlocked():
     defaults = ModelConfig(**info["model"]).__dict__

@@ -121,7 +121,8 @@ def get_config(arg: str | None = None):
   config.train.log_every = 10
   config.train.checkpoint_every = 100
   config.train.keep_checkpoints = 3
-  config.train.init_from = ""  # a checkpoint directory whose newest parameters start the run
+  # A checkpoint directory (e.g. an import) or a run's workdir whose newest weights start the run.
+  config.train.init_from = ""
   config.train.skip_nonfinite = False  # NaN/Inf loss: False stops the run, True skips that update
 
   # Evaluators, each at its own cadence (flan_jax/evaluators/common.py): every_steps N (and after the

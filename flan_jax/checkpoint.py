@@ -231,7 +231,46 @@ def restore_run_params(workdir: str, init_from: str, target_params, step: int | 
   if not jax.tree.leaves(adapters):
     return restore_params(directory(workdir), target_params, step)
   step, adapters = restore_params(directory(workdir), adapters, step)
-  return step, lora.combine(adapters, restore_params(init_from, base)[1])
+  return step, lora.combine(adapters, restore_pretrained(init_from, base))
+
+
+def restore_pretrained(path: str, target_params):
+  """The weights a run starts from (its train.init_from), placed like `target_params` (a model's
+  without adapters): a checkpoint directory's newest (e.g. an imported one), or the newest of a
+  training run's workdir, an SFT run to go on from, a LoRA run's adapters folded into its own
+  starting weights."""
+  run_config = epath.Path(path) / "config.json"
+  if not run_config.exists():
+    return restore_params(path, target_params)[1]
+  run = json.loads(run_config.read_text())
+  if not run["model"]["lora_rank"]:
+    return restore_params(directory(path), target_params)[1]
+  model = from_config(run["model"])
+  mesh = jax.tree.leaves(target_params)[0].sharding.mesh
+  shapes = sharding.param_shapes(model, mesh, sharding.rules(run["sharding_rules"]))
+  _, adapters = restore_params(directory(path), lora.split(shapes)[0])
+  base = restore_pretrained(run["train"]["init_from"], target_params)
+  merged = lora.merge(multihost_utils.process_allgather(lora.combine(adapters, base), tiled=True),
+                      model.cfg)
+  return jax.tree.map(lambda host, target: jax.make_array_from_callback(
+      host.shape, target.sharding, lambda index: host[index]), merged, target_params)
+
+
+def read_info(checkpoint_dir: str) -> dict:
+  """What a model directory says of its model: an imported checkpoint's CKPT/model.json, or of a
+  training run's workdir (restore_pretrained reads its weights) the same keys from its
+  config.json: model (adapters folded in), chat_format and tokenizer (the tokenizer's directory)."""
+  run_config = epath.Path(checkpoint_dir) / "config.json"
+  if run_config.exists():
+    run = json.loads(run_config.read_text())
+    return {"model": {**run["model"], "lora_rank": 0},
+            "chat_format": run["data"]["template"]["format"],
+            "tokenizer": run["data"]["tokenizer"]["model"]}
+  path = epath.Path(checkpoint_dir) / "model.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} does not exist: expected a checkpoint written by "
+                            "flan_jax.convert import, or a training run's workdir")
+  return {"tokenizer": str(epath.Path(checkpoint_dir) / "hf"), **json.loads(path.read_text())}
 
 
 def load_for_inference(model_fields: dict, *, checkpoint_dir: str = "", workdir: str = "", init_from: str = "",
@@ -246,9 +285,3 @@ def load_for_inference(model_fields: dict, *, checkpoint_dir: str = "", workdir:
     return (*restore_run_params(workdir, init_from, target, step), mesh)
 
 
-def read_info(checkpoint_dir: str) -> dict:
-  """CKPT/model.json of an imported checkpoint."""
-  path = epath.Path(checkpoint_dir) / "model.json"
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} does not exist: expected a checkpoint written by flan_jax.convert import")
-  return json.loads(path.read_text())

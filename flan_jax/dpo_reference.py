@@ -90,7 +90,7 @@ def load_or_compute(config, workdir: str, mix: pipeline.Mixture, tokenizer, mode
   check_rendering(config.data)
   path = epath.Path(workdir) / "dpo_reference" / f"{checksum(config, tokenizer)}.npz"
   if not path.exists():
-    params = checkpoint.restore_params(config.train.init_from, param_shapes)[1]
+    params = checkpoint.restore_pretrained(config.train.init_from, param_shapes)
     sums = compute(config, mix, tokenizer, model, params, mesh)
     if jax.process_index() == 0:
       path.parent.mkdir(parents=True, exist_ok=True)

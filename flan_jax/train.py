@@ -78,7 +78,7 @@ def with_pretrained(state: TrainState, shapes: TrainState, path: str, fresh: boo
   """The state with a pretrained checkpoint's parameters (e.g. from flan_jax.convert) where it
   starts from them: the trained ones if `fresh` (with LoRA the adapters stay as initialised), and
   the frozen ones, never checkpointed, at every start."""
-  restore = lambda target: checkpoint.restore_params(path, target)[1]
+  restore = lambda target: checkpoint.restore_pretrained(path, target)
   if jax.tree.leaves(shapes.frozen):
     state = state.replace(frozen=restore(shapes.frozen))
   if fresh and not jax.tree.leaves(lora.split(shapes.params)[0]):  # full fine-tuning

@@ -51,6 +51,21 @@ def _fake_import(directory, chat_format="chat_template"):
   (directory / "model.json").write_text(json.dumps({"model": fields, "family": "llama", "chat_format": chat_format}))
 
 
+def test_a_run_s_workdir_is_a_checkpoint_to_go_on_from(tmp_path):
+  """An SFT run's workdir as configs/dpo.py's checkpoint: its model (adapters folded in), format and
+  tokenizer; a directory that is neither is an error saying what it expected."""
+  sft = load_config("tiny")
+  sft.model.lora_rank, sft.data.template.format = 8, "llama3"
+  sft.data.tokenizer.model = "/imported/hf"
+  (tmp_path / "config.json").write_text(sft.to_json())
+  config = load_config("dpo", f"checkpoint={tmp_path},pairs=/p.jsonl,lora=4")
+  assert config.train.init_from == str(tmp_path) and config.data.tokenizer.model == "/imported/hf"
+  assert config.data.template.format == "llama3" and config.model.lora_rank == 4
+  assert config.model.d_model == sft.model.d_model
+  with pytest.raises(FileNotFoundError, match="or a training run's workdir"):
+    load_config("dpo", f"checkpoint={tmp_path / 'nothing'},pairs=/p.jsonl")
+
+
 def test_flan2021_fine_tunes_an_imported_checkpoint_with_its_tokenizer(tmp_path):
   _fake_import(tmp_path)
   config = load_config("flan2021", f"checkpoint={tmp_path},held_out=sentiment")

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from etils import epath
 
-from flan_jax import dpo, lora, optim, plan, sharding, train
+from flan_jax import checkpoint, dpo, lora, optim, plan, sharding, train
 from flan_jax import loss as loss_lib
 from flan_jax.data import packing
 from flan_jax.evaluators import pairwise, voting
 from flan_jax.model import Decoder, forward, from_config
-from tests.helpers import (ROOT, VOCABULARY, kill_9_after, losses, one_device_mesh,
-                           small_step_config, write_jsonl)
+from tests.helpers import (ROOT, VOCABULARY, brute_force_log_likelihood, kill_9_after, losses,
+                           one_device_mesh, small_step_config, write_jsonl)
 
 SEQ_LEN = 48
 
@@ -337,6 +337,43 @@ def test_configs_dpo_trains_scores_held_out_pairs_and_resumes_after_kill_9(
   assert result.returncode == 0, result.stderr[-3000:]
   assert losses(resumed) == losses(whole)
   assert [path.stat().mtime for path in stored] == written  # read back, not recomputed
+
+
+@pytest.mark.slow
+def test_dpo_goes_on_from_a_lora_run_s_workdir_its_adapters_folded_in(tmp_path, chat_checkpoint):
+  """configs/dpo.py:checkpoint=<a run's workdir> (as after SFT): the run starts from that run's
+  model, a LoRA run's adapters merged into its base: the same log-likelihoods."""
+  pairs = _pairs_file(tmp_path / "pairs.jsonl", 40)
+  common = ["--config.data.seq_len=256", "--config.data.rows_per_shard=2", "--config.data.shards=2",
+            "--config.loss.chunk_len=32", "--config.evals.preference.batch_size=8"]
+  first, second = tmp_path / "first", tmp_path / "second"
+  for source, workdir, steps in ((chat_checkpoint[0], first, 3), (first, second, 1)):
+    result = subprocess.run([
+        sys.executable, "-m", "flan_jax.train",
+        f"--config=configs/dpo.py:checkpoint={source},pairs={pairs},held_out=8,lora=4",
+        f"--workdir={workdir}", f"--config.train.steps={steps}",
+        "--config.optim.learning_rate=1e-2", "--config.optim.warmup_steps=0", *common
+    ], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+  # The second run's step 0 is the first run's end: the same held-out likelihoods.
+  at = lambda workdir, step: json.load(
+      open(workdir / "eval" / str(step) / "preference" / "results.json"))["likelihood"]
+  assert at(second, 0) == at(first, 3) and at(first, 3) != at(first, 0)
+
+  adapter_fields = {**json.loads((first / "config.json").read_text())["model"], "dtype": "float32"}
+  step, adapted, _ = checkpoint.load_for_inference(adapter_fields, workdir=str(first),
+                                                   init_from=chat_checkpoint[0])
+  plain = {**adapter_fields, "lora_rank": 0}
+  _, _, target = sharding.inference_placement(from_config(plain))
+  merged = checkpoint.restore_pretrained(str(first), target)
+  base = checkpoint.restore_params(chat_checkpoint[0], target)[1]
+  tokens = np.arange(3, 40, dtype=np.int32)
+  weights = np.ones_like(tokens)
+  score = lambda fields, params: brute_force_log_likelihood(from_config(fields), params, tokens,
+                                                            weights)
+  assert step == 3
+  assert score(plain, merged) == pytest.approx(score(adapter_fields, adapted), rel=1e-5)
+  assert score(plain, merged) != pytest.approx(score(plain, base), rel=1e-3)
 
 
 @pytest.mark.slow

@@ -106,7 +106,7 @@ class Preference:
     if self._starting_scores is None:
       shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                             params)
-      starting = checkpoint.restore_params(self.context.config.train.init_from, shapes)[1]
+      starting = checkpoint.restore_pretrained(self.context.config.train.init_from, shapes)
       self._starting_scores = self._scores(starting, model)
     return self._starting_scores
 
