@@ -23,8 +23,8 @@ from flan_jax import loss as loss_lib
 from flan_jax.data import packing
 from flan_jax.evaluators import pairwise, voting
 from flan_jax.model import Decoder, forward, from_config
-from tests.helpers import (ROOT, VOCABULARY, brute_force_log_likelihood, kill_9_after, losses,
-                           one_device_mesh, small_step_config, write_jsonl)
+from tests.helpers import (ROOT, VOCABULARY, brute_force_log_likelihood, free_port, kill_9_after,
+                           losses, one_device_mesh, small_step_config, write_jsonl)
 
 SEQ_LEN = 48
 
@@ -337,6 +337,33 @@ def test_configs_dpo_trains_scores_held_out_pairs_and_resumes_after_kill_9(
   assert result.returncode == 0, result.stderr[-3000:]
   assert losses(resumed) == losses(whole)
   assert [path.stat().mtime for path in stored] == written  # read back, not recomputed
+
+
+@pytest.mark.slow
+def test_two_processes_precompute_the_reference_and_train_as_one(tmp_path, chat_checkpoint):
+  """Full fine-tuning under JAX's multi-process runtime: two processes of four devices each score
+  the pairs (each giving its rows of every batch) and train as one process of eight does."""
+  pairs = _pairs_file(tmp_path / "pairs.jsonl", 80)
+  command = [
+      sys.executable, "-m", "flan_jax.train",
+      f"--config=configs/dpo.py:checkpoint={chat_checkpoint[0]},pairs={pairs},held_out=16,lora=0",
+      "--config.train.steps=3", "--config.train.log_every=1", "--config.data.seq_len=256",
+      "--config.data.rows_per_shard=2", "--config.data.shards=2", "--config.loss.chunk_len=32",
+      "--config.optim.learning_rate=1e-3", "--config.optim.warmup_steps=0",
+      "--config.evals.preference.batch_size=8", "--config.mesh.data=-1", "--config.mesh.fsdp=1"]
+  one, two = tmp_path / "one", tmp_path / "two"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  result = subprocess.run([*command, f"--workdir={one}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  result = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "4", *command,
+                           f"--workdir={two}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PORT": str(free_port())})
+  assert result.returncode == 0, result.stderr[-3000:]
+  [alone], [joined] = (list((w / "dpo_reference").glob("*.npz")) for w in (one, two))
+  assert alone.name == joined.name
+  np.testing.assert_allclose(np.load(joined)["pairs"], np.load(alone)["pairs"], rtol=1e-6)
+  assert losses(str(two)) == pytest.approx(losses(str(one)), rel=1e-4)
 
 
 @pytest.mark.slow
