@@ -92,8 +92,9 @@ LOSS_KINDS = ("cross_entropy", "dpo")
 def loss_fn(params, frozen, model: Decoder, batch, normalizer, loss_config, dropout_rng):
   """(loss, metric sums) of a batch or microbatch. Cross-entropy: `normalizer` is the per-token
   weights (losses.token_weights) and the sums hold the weighted nll; DPO: `normalizer` is the
-  whole batch's dpo.totals and the sums are dpo.loss's, the reference's log-probabilities those of
-  the frozen base (loss.dpo_reference="adapters_off") or the batch's precomputed ones."""
+  whole batch's dpo.totals and the sums are dpo.loss's, the reference's log-probabilities the
+  batch's precomputed ones or those of `frozen` (LoRA's base without the adapters, or the frozen
+  copy; see dpo_reference.py)."""
   rngs = {"dropout": dropout_rng} if model.cfg.lora_dropout else {}
   hidden, unembedding = forward(model, lora.combine(params, frozen), batch, rngs)
   settings = dict(chunk_len=loss_config.chunk_len, dtype=model.cfg.dtype)
