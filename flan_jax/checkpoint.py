@@ -239,10 +239,9 @@ def restore_pretrained(path: str, target_params):
   without adapters): a checkpoint directory's newest (e.g. an imported one), or the newest of a
   training run's workdir, an SFT run to go on from, a LoRA run's adapters folded into its own
   starting weights."""
-  run_config = epath.Path(path) / "config.json"
-  if not run_config.exists():
+  run = _run_config(path)
+  if run is None:
     return restore_params(path, target_params)[1]
-  run = json.loads(run_config.read_text())
   if not run["model"]["lora_rank"]:
     return restore_params(directory(path), target_params)[1]
   model = from_config(run["model"])
@@ -256,13 +255,18 @@ def restore_pretrained(path: str, target_params):
       host.shape, target.sharding, lambda index: host[index]), merged, target_params)
 
 
+def _run_config(directory_path: str) -> dict | None:
+  """The config.json of a training run's workdir; None for another directory."""
+  path = epath.Path(directory_path) / "config.json"
+  return json.loads(path.read_text()) if path.exists() else None
+
+
 def read_info(checkpoint_dir: str) -> dict:
   """What a model directory says of its model: an imported checkpoint's CKPT/model.json, or of a
   training run's workdir (restore_pretrained reads its weights) the same keys from its
   config.json: model (adapters folded in), chat_format and tokenizer (the tokenizer's directory)."""
-  run_config = epath.Path(checkpoint_dir) / "config.json"
-  if run_config.exists():
-    run = json.loads(run_config.read_text())
+  run = _run_config(checkpoint_dir)
+  if run is not None:
     return {"model": {**run["model"], "lora_rank": 0},
             "chat_format": run["data"]["template"]["format"],
             "tokenizer": run["data"]["tokenizer"]["model"]}

@@ -72,10 +72,11 @@ def token_log_probs(model: Decoder, params, batch, *, chunk_len: int):
 
 def checksum(config, tokenizer) -> str:
   """sha256 of what a run's stored reference sums are a function of (see the module docstring)."""
+  data = pipeline.data_settings(config.data)
   inputs = {
       "scan": pipeline.scan_checksum(config.data),
       "tokenizer": tokenizer_lib.checksum(tokenizer),
-      "data": {key: pipeline.data_settings(config.data)[key] for key in ("seq_len", "template")},
+      "data": {key: data[key] for key in ("seq_len", "template")},
       "model": json.loads(config.model.to_json_best_effort(sort_keys=True)),
       "init_from": config.train.init_from,
   }

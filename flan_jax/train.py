@@ -78,11 +78,12 @@ def with_pretrained(state: TrainState, shapes: TrainState, path: str, fresh: boo
   """The state with a pretrained checkpoint's parameters (e.g. from flan_jax.convert) where it
   starts from them: the trained ones if `fresh` (with LoRA the adapters stay as initialised), and
   the frozen ones, never checkpointed, at every start."""
-  restore = lambda target: checkpoint.restore_pretrained(path, target)
   if jax.tree.leaves(shapes.frozen):
-    state = state.replace(frozen=restore(shapes.frozen))
+    state = state.replace(frozen=checkpoint.restore_pretrained(path, shapes.frozen))
   if fresh and not jax.tree.leaves(lora.split(shapes.params)[0]):  # full fine-tuning
-    state = state.replace(params=restore(shapes.params))
+    params = (jax.tree.map(jnp.copy, state.frozen) if jax.tree.leaves(shapes.frozen)  # DPO's copy
+              else checkpoint.restore_pretrained(path, shapes.params))
+    state = state.replace(params=params)
   return state
 
 

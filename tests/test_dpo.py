@@ -461,7 +461,7 @@ def test_the_judges_exported_pairs_train_with_configs_dpo(tmp_path, chat_checkpo
 
 def test_the_dpo_step_partitions_over_a_mesh_and_lowers_for_tpu():
   """On 8 devices (data 2 x fsdp 4) the step gives the one-device figures; lowered for TPU (Splash
-  attention inside shard_map), it exports."""
+  attention inside shard_map), it exports, with each of the three references."""
   config = _config()
   config.optim.update(dict(learning_rate=1e-2, warmup_steps=0))  # margins clear of rounding
   batch = _packed(_pairs(40), rows=config.data.batch_size)
@@ -474,11 +474,17 @@ def test_the_dpo_step_partitions_over_a_mesh_and_lowers_for_tpu():
   config.model.platform, config.model.dtype = "tpu", "bfloat16"
   mesh = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1))
   rules = sharding.rules(config.sharding_rules)
-  with sharding.context(mesh, rules):
-    jitted, args, static, facts = plan.programs(config, from_config(config.model), mesh,
-                                                rules)["train"]
-    exported = jax.export.export(jitted, platforms=["tpu"])(*args, **static)
-  assert facts["attention"] == "splash" and "tpu_custom_call" in exported.mlir_module()
+  # LoRA's reference, and full fine-tuning's two (the frozen copy sharded like the weights).
+  for lora_rank, reference in ((4, "auto"), (0, "precomputed"), (0, "frozen_copy")):
+    config.model.lora_rank, config.loss.dpo_reference = lora_rank, reference
+    with sharding.context(mesh, rules):
+      jitted, args, static, facts = plan.programs(config, from_config(config.model), mesh,
+                                                  rules)["train"]
+      exported = jax.export.export(jitted, platforms=["tpu"])(*args, **static)
+    assert facts["attention"] == "splash" and "tpu_custom_call" in exported.mlir_module()
+    if reference == "frozen_copy":  # split over fsdp like the weights, not replicated
+      assert all(x.sharding == y.sharding for x, y in zip(jax.tree.leaves(args[0].frozen),
+                                                          jax.tree.leaves(args[0].params)))
 
 
 def test_the_step_s_model_flops_count_a_reference_forward_pass_run_in_the_step():
